@@ -1,0 +1,3 @@
+from vmsbx.cli.main import main
+
+main()

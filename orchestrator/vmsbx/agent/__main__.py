@@ -1,0 +1,5 @@
+import sys
+
+from vmsbx.agent.server import main
+
+sys.exit(main())

@@ -1,0 +1,186 @@
+"""The CLI's side of the host agent: find it, start it, talk to it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from vmsbx.agent.protocol import (
+    AgentStatus,
+    ExecRequest,
+    Frame,
+    recv_frame,
+    recv_line,
+    send_frame,
+    send_line,
+)
+from vmsbx.errors import AgentError, BootTimeout, TransportError
+from vmsbx.paths import vm_dir
+
+
+class AgentClient:
+    """Talks to the agent of one VM over its Unix socket."""
+
+    def __init__(self, vm: str) -> None:
+        self.vm = vm
+        self.dir = vm_dir(vm)
+        self.socket_path = self.dir / "agent.sock"
+
+    def _connect(self, timeout: float | None = 5.0) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(self.socket_path))
+        except OSError as exc:
+            sock.close()
+            raise AgentError(
+                f"the host agent of VM {self.vm!r} is not running ({exc.strerror or exc})",
+                hint=f"`vmsbx up --name {self.vm}` starts it",
+            ) from exc
+        return sock
+
+    def ping(self) -> bool:
+        try:
+            with self._connect(timeout=2.0) as sock:
+                send_line(sock, {"op": "ping"})
+                reply = recv_line(sock)
+        except (AgentError, OSError, ValueError):
+            return False
+        return bool(reply and reply.get("ok"))
+
+    def shutdown(self, *, wait: float = 10.0) -> None:
+        """Ask the agent to exit and wait until it has; kill it if it does not. No-op if absent."""
+        pid = self.pid()
+        with contextlib.suppress(AgentError, OSError, ValueError), self._connect(timeout=2.0) as sock:
+            send_line(sock, {"op": "shutdown"})
+            recv_line(sock)
+        if pid is None:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def pid(self) -> int | None:
+        try:
+            return int((self.dir / "agent.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def status(self) -> AgentStatus | None:
+        try:
+            return AgentStatus.model_validate_json((self.dir / "agent.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def exec(
+        self,
+        argv: list[str],
+        *,
+        stdin: BinaryIO | None,
+        stdout: BinaryIO,
+        stderr: BinaryIO,
+        pty: bool = False,
+        size: tuple[int, int] = (80, 24),
+    ) -> int:
+        """Run argv in the guest through the agent; stream output; return the exit code."""
+        request = ExecRequest(argv=tuple(argv), pty=pty, cols=size[0], rows=size[1])
+        sock = self._connect(timeout=None)
+        with sock:
+            send_line(sock, request.model_dump())
+            reply = recv_line(sock)
+            if reply is None:
+                raise AgentError("the host agent closed the connection", hint="run `vmsbx up` again")
+            if not reply.get("ok"):
+                raise TransportError(str(reply.get("error")), hint="run `vmsbx up` to reconnect")
+            if stdin is not None:
+                threading.Thread(target=_pump_stdin, args=(stdin, sock), daemon=True).start()
+            else:
+                send_frame(sock, Frame.STDIN_EOF)
+            while True:
+                frame = recv_frame(sock)
+                if frame is None:
+                    raise TransportError(
+                        "the connection to the guest dropped before the command finished",
+                        hint="check `vmsbx status`",
+                    )
+                kind, payload = frame
+                if kind is Frame.STDOUT:
+                    stdout.write(payload)
+                    stdout.flush()
+                elif kind is Frame.STDERR:
+                    stderr.write(payload)
+                    stderr.flush()
+                elif kind is Frame.EXIT:
+                    code: int = json.loads(payload)["code"]
+                    return code
+
+
+def _pump_stdin(stdin: BinaryIO, sock: socket.socket) -> None:
+    fd = stdin.fileno()
+    with contextlib.suppress(OSError):
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                send_frame(sock, Frame.STDIN_EOF)
+                return
+            send_frame(sock, Frame.STDIN, chunk)
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def ensure_agent(
+    vm: str,
+    *,
+    boot_timeout: float,
+    progress: Callable[[str], None] = lambda _m: None,
+) -> AgentClient:
+    """Return a client of a live agent for `vm`, starting one (and waiting for SSH) if needed."""
+    client = AgentClient(vm)
+    if client.ping():
+        return client
+    client.shutdown(wait=2.0)  # a hung or half-dead agent from before
+    (client.dir / "agent.json").unlink(missing_ok=True)
+    progress("waiting for SSH")
+    log = (client.dir / "agent.log").open("ab")
+    with log:
+        subprocess.Popen(
+            [sys.executable, "-m", "vmsbx.agent", "--vm", vm, "--timeout", str(boot_timeout)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # outlives this CLI and its terminal
+            close_fds=True,
+        )
+    deadline = time.monotonic() + boot_timeout + 30
+    while time.monotonic() < deadline:
+        status = client.status()
+        if status is not None and status.phase == "failed":
+            raise BootTimeout(status.error or "the guest did not answer SSH")
+        if status is not None and status.phase == "ready" and client.ping():
+            return client
+        time.sleep(0.2)
+    raise BootTimeout(
+        f"the host agent of VM {vm!r} did not become ready in {boot_timeout:.0f} s",
+        hint=f"see {client.dir / 'agent.log'}",
+    )

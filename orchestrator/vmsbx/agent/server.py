@@ -1,0 +1,235 @@
+"""The host agent process: `python -m vmsbx.agent --vm NAME`.
+
+It connects to the guest once (pinned host key, the project's one retry policy), serves the CLI
+on `agent.sock`, reconnects when the link drops, and exits when the VM is gone or on request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import select
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from vmsbx.agent.protocol import (
+    AgentStatus,
+    ExecRequest,
+    Frame,
+    recv_frame,
+    recv_line,
+    send_frame,
+    send_line,
+)
+from vmsbx.config.models import VMSettings
+from vmsbx.errors import VmsbxError
+from vmsbx.paths import vm_dir
+from vmsbx.providers import existing_provider_name, get_provider
+from vmsbx.providers.base import Provider
+from vmsbx.transport import Connection, wait_for_ssh
+
+log = logging.getLogger("vmsbx.agent")
+_RECONNECT_SECONDS = 60.0
+_WATCH_SECONDS = 2.0
+
+
+class HostAgent:
+    def __init__(self, vm: str, provider: Provider, boot_timeout: float) -> None:
+        self.vm = vm
+        self.dir = vm_dir(vm)
+        self.provider = provider
+        self.boot_timeout = boot_timeout
+        self._conn: Connection | None = None
+        self._conn_lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    # -- status ------------------------------------------------------------------------------
+
+    def write_status(self, phase: str, error: str | None = None) -> None:
+        status = AgentStatus(
+            pid=os.getpid(),
+            phase=phase,
+            error=error,
+            updated_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        )
+        tmp = self.dir / "agent.json.tmp"
+        tmp.write_text(status.model_dump_json())
+        tmp.replace(self.dir / "agent.json")
+
+    # -- connection --------------------------------------------------------------------------
+
+    def connection(self, timeout: float = _RECONNECT_SECONDS) -> Connection:
+        with self._conn_lock:
+            if self._conn is not None and self._conn.is_alive():
+                return self._conn
+            if self._conn is not None:
+                log.warning("SSH link to %s dropped; reconnecting", self.vm)
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+            info = self.provider.ssh_info(self.vm)
+            started = time.monotonic()
+            self._conn = wait_for_ssh(
+                info,
+                timeout=timeout,
+                serial_tail=lambda: self.provider.serial_log_tail(self.vm),
+                is_alive=lambda: self._vm_alive(),
+            )
+            log.info("connected to %s:%s in %.1fs", info.host, info.port, time.monotonic() - started)
+            return self._conn
+
+    def _vm_alive(self) -> bool:
+        try:
+            self.provider.ssh_info(self.vm)
+        except VmsbxError:
+            return False
+        return True
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def serve(self) -> int:
+        self.write_status("connecting")
+        try:
+            self.connection(timeout=self.boot_timeout)
+        except VmsbxError as exc:
+            log.error("cannot connect: %s", exc)
+            self.write_status("failed", str(exc))
+            return 1
+        sock_path = self.dir / "agent.sock"
+        sock_path.unlink(missing_ok=True)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            server.bind(str(sock_path))
+        finally:
+            os.umask(old_umask)
+        server.listen(16)
+        server.settimeout(_WATCH_SECONDS)
+        self.write_status("ready")
+        log.info("serving on %s", sock_path)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    client, _ = server.accept()
+                except TimeoutError:
+                    if not self._vm_alive():
+                        log.info("VM %s is gone; agent exits", self.vm)
+                        break
+                    continue
+                threading.Thread(target=self._handle, args=(client,), daemon=True).start()
+        finally:
+            server.close()
+            sock_path.unlink(missing_ok=True)
+            self.write_status("stopped")
+            if self._conn is not None:
+                self._conn.close()
+        return 0
+
+    def _handle(self, client: socket.socket) -> None:
+        with client:
+            try:
+                request = recv_line(client)
+                if request is None:
+                    return
+                op = request.get("op")
+                if op == "ping":
+                    send_line(client, {"ok": True, "pid": os.getpid(), "vm": self.vm})
+                elif op == "shutdown":
+                    send_line(client, {"ok": True})
+                    self._stopping.set()
+                elif op == "exec":
+                    self._exec(client, ExecRequest.model_validate(request))
+                else:
+                    send_line(client, {"ok": False, "error": f"unknown op {op!r}"})
+            except (OSError, ValueError) as exc:
+                log.warning("client request failed: %s", exc)
+            except VmsbxError as exc:
+                with contextlib.suppress(OSError):
+                    send_line(client, {"ok": False, "error": str(exc), "exit_code": exc.exit_code})
+
+    def _exec(self, client: socket.socket, request: ExecRequest) -> None:
+        channel = self.connection().open_channel(
+            list(request.argv),
+            pty=request.pty,
+            term=request.term,
+            size=(request.cols, request.rows),
+        )
+        send_line(client, {"ok": True})
+        log.info("exec %s", request.argv[0])
+        pump = threading.Thread(target=_client_to_channel, args=(client, channel), daemon=True)
+        pump.start()
+        _channel_to_client(channel, client)
+        code = channel.recv_exit_status()
+        with contextlib.suppress(OSError):
+            send_frame(client, Frame.EXIT, json.dumps({"code": code}).encode())
+        channel.close()
+
+
+def _client_to_channel(client: socket.socket, channel: paramiko.Channel) -> None:
+    try:
+        while True:
+            frame = recv_frame(client)
+            if frame is None:
+                # The CLI went away: end the command rather than leave it orphaned.
+                channel.close()
+                return
+            kind, payload = frame
+            if kind is Frame.STDIN:
+                channel.sendall(payload)
+            elif kind is Frame.STDIN_EOF:
+                channel.shutdown_write()
+            elif kind is Frame.RESIZE:
+                size: dict[str, Any] = json.loads(payload)
+                channel.resize_pty(width=int(size["cols"]), height=int(size["rows"]))
+    except (OSError, ValueError, EOFError):
+        channel.close()
+
+
+def _channel_to_client(channel: paramiko.Channel, client: socket.socket) -> None:
+    while True:
+        readable, _, _ = select.select([channel], [], [], 1.0)
+        if channel.recv_stderr_ready():
+            data = channel.recv_stderr(65536)
+            if data:
+                send_frame(client, Frame.STDERR, data)
+        if channel.recv_ready():
+            data = channel.recv(65536)
+            if data:
+                send_frame(client, Frame.STDOUT, data)
+                continue
+        if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+            return
+        if channel.closed and not readable:
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vmsbx-agent")
+    parser.add_argument("--vm", required=True)
+    parser.add_argument("--timeout", type=float, default=300.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    provider_name = existing_provider_name(args.vm)
+    if provider_name is None:
+        log.error("VM %s does not exist", args.vm)
+        return 1
+    provider = get_provider(provider_name, VMSettings())
+    pid_file = Path(vm_dir(args.vm)) / "agent.pid"
+    pid_file.write_text(f"{os.getpid()}\n")
+    try:
+        return HostAgent(args.vm, provider, args.timeout).serve()
+    finally:
+        pid_file.unlink(missing_ok=True)

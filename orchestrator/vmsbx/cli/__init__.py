@@ -1,0 +1,1 @@
+"""The `vmsbx` command line: one thin module per verb."""

@@ -1,0 +1,47 @@
+"""`vmsbx image`: the base images vmsbx builds from Debian packages."""
+
+from __future__ import annotations
+
+import click
+
+from vmsbx.cli.common import json_option, print_json, progress
+
+
+@click.group("image")
+def command() -> None:
+    """List or rebuild the cached base images (qemu provider)."""
+
+
+@command.command("list")
+@json_option
+def list_images(as_json: bool) -> None:
+    """Show each image: recipe hash, when it was built, its kernel."""
+    import tomllib
+
+    from vmsbx.providers.image import current_image, image_record, load_recipe, templates_dir
+
+    names = sorted(tomllib.loads((templates_dir() / "recipe.toml").read_text()))
+    rows = []
+    for name in names:
+        info = current_image(load_recipe(name))
+        rows.append(image_record(info) if info else {"name": name, "built_at": None})
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        built = row.get("built_at") or "not built"
+        click.echo(f"{row['name']:10} {row.get('recipe_hash', '-'):16} {built:25} {row.get('kernel_release', '')}")
+
+
+@command.command("rebuild")
+@click.option("--image", default="bookworm", type=click.Choice(["bookworm", "trixie"]), help="Which image.")
+def rebuild(image: str) -> None:
+    """Build the image again from its recipe (picks up security updates).
+
+    Existing VMs keep the build they were made from; `vmsbx reset` moves a VM onto the new one.
+    """
+    from vmsbx.providers.image import ensure_image, load_recipe
+
+    with progress(f"building image {image}") as report:
+        info = ensure_image(load_recipe(image), report, rebuild=True)
+    click.echo(f"image {info.name} rebuilt at {info.built_at} (kernel {info.kernel_release})")

@@ -1,0 +1,72 @@
+"""Entry point. Verbs load lazily so `vmsbx --help` stays instant (no paramiko, no pydantic)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+# verb -> (module, one-line help shown by `vmsbx --help` without importing the module)
+VERBS: dict[str, tuple[str, str]] = {
+    "up": ("vmsbx.cli.up", "Create, start and connect the VM (idempotent)."),
+    "status": ("vmsbx.cli.status", "Show each VM: provider, state, SSH endpoint."),
+    "ssh": ("vmsbx.cli.ssh", "Open a shell in the VM, or run one command there."),
+    "stop": ("vmsbx.cli.stop", "Shut the VM down (or kill it with --force)."),
+    "destroy": ("vmsbx.cli.destroy", "Delete the VM with its disk and keys."),
+    "reset": ("vmsbx.cli.reset", "Return the VM to a fresh copy of its base image."),
+    "image": ("vmsbx.cli.image", "List or rebuild the base images vmsbx builds."),
+    "doctor": ("vmsbx.cli.doctor", "Check the host's prerequisites and say what to install."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(VERBS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in VERBS:
+            return None
+        module = importlib.import_module(VERBS[cmd_name][0])
+        command: click.Command = module.command
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, short) for name, (_module, short) in VERBS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vmsbx", prog_name="vmsbx")
+def cli() -> None:
+    """vmsbx runs a coding agent behind two walls: a Linux VM, and a sandbox per run inside it.
+
+    \b
+    Typical day:
+      vmsbx up          # build the image once, boot the VM, connect
+      vmsbx ssh         # look around inside
+      vmsbx stop        # shut it down
+    """
+
+
+def main(argv: list[str] | None = None) -> Any:
+    from vmsbx.errors import VmsbxError
+
+    try:
+        return cli.main(args=argv, prog_name="vmsbx", standalone_mode=False)
+    except VmsbxError as exc:
+        click.echo(f"vmsbx: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("vmsbx: aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("vmsbx: interrupted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)

@@ -1,0 +1,330 @@
+"""The settings vmsbx runs with: one frozen, fully described record per section.
+
+Every value a user can write is parsed here (sizes such as "4G", durations such as "1h30m"), so
+the loader compares parsed values and never strings: "4096M" and "4G" are the same memory limit.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from fractions import Fraction
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.fields import FieldInfo
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+
+_SIZE_UNITS = {"": 1, "K": KiB, "M": MiB, "G": GiB, "T": TiB}
+# Digits are capped so that a hostile value cannot make int() chew on a megabyte of digits.
+_SIZE_RE = re.compile(
+    r"(?P<number>\d{1,18}(?:\.\d{1,9})?)\s*(?:(?P<unit>[KMGT])(?:I?B)?|B)?", re.IGNORECASE
+)
+_DURATION_UNITS = {"h": 3600, "m": 60, "s": 1}
+_DURATION_PART = r"(?:(?P<{unit}>\d{{1,9}}(?:\.\d{{1,9}})?)\s*{unit}\s*)?"
+_DURATION_RE = re.compile(
+    "".join(_DURATION_PART.format(unit=unit) for unit in _DURATION_UNITS), re.IGNORECASE
+)
+
+# How sizes and durations may be written, for error messages and help text.
+SIZE_FORMS = "512M, 4G or 4GiB (K/M/G/T are powers of 1024) or a number of bytes"
+DURATION_FORMS = "90s, 30m, 2h or 1h30m, or a number of seconds"
+
+
+class ValueKind(enum.Enum):
+    """Marks fields whose written form differs from their stored form, for display and errors."""
+
+    SIZE = "size"
+    DURATION = "duration"
+
+
+def parse_size(value: str | int) -> int:
+    """Return `value` in bytes: an int is bytes; a string is a number with an optional unit.
+
+    Units K, M, G and T are powers of 1024, case-insensitive, optionally followed by "B" or "iB"
+    ("4G", "4g", "4GB", "4GiB" are all 4 GiB); fractions round down to whole bytes. Zero, negative
+    and unparsable values raise ValueError with a message fit for the user.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"a {_type_word(value)} is not a size")
+    if isinstance(value, int):
+        size = value
+    else:
+        text = value.strip()
+        if text.startswith("-"):
+            raise ValueError("a size cannot be negative")
+        match = _SIZE_RE.fullmatch(text)
+        if match is None:
+            raise ValueError("not a size")
+        unit = (match["unit"] or "").upper()
+        size = math.floor(Fraction(match["number"]) * _SIZE_UNITS[unit])
+    if size < 0:
+        raise ValueError("a size cannot be negative")
+    if size == 0:
+        raise ValueError("a size must be greater than zero")
+    return size
+
+
+def format_size(size: int) -> str:
+    """Write `size` bytes in the largest unit that divides it exactly ("4G", "1536M", "100")."""
+    for unit in ("T", "G", "M", "K"):
+        if size % _SIZE_UNITS[unit] == 0:
+            return f"{size // _SIZE_UNITS[unit]}{unit}"
+    return str(size)
+
+
+def parse_duration(value: str | float) -> float:
+    """Return `value` in seconds: a number is seconds; a string is "90s", "30m", "2h", "1h30m".
+
+    Hours, minutes and seconds come in that order, each at most once, each may have a fraction;
+    a bare number in a string ("90") is seconds too. Zero, negative, infinite and unparsable
+    values raise ValueError with a message fit for the user.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"a {_type_word(value)} is not a duration")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip()
+        if text.startswith("-"):
+            raise ValueError("a duration cannot be negative")
+        seconds = _parse_duration_text(text)
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number of seconds")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    if seconds == 0:
+        raise ValueError("a duration must be greater than zero")
+    return seconds
+
+
+def _parse_duration_text(text: str) -> float:
+    if re.fullmatch(r"\d{1,12}(?:\.\d{1,9})?", text):
+        return float(text)
+    match = _DURATION_RE.fullmatch(text)
+    if not text or match is None or not any(match.groupdict().values()):
+        raise ValueError("not a duration")
+    return float(
+        sum(
+            Fraction(match[unit]) * factor
+            for unit, factor in _DURATION_UNITS.items()
+            if match[unit] is not None
+        )
+    )
+
+
+def format_duration(seconds: float) -> str:
+    """Write `seconds` as "2h", "1h30m", "90.5s": whole seconds split into h/m/s, else seconds."""
+    if seconds != int(seconds):
+        return f"{seconds:g}s"
+    rest = int(seconds)
+    parts = []
+    for unit, factor in _DURATION_UNITS.items():
+        count, rest = divmod(rest, factor)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
+def _type_word(value: object) -> str:
+    return {bool: "true/false value", list: "list", dict: "table"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _refuse_bool(value: object) -> object:
+    # pydantic's lax mode reads `true` as 1; in a settings file that is always a mistake.
+    if isinstance(value, bool):
+        raise ValueError("true/false is not a number")
+    return value
+
+
+def _lowercase(host: str) -> str:
+    return host.lower()
+
+
+def _absolute_host_path(path: str) -> str:
+    # Relative paths would resolve against whatever folder vmsbx happens to be started from.
+    if not (path.startswith(("/", "~")) or re.match(r"[A-Za-z]:[\\/]", path)):
+        raise ValueError("must be an absolute path or start with ~")
+    return path
+
+
+Size = Annotated[int, BeforeValidator(parse_size), ValueKind.SIZE]
+Duration = Annotated[float, BeforeValidator(parse_duration), ValueKind.DURATION]
+Count = Annotated[int, BeforeValidator(_refuse_bool)]
+Number = Annotated[float, BeforeValidator(_refuse_bool)]
+HostName = Annotated[
+    str,
+    Field(pattern=r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"),
+    AfterValidator(_lowercase),
+]
+HostPath = Annotated[str, Field(min_length=1), AfterValidator(_absolute_host_path)]
+
+ProviderName = Literal["auto", "qemu", "lima", "multipass", "wsl2", "ssh"]
+NetworkMode = Literal["none", "api", "allowlist", "open"]
+# Narrowest first: the project file may only move a value towards the start of this tuple.
+NETWORK_ORDER: tuple[NetworkMode, ...] = ("none", "api", "allowlist", "open")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class VMSettings(_Section):
+    """The VM: the outer wall. Changing it takes effect when the VM is next created or started."""
+
+    name: str = Field(
+        default="default",
+        pattern=r"^[a-z0-9][a-z0-9-]{0,39}$",
+        description="Name of the VM; it becomes a directory name under the vmsbx state folder.",
+        json_schema_extra={
+            "allowed": "lowercase letters, digits and '-', starting with a letter or digit, "
+            'at most 40 characters (e.g. "default", "work-2")'
+        },
+    )
+    provider: ProviderName = Field(
+        default="auto",
+        description="Which host tool runs the VM; auto picks the platform's default.",
+    )
+    cpus: Count = Field(default=2, ge=1, le=64, description="Virtual CPUs given to the VM.")
+    memory: Size = Field(
+        default=4 * GiB, ge=256 * MiB, description="Memory given to the VM, in bytes."
+    )
+    disk: Size = Field(
+        default=20 * GiB, ge=2 * GiB, description="Size of the VM's root disk, in bytes."
+    )
+    image: Literal["bookworm", "trixie"] = Field(
+        default="bookworm", description="Debian release the guest image is built from."
+    )
+    accel: Literal["auto", "kvm", "tcg"] = Field(
+        default="auto",
+        description="CPU acceleration: kvm (hardware), tcg (emulation) or auto (kvm if usable).",
+    )
+    guest_network: Literal["restricted", "nat"] = Field(
+        default="restricted",
+        description="restricted: the guest reaches only vmsbx's relay; nat: the guest gets a "
+        "routed network of its own.",
+    )
+    boot_timeout: Number = Field(
+        default=300.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="Seconds to wait for the guest's SSH to answer after starting it.",
+    )
+
+
+class SandboxSettings(_Section):
+    """The per-run sandbox inside the VM: the inner wall around each agent run."""
+
+    mode: Literal["systemd", "nsjail"] = Field(
+        default="systemd",
+        description="How a run is confined: a hardened systemd transient unit, or nsjail.",
+    )
+    network: NetworkMode = Field(
+        default="api",
+        description="What a run may reach: none, only the model API, the API plus allow_hosts, "
+        "or the open network.",
+    )
+    memory_max: Size = Field(default=4 * GiB, description="Memory limit of one run, in bytes.")
+    cpus: Number = Field(
+        default=2.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="CPU limit of one run, in CPUs (fractions allowed).",
+    )
+    tasks_max: Count = Field(
+        default=512, ge=16, description="Most processes and threads one run may have at once."
+    )
+    timeout: Duration = Field(
+        default=2 * 3600.0, description="Wall-clock limit of one run, in seconds."
+    )
+    workspace_size: Size = Field(
+        default=10 * GiB, description="Size of the run's writable workspace, in bytes."
+    )
+    tmp_size: Size = Field(default=1 * GiB, description="Size of the run's /tmp, in bytes.")
+    allow_hosts: tuple[HostName, ...] = Field(
+        default=(),
+        description="Hosts a run may reach when network is allowlist (lowercased; *.x allowed).",
+        json_schema_extra={"allowed": 'a list of host names such as ["github.com", "*.pypi.org"]'},
+    )
+    score_threshold: Number = Field(
+        default=1.0,
+        ge=0,
+        le=10,
+        allow_inf_nan=False,
+        description="Suspicion score from which a finished run is flagged for review.",
+    )
+
+
+class AgentSettings(_Section):
+    """The coding agent and how it reaches the model API."""
+
+    credential_command: tuple[str, ...] | None = Field(
+        default=None,
+        min_length=1,
+        description="argv of a host command that prints the API key; None: no command.",
+        json_schema_extra={"allowed": 'an argv list such as ["pass", "show", "anthropic"]'},
+    )
+    api_upstream: str = Field(
+        default="https://api.anthropic.com",
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="Base URL the host relay forwards model API requests to.",
+        json_schema_extra={"allowed": 'an http(s) URL such as "https://api.anthropic.com"'},
+    )
+    claude_version: str = Field(
+        default="2.1.332",
+        # The version lands in a package-install argv in the guest: keep it to a version alphabet.
+        pattern=r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]{1,64})?$",
+        description="Exact Claude Code version installed in the guest.",
+        json_schema_extra={"allowed": 'an exact version such as "2.1.332"'},
+    )
+
+
+class Settings(BaseModel):
+    """Everything vmsbx is configured with, after all layers are merged."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    vm: VMSettings = Field(default_factory=VMSettings, description="The VM (outer wall).")
+    sandbox: SandboxSettings = Field(
+        default_factory=SandboxSettings, description="The per-run sandbox (inner wall)."
+    )
+    agent: AgentSettings = Field(
+        default_factory=AgentSettings, description="The agent and its API access."
+    )
+    extra_host_paths: tuple[HostPath, ...] = Field(
+        default=(),
+        description="Host folders shared into the VM besides the project folder.",
+        json_schema_extra={"allowed": 'a list of absolute paths such as ["/srv/datasets"]'},
+    )
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "vm": VMSettings,
+    "sandbox": SandboxSettings,
+    "agent": AgentSettings,
+}
+
+
+def setting_fields() -> dict[str, FieldInfo]:
+    """Every settable key as a dotted path ("vm.memory", "extra_host_paths") with its field."""
+    fields: dict[str, FieldInfo] = {}
+    for name, info in Settings.model_fields.items():
+        section = SECTIONS.get(name)
+        if section is None:
+            fields[name] = info
+        else:
+            fields.update({f"{name}.{key}": sub for key, sub in section.model_fields.items()})
+    return fields
+
+
+def value_kind(info: FieldInfo) -> ValueKind | None:
+    """Whether a field holds a size or a duration (written differently from how it is stored)."""
+    return next((item for item in info.metadata if isinstance(item, ValueKind)), None)

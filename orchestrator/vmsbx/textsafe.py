@@ -1,0 +1,24 @@
+"""Make guest-produced text safe to show on the host's terminal.
+
+Everything from the guest is attacker-controlled: escape sequences could rewrite the screen,
+set the window title or, on some terminals, inject input. Views strip them; only the raw
+`--tty` passthrough is byte-exact.
+"""
+
+from __future__ import annotations
+
+import re
+
+# CSI, OSC (terminated by BEL or ST), other two-byte ESC sequences, and C0/C1 controls except
+# tab and newline.
+_ESCAPES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
+    r"|\x1b[@-Z\\-_]"
+    r"|[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]"
+)
+
+
+def strip_control(text: str) -> str:
+    """Remove terminal control sequences and control characters, keeping tabs and newlines."""
+    return _ESCAPES.sub("", text.replace("\r\n", "\n"))

@@ -1,0 +1,13 @@
+#!/bin/sh
+# Prints one JSON object of the facts vmsbx checks before it trusts a guest to hold its walls.
+# Batched into one command so `vmsbx up` costs one round trip.
+set -u
+pid1=$(cat /proc/1/comm 2>/dev/null || echo unknown)
+systemd_version=$(systemctl --version 2>/dev/null | awk 'NR==1 {print $2}')
+cgroup_fs=$(stat -fc %T /sys/fs/cgroup 2>/dev/null || echo none)
+arch=$(uname -m)
+kernel=$(uname -r)
+system_state=$(systemctl is-system-running 2>/dev/null || true)
+userns_max=$(cat /proc/sys/user/max_user_namespaces 2>/dev/null || echo 0)
+printf '{"pid1":"%s","systemd_version":"%s","cgroup_fs":"%s","arch":"%s","kernel":"%s","system_state":"%s","max_user_namespaces":"%s"}\n' \
+  "$pid1" "${systemd_version:-}" "$cgroup_fs" "$arch" "$kernel" "$system_state" "$userns_max"
