@@ -16,7 +16,7 @@ import paramiko
 import pytest
 from sshd_server import HOST_KEY_ALIAS, Sshd, free_port
 
-from vmsbx.errors import HostKeyMismatch, TransportError
+from vmsbx.errors import ConfigError, HostKeyMismatch, TransportError
 from vmsbx.providers.base import SSHInfo
 from vmsbx.transport import (
     CommandResult,
@@ -41,9 +41,7 @@ def conn(ssh_info: SSHInfo) -> Iterator[Connection]:
 # -- the pinned client -----------------------------------------------------------------------
 
 
-def test_client_rejects_unknown_hosts_and_holds_only_the_pin(
-    conn: Connection, ssh_info: SSHInfo
-) -> None:
+def test_client_rejects_unknown_hosts_and_holds_only_the_pin(conn: Connection, ssh_info: SSHInfo) -> None:
     client = conn.fabric.client
     assert isinstance(client._policy, paramiko.RejectPolicy)
     assert len(client._system_host_keys) == 0
@@ -69,9 +67,7 @@ def test_open_is_idempotent_and_close_repeatable(ssh_info: SSHInfo) -> None:
     connection.close()
 
 
-def test_host_key_mismatch_names_both_fingerprints(
-    sshd: Sshd, ssh_info: SSHInfo, tmp_path: Path
-) -> None:
+def test_host_key_mismatch_names_both_fingerprints(sshd: Sshd, ssh_info: SSHInfo, tmp_path: Path) -> None:
     impostor_line = generate_keypair(tmp_path / "impostor", "x")
     write_known_hosts(ssh_info.known_hosts, HOST_KEY_ALIAS, impostor_line)
     expected = fingerprint(read_pinned_key(ssh_info.known_hosts, HOST_KEY_ALIAS))
@@ -135,6 +131,7 @@ def test_known_hosts_file_works_for_openssh_with_host_key_alias(
         text=True,
         timeout=30,
         stdin=subprocess.DEVNULL,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "pinned\n"
@@ -191,6 +188,13 @@ def test_missing_client_key_names_the_fix(ssh_info: SSHInfo, tmp_path: Path) -> 
     with pytest.raises(TransportError, match="does not exist") as caught:
         Connection(info, vm_name="vm-one").open()
     assert "vmsbx destroy vm-one" in str(caught.value)
+
+
+@pytest.mark.parametrize("host", ["root@127.0.0.1", "127.0.0.1:22"])
+def test_host_with_shorthand_separators_is_rejected(ssh_info: SSHInfo, host: str) -> None:
+    info = ssh_info.model_copy(update={"host": host})
+    with pytest.raises(ConfigError):
+        Connection(info).open()
 
 
 def test_refused_port_is_unreachable(ssh_info: SSHInfo) -> None:
@@ -288,6 +292,15 @@ def test_run_timeout_names_the_command(conn: Connection) -> None:
     assert conn.run(["true"]).exit_code == 0
 
 
+def test_connection_dropped_mid_command_is_a_transport_error(ssh_info: SSHInfo) -> None:
+    with Connection(ssh_info) as connection:
+        # $PPID of the command is the sshd process serving this connection: killing it is the
+        # guest vanishing mid-command.
+        with pytest.raises(TransportError, match="dropped while running"):
+            connection.run(["sh", "-c", "kill -9 $PPID; sleep 10"], timeout=20)
+        assert not connection.is_alive()
+
+
 def test_run_rejects_a_string_instead_of_argv(conn: Connection) -> None:
     with pytest.raises(TypeError, match="list of arguments"):
         conn.run("ls -l")
@@ -336,8 +349,8 @@ def test_stream_copies_output_live(conn: Connection) -> None:
     out, err = _TimedSink(), _TimedSink()
     code = conn.stream(
         ["sh", "-c", "echo first; echo oops >&2; sleep 1; echo second; exit 5"],
-        stdout=out,  # type: ignore[arg-type]
-        stderr=err,  # type: ignore[arg-type]
+        stdout=out,
+        stderr=err,
     )
     finished = time.monotonic()
     assert code == 5
@@ -541,9 +554,7 @@ def test_closing_one_forward_keeps_the_other(conn: Connection) -> None:
         second.close()
 
 
-def test_forward_to_a_dead_local_port_drops_only_that_connection(
-    conn: Connection, echo: _EchoServer
-) -> None:
+def test_forward_to_a_dead_local_port_drops_only_that_connection(conn: Connection, echo: _EchoServer) -> None:
     with conn.forward_remote("127.0.0.1", 0, "127.0.0.1", free_port()) as dead:
         assert _round_trip(dead.remote_port, b"x") == b""
     assert conn.run(["true"]).exit_code == 0

@@ -65,9 +65,7 @@ def test_ssh_keygen_reads_generated_key_and_agrees_on_fingerprint(tmp_path: Path
     private = tmp_path / "id"
     line = generate_keypair(private, "c")
 
-    derived = subprocess.run(
-        [keygen, "-y", "-f", str(private)], capture_output=True, text=True, check=True
-    )
+    derived = subprocess.run([keygen, "-y", "-f", str(private)], capture_output=True, text=True, check=True)
     assert derived.stdout.split()[:2] == line.split()[:2]
     listed = subprocess.run(
         [keygen, "-l", "-E", "sha256", "-f", str(private.with_name("id.pub"))],

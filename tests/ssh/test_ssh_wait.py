@@ -65,9 +65,7 @@ def test_wait_for_ssh_connects_to_live_sshd(ssh_info: SSHInfo) -> None:
         connection.close()
 
 
-def test_accept_then_close_is_retried_until_boot_timeout(
-    ssh_info: SSHInfo, slam: _SlamServer
-) -> None:
+def test_accept_then_close_is_retried_until_boot_timeout(ssh_info: SSHInfo, slam: _SlamServer) -> None:
     info = ssh_info.model_copy(update={"port": slam.port})
     started = time.monotonic()
     with pytest.raises(BootTimeout) as caught:
@@ -159,9 +157,7 @@ def test_unpinned_host_is_never_retried(ssh_info: SSHInfo) -> None:
     assert time.monotonic() - started < 1
 
 
-def test_auth_failure_is_retried_only_for_the_grace_period(
-    ssh_info: SSHInfo, tmp_path: Path
-) -> None:
+def test_auth_failure_is_retried_only_for_the_grace_period(ssh_info: SSHInfo, tmp_path: Path) -> None:
     wrong_key = tmp_path / "not_authorized"
     generate_keypair(wrong_key, "x")
     info = ssh_info.model_copy(update={"key_file": wrong_key})

@@ -198,9 +198,7 @@ def test_values_from_env_are_parsed(box: Sandbox) -> None:
     assert settings.extra_host_paths == ("/srv/a", "/srv/b")
 
 
-def test_empty_credential_command_variable_clears_the_file_value(
-    box: Sandbox, user_dir: Path
-) -> None:
+def test_empty_credential_command_variable_clears_the_file_value(box: Sandbox, user_dir: Path) -> None:
     settings = box.load(
         user='[agent]\ncredential_command = ["pass", "show", "x"]\n',
         env={"VMSBX_AGENT_CREDENTIAL_COMMAND": ""},
@@ -259,9 +257,7 @@ def test_unknown_nested_key_lists_the_section_keys(box: Sandbox) -> None:
     assert "vmsbx.toml" in message
     assert "'vm.memroy'" in message
     assert "did you mean 'vm.memory'" in message
-    assert (
-        "name, provider, cpus, memory, disk, image, accel, guest_network, boot_timeout" in message
-    )
+    assert "name, provider, cpus, memory, disk, image, accel, guest_network, boot_timeout" in message
 
 
 def test_top_level_key_written_after_a_table_gets_a_toml_hint(box: Sandbox) -> None:
@@ -492,9 +488,7 @@ def test_project_file_may_not_widen_the_network(box: Sandbox, network: str) -> N
 
 def test_network_order_is_relative_to_the_user_config(box: Sandbox, user_dir: Path) -> None:
     user = '[sandbox]\nnetwork = "open"\n'
-    assert box.load(user=user, project='[sandbox]\nnetwork = "allowlist"\n').sandbox.network == (
-        "allowlist"
-    )
+    assert box.load(user=user, project='[sandbox]\nnetwork = "allowlist"\n').sandbox.network == ("allowlist")
 
 
 @pytest.mark.parametrize(
@@ -516,9 +510,7 @@ def test_network_order_is_relative_to_the_user_config(box: Sandbox, user_dir: Pa
         ("sandbox.allow_hosts", '[sandbox]\nallow_hosts = ["evil.example"]\n'),
     ],
 )
-def test_trusted_only_keys_are_refused_in_the_project_file(
-    box: Sandbox, key: str, toml: str
-) -> None:
+def test_trusted_only_keys_are_refused_in_the_project_file(box: Sandbox, key: str, toml: str) -> None:
     message = _refused(box, toml, key)
     assert "not allowed in a project file" in message or "would loosen isolation" in message
 
@@ -605,9 +597,7 @@ def test_env_and_flags_may_loosen_over_a_tightening_project_file(box: Sandbox) -
 
 
 def test_guest_network_restricted_is_allowed(box: Sandbox) -> None:
-    assert box.load(project='[vm]\nguest_network = "restricted"\n').vm.guest_network == (
-        "restricted"
-    )
+    assert box.load(project='[vm]\nguest_network = "restricted"\n').vm.guest_network == ("restricted")
 
 
 def test_nat_is_refused_even_when_the_user_config_says_nat(box: Sandbox, user_dir: Path) -> None:
@@ -623,16 +613,12 @@ def test_sandbox_mode_may_be_repeated_but_not_changed(box: Sandbox, user_dir: Pa
 
 
 def test_allow_hosts_may_only_shrink(box: Sandbox, user_dir: Path) -> None:
-    box.user_file.write_text(
-        '[sandbox]\nallow_hosts = ["GitHub.com", "pypi.org"]\n', encoding="utf-8"
-    )
+    box.user_file.write_text('[sandbox]\nallow_hosts = ["GitHub.com", "pypi.org"]\n', encoding="utf-8")
     assert box.load(project='[sandbox]\nallow_hosts = ["github.com"]\n').sandbox.allow_hosts == (
         "github.com",
     )
     assert box.load(project="[sandbox]\nallow_hosts = []\n").sandbox.allow_hosts == ()
-    message = _refused(
-        box, '[sandbox]\nallow_hosts = ["pypi.org", "evil.example"]\n', "sandbox.allow_hosts"
-    )
+    message = _refused(box, '[sandbox]\nallow_hosts = ["pypi.org", "evil.example"]\n', "sandbox.allow_hosts")
     assert 'it adds "evil.example"' in message
 
 

@@ -61,7 +61,10 @@ class AgentClient:
     def shutdown(self, *, wait: float = 10.0) -> None:
         """Ask the agent to exit and wait until it has; kill it if it does not. No-op if absent."""
         pid = self.pid()
-        with contextlib.suppress(AgentError, OSError, ValueError), self._connect(timeout=2.0) as sock:
+        with (
+            contextlib.suppress(AgentError, OSError, ValueError),
+            self._connect(timeout=2.0) as sock,
+        ):
             send_line(sock, {"op": "shutdown"})
             recv_line(sock)
         if pid is None:

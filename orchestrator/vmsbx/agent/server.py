@@ -82,7 +82,8 @@ class HostAgent:
                 info,
                 timeout=timeout,
                 serial_tail=lambda: self.provider.serial_log_tail(self.vm),
-                is_alive=lambda: self._vm_alive(),
+                is_alive=self._vm_alive,
+                vm_name=self.vm,
             )
             log.info("connected to %s:%s in %.1fs", info.host, info.port, time.monotonic() - started)
             return self._conn

@@ -44,13 +44,19 @@ def command(as_json: bool) -> None:
             f"free at least {_MIN_FREE_GIB} GiB (images are ~1 GiB, each VM grows with use)",
         )
     kvm = kvm_device_usable()
-    accel_detail = "/dev/kvm usable; `vmsbx up` probes whether it really boots a guest" if kvm else (
-        "no usable /dev/kvm: guests run under TCG emulation (slower, still fully isolated)"
+    accel_detail = (
+        "/dev/kvm usable; `vmsbx up` probes whether it really boots a guest"
+        if kvm
+        else ("no usable /dev/kvm: guests run under TCG emulation (slower, still fully isolated)")
     )
     check("acceleration", True, accel_detail)
     probe_file = cache_root() / "accel-probe"
     if probe_file.is_file():
-        check("acceleration probe", True, f"last probe chose {probe_file.read_text().strip().split('=')[-1]}")
+        check(
+            "acceleration probe",
+            True,
+            f"last probe chose {probe_file.read_text().strip().split('=')[-1]}",
+        )
     if as_json:
         print_json(checks)
     else:

@@ -30,7 +30,9 @@ def list_images(as_json: bool) -> None:
         return
     for row in rows:
         built = row.get("built_at") or "not built"
-        click.echo(f"{row['name']:10} {row.get('recipe_hash', '-'):16} {built:25} {row.get('kernel_release', '')}")
+        click.echo(
+            f"{row['name']:10} {row.get('recipe_hash', '-'):16} {built:25} {row.get('kernel_release', '')}"
+        )
 
 
 @command.command("rebuild")

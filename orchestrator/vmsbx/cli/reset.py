@@ -28,7 +28,9 @@ def command(name: str | None, yes: bool) -> None:
 
     machine = get_provider(provider_name, settings.vm)
     if not machine.features.reset or not isinstance(machine, SupportsReset):
-        raise UsageError(f"the {provider_name} provider cannot reset a VM", hint="destroy and create it instead")
+        raise UsageError(
+            f"the {provider_name} provider cannot reset a VM", hint="destroy and create it instead"
+        )
     if not yes:
         click.confirm(f"Discard everything written in VM {vm!r}?", abort=True)
     with progress(f"resetting {vm}") as report:

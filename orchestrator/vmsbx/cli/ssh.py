@@ -22,8 +22,8 @@ def command(name: str | None, argv: tuple[str, ...]) -> None:
     The connection is checked against the VM's pinned host key.
     """
     from vmsbx.agent.client import AgentClient
-    from vmsbx.providers import existing_provider_name, get_provider
     from vmsbx.errors import VMNotFound
+    from vmsbx.providers import existing_provider_name, get_provider
 
     settings = load(**{"vm.name": name})
     vm = settings.vm.name
@@ -32,13 +32,18 @@ def command(name: str | None, argv: tuple[str, ...]) -> None:
         raise VMNotFound(f"VM {vm!r} does not exist", hint=f"`vmsbx up --name {vm}` creates it")
     info = get_provider(provider_name, settings.vm).ssh_info(vm)
     if argv:
-        code = AgentClient(vm).exec(list(argv), stdin=sys.stdin.buffer, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer)
+        code = AgentClient(vm).exec(
+            list(argv), stdin=sys.stdin.buffer, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer
+        )
         sys.exit(code)
     ssh = shutil.which("ssh")
     if ssh is None:
         from vmsbx.errors import ToolMissing
 
-        raise ToolMissing("the OpenSSH client is needed for an interactive shell", hint="apt-get install openssh-client")
+        raise ToolMissing(
+            "the OpenSSH client is needed for an interactive shell",
+            hint="apt-get install openssh-client",
+        )
     ssh_argv = [
         ssh,
         "-o", "StrictHostKeyChecking=yes",

@@ -18,7 +18,7 @@ def command(as_json: bool) -> None:
     from vmsbx.providers.base import VMState
     from vmsbx.providers.qemu import list_vm_names
 
-    rows = []
+    rows: list[dict[str, object]] = []
     for vm in list_vm_names():
         provider_name = existing_provider_name(vm) or "unknown"
         try:
@@ -47,5 +47,11 @@ def command(as_json: bool) -> None:
     table = Table("NAME", "PROVIDER", "STATE", "SSH", "AGENT", box=None)
     for row in rows:
         agent = "up" if row.get("agent") else "-"
-        table.add_row(str(row["name"]), str(row["provider"]), str(row["state"]), str(row.get("ssh") or "-"), agent)
+        table.add_row(
+            str(row["name"]),
+            str(row["provider"]),
+            str(row["state"]),
+            str(row.get("ssh") or "-"),
+            agent,
+        )
     Console().print(table)

@@ -64,7 +64,8 @@ def command(
             from vmsbx.errors import ProviderError
 
             raise ProviderError(
-                f"VM {vm!r} is broken", hint=f"`vmsbx destroy -y --name {vm}` then `vmsbx up --name {vm}`"
+                f"VM {vm!r} is broken",
+                hint=f"`vmsbx destroy -y --name {vm}` then `vmsbx up --name {vm}`",
             )
         if state is VMState.ABSENT:
             report(f"creating VM {vm}")

@@ -590,9 +590,7 @@ def _refusal(key: str, rule: _Rule, below: object, wanted: object) -> str | None
         case _Unchanged(reason):
             if wanted == below:
                 return None
-            return (
-                f"is not allowed in a project file: {reason} (the layers below say {below_shown})"
-            )
+            return f"is not allowed in a project file: {reason} (the layers below say {below_shown})"
         case _AtMost():
             assert isinstance(wanted, int | float) and isinstance(below, int | float)
             return None if wanted <= below else loosens
@@ -656,8 +654,6 @@ def _show(value: object) -> str:
     return text
 
 
-def _did_you_mean(
-    name: str, candidates: Mapping[str, object] | list[str], *, prefix: str = ""
-) -> str:
+def _did_you_mean(name: str, candidates: Mapping[str, object] | list[str], *, prefix: str = "") -> str:
     close = difflib.get_close_matches(name, list(candidates), n=1)
     return f" (did you mean '{prefix}{close[0]}'?)" if close else ""

@@ -22,9 +22,7 @@ TiB = 1024 * GiB
 
 _SIZE_UNITS = {"": 1, "K": KiB, "M": MiB, "G": GiB, "T": TiB}
 # Digits are capped so that a hostile value cannot make int() chew on a megabyte of digits.
-_SIZE_RE = re.compile(
-    r"(?P<number>\d{1,18}(?:\.\d{1,9})?)\s*(?:(?P<unit>[KMGT])(?:I?B)?|B)?", re.IGNORECASE
-)
+_SIZE_RE = re.compile(r"(?P<number>\d{1,18}(?:\.\d{1,9})?)\s*(?:(?P<unit>[KMGT])(?:I?B)?|B)?", re.IGNORECASE)
 _DURATION_UNITS = {"h": 3600, "m": 60, "s": 1}
 _DURATION_PART = r"(?:(?P<{unit}>\d{{1,9}}(?:\.\d{{1,9}})?)\s*{unit}\s*)?"
 _DURATION_RE = re.compile(
@@ -132,9 +130,7 @@ def format_duration(seconds: float) -> str:
 
 
 def _type_word(value: object) -> str:
-    return {bool: "true/false value", list: "list", dict: "table"}.get(
-        type(value), type(value).__name__
-    )
+    return {bool: "true/false value", list: "list", dict: "table"}.get(type(value), type(value).__name__)
 
 
 def _refuse_bool(value: object) -> object:
@@ -193,12 +189,8 @@ class VMSettings(_Section):
         description="Which host tool runs the VM; auto picks the platform's default.",
     )
     cpus: Count = Field(default=2, ge=1, le=64, description="Virtual CPUs given to the VM.")
-    memory: Size = Field(
-        default=4 * GiB, ge=256 * MiB, description="Memory given to the VM, in bytes."
-    )
-    disk: Size = Field(
-        default=20 * GiB, ge=2 * GiB, description="Size of the VM's root disk, in bytes."
-    )
+    memory: Size = Field(default=4 * GiB, ge=256 * MiB, description="Memory given to the VM, in bytes.")
+    disk: Size = Field(default=20 * GiB, ge=2 * GiB, description="Size of the VM's root disk, in bytes.")
     image: Literal["bookworm", "trixie"] = Field(
         default="bookworm", description="Debian release the guest image is built from."
     )
@@ -242,9 +234,7 @@ class SandboxSettings(_Section):
     tasks_max: Count = Field(
         default=512, ge=16, description="Most processes and threads one run may have at once."
     )
-    timeout: Duration = Field(
-        default=2 * 3600.0, description="Wall-clock limit of one run, in seconds."
-    )
+    timeout: Duration = Field(default=2 * 3600.0, description="Wall-clock limit of one run, in seconds.")
     workspace_size: Size = Field(
         default=10 * GiB, description="Size of the run's writable workspace, in bytes."
     )
@@ -296,9 +286,7 @@ class Settings(BaseModel):
     sandbox: SandboxSettings = Field(
         default_factory=SandboxSettings, description="The per-run sandbox (inner wall)."
     )
-    agent: AgentSettings = Field(
-        default_factory=AgentSettings, description="The agent and its API access."
-    )
+    agent: AgentSettings = Field(default_factory=AgentSettings, description="The agent and its API access.")
     extra_host_paths: tuple[HostPath, ...] = Field(
         default=(),
         description="Host folders shared into the VM besides the project folder.",

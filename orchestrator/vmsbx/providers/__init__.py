@@ -34,7 +34,7 @@ def resolve_name(configured: str) -> str:
     if name in PLANNED:
         raise UsageError(
             f"the {name} provider is not available in this version of vmsbx",
-            hint=f"use one of: {', '.join(AVAILABLE)} (set vm.provider in your user config or pass --provider)",
+            hint=f"use one of: {', '.join(AVAILABLE)} (vm.provider in your user config, or --provider)",
         )
     if name not in AVAILABLE:
         raise UsageError(f"unknown provider {name!r}", hint=f"choose one of: {', '.join(AVAILABLE)}")

@@ -41,9 +41,7 @@ def probe_kvm_boots(binary: str, kernel: Path, *, seconds: float = _PROBE_SECOND
         proc.wait()
 
 
-def choose_accel(
-    wanted: str, binary: str, kernel: Path, *, cache_file: Path | None = None
-) -> Accel:
+def choose_accel(wanted: str, binary: str, kernel: Path, *, cache_file: Path | None = None) -> Accel:
     """`wanted` is auto|kvm|tcg. auto probes once and remembers the answer in `cache_file`.
 
     The cache key is the host kernel release, so a host upgrade triggers a new probe.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import shlex
 import shutil
 import subprocess
@@ -190,7 +189,9 @@ def _build(recipe: ImageRecipe, family: Path, progress: Progress) -> ImageInfo:
 def _copy_boot_files(tree: Path, work: Path) -> str:
     kernels = sorted((tree / "boot").glob("vmlinuz-*"))
     if not kernels:
-        raise ImageBuildError("the bootstrapped tree has no kernel in /boot", hint="check the recipe's packages")
+        raise ImageBuildError(
+            "the bootstrapped tree has no kernel in /boot", hint="check the recipe's packages"
+        )
     release = kernels[-1].name.removeprefix("vmlinuz-")
     initrd = tree / "boot" / f"initrd.img-{release}"
     if not initrd.is_file():
@@ -226,7 +227,7 @@ def _run_logged(argv: list[str], log: Path, progress: Progress) -> None:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise ImageBuildError(
             f"image build step {argv[0]} failed with exit code {code}; last lines of {log}:\n{tail}",
-            hint="check that the Debian mirror is reachable and there is free disk space, then run `vmsbx up` again",
+            hint="check that the Debian mirror is reachable and the disk has room, then `vmsbx up` again",
         )
 
 
@@ -255,4 +256,10 @@ class _BuildLock:
 
 def image_record(info: ImageInfo) -> dict[str, str]:
     """What `vmsbx image list` shows of one build."""
-    return json.loads(info.model_dump_json(include={"name", "recipe_hash", "built_at", "kernel_release"}))  # type: ignore[no-any-return]
+    return {
+        "name": info.name,
+        "recipe_hash": info.recipe_hash,
+        "built_at": info.built_at,
+        "kernel_release": info.kernel_release,
+        "directory": str(info.directory),
+    }

@@ -224,8 +224,14 @@ class QemuProvider:
                 serial_log=directory / "serial.log",
                 pid_file=directory / "qemu.pid",
                 fw_cfg=(
-                    FwCfgItem(name="ssh_host_ed25519_key", path=directory / "keys" / "ssh_host_ed25519_key"),
-                    FwCfgItem(name="ssh_host_ed25519_key.pub", path=directory / "keys" / "ssh_host_ed25519_key.pub"),
+                    FwCfgItem(
+                        name="ssh_host_ed25519_key",
+                        path=directory / "keys" / "ssh_host_ed25519_key",
+                    ),
+                    FwCfgItem(
+                        name="ssh_host_ed25519_key.pub",
+                        path=directory / "keys" / "ssh_host_ed25519_key.pub",
+                    ),
                     FwCfgItem(name="authorized_keys", path=directory / "authorized_keys"),
                 ),
             )

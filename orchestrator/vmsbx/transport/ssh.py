@@ -27,7 +27,7 @@ from typing import IO, Any, BinaryIO, NoReturn, Self
 import paramiko
 from pydantic import BaseModel, ConfigDict, Field
 
-from vmsbx.errors import HostKeyMismatch, TransportError
+from vmsbx.errors import ConfigError, HostKeyMismatch, TransportError
 from vmsbx.providers.base import SSHInfo
 from vmsbx.transport.keys import fingerprint, read_pinned_keys
 
@@ -65,9 +65,7 @@ class CommandResult(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    argv: tuple[str, ...] = Field(
-        description="The command as run; remote line is shlex.join(argv)."
-    )
+    argv: tuple[str, ...] = Field(description="The command as run; remote line is shlex.join(argv).")
     exit_code: int = Field(
         description="Remote exit status; -1 when the command ended without one (killed by signal)."
     )
@@ -88,9 +86,7 @@ class _RefuseUnpinned(paramiko.RejectPolicy):
     pre-flight check makes impossible; this is the belt to that pair of braces.
     """
 
-    def missing_host_key(
-        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> NoReturn:
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> NoReturn:
         raise _UnpinnedHostKey(hostname, key)
 
 
@@ -113,9 +109,7 @@ def _command_line(argv: Sequence[str]) -> tuple[tuple[str, ...], str]:
         if not isinstance(arg, str):
             raise TypeError(f"argv items must be str, got {type(arg).__name__}: {arg!r}")
         if "\0" in arg:
-            raise ValueError(
-                f"argument contains a NUL byte, which no remote argv can hold: {arg!r}"
-            )
+            raise ValueError(f"argument contains a NUL byte, which no remote argv can hold: {arg!r}")
     return args, shlex.join(args)
 
 
@@ -140,6 +134,7 @@ class Connection:
         self._sftp: paramiko.SFTPClient | None = None
         self._forwards: dict[int, RemoteForward] = {}
         self._forwards_lock = threading.Lock()
+        self._sftp_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -176,6 +171,14 @@ class Connection:
         if self.is_alive():
             return
         self.close()
+        host = self.info.host
+        # fabric reads "user@host:port" shorthand out of the host string; a host holding either
+        # separator would be silently split into something else.
+        if "@" in host or host.count(":") == 1:
+            raise ConfigError(
+                f"SSH host {host!r} is not a plain hostname or address",
+                hint="the provider must report the host and port separately",
+            )
         pinned = read_pinned_keys(self.info.known_hosts, self.info.host_key_alias)
         client_key = self._load_client_key()
 
@@ -210,10 +213,14 @@ class Connection:
         fabric_conn.client = client
         try:
             fabric_conn.open()
-        except BaseException as exc:
+        except Exception as exc:
             client.close()
-            if isinstance(exc, Exception):
-                raise self._map_connect_error(exc, timeout) from exc
+            mapped = self._map_connect_error(exc, timeout)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        except BaseException:
+            client.close()
             raise
         transport = client.get_transport()
         if transport is None or not transport.is_active():
@@ -333,9 +340,7 @@ class Connection:
             "do not connect, find out what answers on that port"
         )
 
-    def _host_key_mismatch(
-        self, expected: paramiko.PKey, presented: paramiko.PKey
-    ) -> HostKeyMismatch:
+    def _host_key_mismatch(self, expected: paramiko.PKey, presented: paramiko.PKey) -> HostKeyMismatch:
         return HostKeyMismatch(
             f"host key of {self.target} does not match the pinned key for "
             f"{self.info.host_key_alias!r} ({self.info.known_hosts}): "
@@ -499,17 +504,19 @@ class Connection:
 
     def _sftp_client(self) -> paramiko.SFTPClient:
         self._active_transport()
-        if self._sftp is None:
-            try:
-                self._sftp = self._fabric.sftp()
-            except (paramiko.SSHException, OSError, EOFError) as exc:
-                raise TransportError(
-                    f"cannot start SFTP on {self.target}: {exc}",
-                    hint="the guest's sshd needs `Subsystem sftp internal-sftp` "
-                    "(or the sftp-server path) in sshd_config",
-                ) from exc
-        assert self._sftp is not None
-        return self._sftp
+        with self._sftp_lock:
+            sftp = self._sftp
+            if sftp is None:
+                try:
+                    sftp = self._fabric.sftp()
+                except (paramiko.SSHException, OSError, EOFError) as exc:
+                    raise TransportError(
+                        f"cannot start SFTP on {self.target}: {exc}",
+                        hint="the guest's sshd needs `Subsystem sftp internal-sftp` "
+                        "(or the sftp-server path) in sshd_config",
+                    ) from exc
+                self._sftp = sftp
+            return sftp
 
     def put(self, local: Path, remote: str, *, mode: int | None = None) -> None:
         """Copy `local` to `remote` atomically: the remote path holds either the old file or the
@@ -549,8 +556,7 @@ class Connection:
             tmp.unlink(missing_ok=True)
             raise TransportError(
                 f"copying {self.target}:{remote} to {local} failed: {exc}",
-                hint="check the remote file exists and is readable, and the local directory "
-                "is writable",
+                hint="check the remote file exists and is readable, and the local directory is writable",
             ) from exc
 
     # -- port forwarding ---------------------------------------------------------------------
@@ -594,9 +600,7 @@ class Connection:
         server: tuple[str, int],
     ) -> None:
         # Called on paramiko's transport thread, which must never block: hand off at once.
-        threading.Thread(
-            target=self._serve_forwarded_channel, args=(channel, server[1]), daemon=True
-        ).start()
+        threading.Thread(target=self._serve_forwarded_channel, args=(channel, server[1]), daemon=True).start()
 
     def _serve_forwarded_channel(self, channel: paramiko.Channel, server_port: int) -> None:
         with self._forwards_lock:

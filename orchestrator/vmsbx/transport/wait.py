@@ -101,8 +101,7 @@ def wait_for_ssh(
         raise _boot_timeout(info, timeout, last, serial_tail) from last
     except _VMDied:
         raise BootTimeout(
-            f"the VM stopped while waiting for SSH on {info.host}:{info.port}"
-            + _serial_section(serial_tail),
+            f"the VM stopped while waiting for SSH on {info.host}:{info.port}" + _serial_section(serial_tail),
             hint="the guest crashed or powered off during boot; read the serial log above",
         ) from None
 
