@@ -20,12 +20,13 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 
 def state_root() -> Path:
     override = os.environ.get("VMSBX_HOME")
-    return Path(override) if override else Path(platformdirs.user_data_dir(_APP))
+    # Absolute, so that paths recorded in VM files and QEMU command lines mean one thing.
+    return Path(override).resolve() if override else Path(platformdirs.user_data_dir(_APP))
 
 
 def cache_root() -> Path:
     override = os.environ.get("VMSBX_CACHE")
-    return Path(override) if override else Path(platformdirs.user_cache_dir(_APP))
+    return Path(override).resolve() if override else Path(platformdirs.user_cache_dir(_APP))
 
 
 def user_config_file() -> Path:

@@ -16,6 +16,9 @@ _ESCAPES = re.compile(
     r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
     r"|\x1b[@-Z\\-_]"
     r"|[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]"
+    # Bidirectional overrides and isolates: they cannot drive the terminal but can make guest
+    # text read as something else (file names, log lines).
+    r"|[\u202a-\u202e\u2066-\u2069]"
 )
 
 

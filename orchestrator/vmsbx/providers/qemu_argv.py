@@ -51,6 +51,11 @@ class QemuLaunch(BaseModel):
     )
 
 
+def _opt(path: Path) -> str:
+    """A path inside a QEMU option value: a literal comma must be doubled, or it starts a new option."""
+    return str(path).replace(",", ",,")
+
+
 def render_qemu_argv(launch: QemuLaunch) -> list[str]:
     """argv that boots the guest headless, SSH forwarded to loopback only, QEMU confined."""
     cpu = "host" if launch.accel == "kvm" else "max"
@@ -70,19 +75,19 @@ def render_qemu_argv(launch: QemuLaunch) -> list[str]:
         "-smp", str(launch.cpus),
         "-m", str(launch.memory_mib),
         "-display", "none",
-        "-kernel", str(launch.kernel),
-        "-initrd", str(launch.initrd),
+        "-kernel", _opt(launch.kernel),
+        "-initrd", _opt(launch.initrd),
         "-append", launch.kernel_cmdline,
-        "-drive", f"file={launch.disk},if=virtio,format=qcow2,discard=unmap",
+        "-drive", f"file={_opt(launch.disk)},if=virtio,format=qcow2,discard=unmap",
         "-netdev", netdev,
         "-device", "virtio-net-pci,netdev=net0",
         "-device", "virtio-rng-pci",
-        "-serial", f"file:{launch.serial_log}",
-        "-qmp", f"unix:{launch.qmp_socket},server=on,wait=off",
-        "-pidfile", str(launch.pid_file),
+        "-serial", f"file:{_opt(launch.serial_log)}",
+        "-qmp", f"unix:{_opt(launch.qmp_socket)},server=on,wait=off",
+        "-pidfile", _opt(launch.pid_file),
     ]  # fmt: skip
     for item in launch.fw_cfg:
-        argv += ["-fw_cfg", f"name=opt/vmsbx/{item.name},file={item.path}"]
+        argv += ["-fw_cfg", f"name=opt/vmsbx/{item.name},file={_opt(item.path)}"]
     argv += ["-sandbox", SANDBOX_OPTION]
     return argv
 

@@ -1,0 +1,40 @@
+"""Real-VM tests: one QEMU guest per test session, shared, driven through the real CLI.
+
+The image is cached in the user cache dir (keyed by its recipe hash), so only the first session
+on a machine builds it. VM state lives in a throw-away VMSBX_HOME; every VM is destroyed at the
+end of the session whatever happened.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from vmcli import Cli
+
+
+@pytest.fixture(scope="session")
+def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
+    home = tmp_path_factory.mktemp("vmsbx-home")
+    project = tmp_path_factory.mktemp("project")
+    env = dict(os.environ)
+    env.update(
+        VMSBX_HOME=str(home),
+        VMSBX_CONFIG=str(home / "no-user-config.toml"),
+        # Tests never give a guest NAT: nothing may leave the machine.
+        VMSBX_VM_GUEST_NETWORK="restricted",
+    )
+    runner = Cli(env=env, cwd=project)
+    yield runner
+    for vm_dir in sorted((home / "vms").glob("*")):
+        if vm_dir.is_dir() and not vm_dir.name.startswith("."):
+            runner.run("destroy", "-y", "--name", vm_dir.name, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def default_vm(cli: Cli) -> dict[str, object]:
+    """The shared guest, brought up once by the first test that needs it."""
+    summary = cli.json("up")
+    assert isinstance(summary, dict)
+    return summary
