@@ -3,6 +3,7 @@ cannot hold vmsbx's second wall (fail closed: never carry on with less isolation
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 
@@ -11,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from vmsbx.agent.client import AgentClient
 from vmsbx.errors import GuestCheckFailed
 from vmsbx.paths import data_dir
+from vmsbx.sandbox.layout import GUEST_LIB
 
 MIN_SYSTEMD = 247  # DynamicUser + the hardening properties vmsbx renders
 
@@ -26,6 +28,7 @@ class GuestFacts(BaseModel):
     kernel: str = Field(max_length=128)
     system_state: str = Field(max_length=32)
     max_user_namespaces: str = Field(max_length=32)
+    guest_version: str = Field(max_length=80, description="Hash of the pushed guest launcher, '' if none.")
 
     @property
     def systemd_major(self) -> int:
@@ -44,6 +47,31 @@ def gather_facts(client: AgentClient) -> GuestFacts:
             f"could not read the guest's facts (exit {code}): {exc}",
             hint="the guest may not be a vmsbx image; `vmsbx reset` restores it",
         ) from exc
+
+
+def guest_bundle() -> tuple[str, dict[str, bytes]]:
+    """The guest-side programs vmsbx pushes, and their content hash (the installed version)."""
+    files = {
+        path.name: path.read_bytes() for path in sorted((data_dir() / "provision" / "guest").glob("*.py"))
+    }
+    digest = hashlib.sha256()
+    for name, data in files.items():
+        digest.update(name.encode() + b"\0" + data + b"\0")
+    return digest.hexdigest()[:32], files
+
+
+def provision(client: AgentClient, facts: GuestFacts) -> bool:
+    """Push the guest launcher and session holder if the guest's copy differs. True if pushed."""
+    version, files = guest_bundle()
+    if facts.guest_version == version:
+        return False
+    code, _out, err = client.run(["install", "-d", "-m", "0755", GUEST_LIB])
+    if code != 0:
+        raise GuestCheckFailed(f"cannot create {GUEST_LIB} in the guest: {err.decode(errors='replace')}")
+    for name, data in files.items():
+        client.put(f"{GUEST_LIB}/{name}", data, mode=0o755)
+    client.put(f"{GUEST_LIB}/VERSION", version.encode(), mode=0o644)
+    return True
 
 
 def check_walls(facts: GuestFacts) -> None:

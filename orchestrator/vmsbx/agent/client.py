@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -19,9 +20,11 @@ from vmsbx.agent.protocol import (
     AgentStatus,
     ExecRequest,
     Frame,
+    FrameWriter,
+    PutRequest,
+    agent_build,
     recv_frame,
     recv_line,
-    send_frame,
     send_line,
 )
 from vmsbx.errors import AgentError, BootTimeout, TransportError
@@ -50,13 +53,14 @@ class AgentClient:
         return sock
 
     def ping(self) -> bool:
+        """True if a live agent of this VM answers and runs the same code as this CLI."""
         try:
             with self._connect(timeout=2.0) as sock:
                 send_line(sock, {"op": "ping"})
                 reply = recv_line(sock)
         except (AgentError, OSError, ValueError):
             return False
-        return bool(reply and reply.get("ok"))
+        return bool(reply and reply.get("ok") and reply.get("build") == agent_build())
 
     def shutdown(self, *, wait: float = 10.0) -> None:
         """Ask the agent to exit and wait until it has; kill it if it does not. No-op if absent."""
@@ -88,15 +92,32 @@ class AgentClient:
         except (OSError, ValueError):
             return None
 
+    def put(self, remote: str, data: bytes, *, mode: int = 0o644) -> None:
+        """Write `data` to `remote` in the guest (SFTP through the agent, atomic rename)."""
+        request = PutRequest(remote=remote, mode=mode, size=len(data))
+        with self._connect(timeout=60) as sock:
+            send_line(sock, request.model_dump())
+            sock.sendall(data)
+            reply = recv_line(sock)
+        if not reply or not reply.get("ok"):
+            raise TransportError(f"could not write {remote} in the guest: {reply}", hint="run `vmsbx up`")
+
+    def run(self, argv: list[str], *, stdin: bytes = b"") -> tuple[int, bytes, bytes]:
+        """Run argv in the guest and collect its output (for short commands)."""
+        out, err = io.BytesIO(), io.BytesIO()
+        code = self.exec(argv, stdin=stdin, stdout=out, stderr=err)
+        return code, out.getvalue(), err.getvalue()
+
     def exec(
         self,
         argv: list[str],
         *,
-        stdin: BinaryIO | None,
+        stdin: BinaryIO | bytes | None,
         stdout: BinaryIO,
         stderr: BinaryIO,
         pty: bool = False,
         size: tuple[int, int] = (80, 24),
+        on_open: Callable[[FrameWriter], None] | None = None,
     ) -> int:
         """Run argv in the guest through the agent; stream output; return the exit code."""
         request = ExecRequest(argv=tuple(argv), pty=pty, cols=size[0], rows=size[1])
@@ -108,10 +129,17 @@ class AgentClient:
                 raise AgentError("the host agent closed the connection", hint="run `vmsbx up` again")
             if not reply.get("ok"):
                 raise TransportError(str(reply.get("error")), hint="run `vmsbx up` to reconnect")
-            if stdin is not None:
-                threading.Thread(target=_pump_stdin, args=(stdin, sock), daemon=True).start()
+            writer = FrameWriter(sock)
+            if isinstance(stdin, bytes):
+                for start in range(0, len(stdin), 1 << 16):
+                    writer.send(Frame.STDIN, stdin[start : start + (1 << 16)])
+                writer.send(Frame.STDIN_EOF)
+            elif stdin is not None:
+                threading.Thread(target=_pump_stdin, args=(stdin, writer), daemon=True).start()
             else:
-                send_frame(sock, Frame.STDIN_EOF)
+                writer.send(Frame.STDIN_EOF)
+            if on_open is not None:
+                on_open(writer)
             while True:
                 frame = recv_frame(sock)
                 if frame is None:
@@ -131,15 +159,20 @@ class AgentClient:
                     return code
 
 
-def _pump_stdin(stdin: BinaryIO, sock: socket.socket) -> None:
+def send_resize(writer: FrameWriter, cols: int, rows: int) -> None:
+    """Tell the agent the terminal changed size (for --tty sessions)."""
+    writer.send(Frame.RESIZE, json.dumps({"cols": cols, "rows": rows}).encode())
+
+
+def _pump_stdin(stdin: BinaryIO, writer: FrameWriter) -> None:
     fd = stdin.fileno()
     with contextlib.suppress(OSError):
         while True:
             chunk = os.read(fd, 65536)
             if not chunk:
-                send_frame(sock, Frame.STDIN_EOF)
+                writer.send(Frame.STDIN_EOF)
                 return
-            send_frame(sock, Frame.STDIN, chunk)
+            writer.send(Frame.STDIN, chunk)
 
 
 def _alive(pid: int) -> bool:

@@ -7,14 +7,29 @@ line is followed, in both directions, by frames: 1 byte type, 4 bytes big-endian
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import socket
 import struct
+import threading
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 HEADER = struct.Struct(">BI")
+
+
+def agent_build() -> str:
+    """Fingerprint of the agent's code: a CLI replaces an agent started by other code."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for source in (here / "server.py", here / "protocol.py", here.parent / "transport" / "ssh.py"):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 MAX_FRAME = 1 << 20
 
 
@@ -37,6 +52,16 @@ class ExecRequest(BaseModel):
     term: str = Field(default="xterm-256color", description="TERM for the terminal.")
     cols: int = Field(default=80, ge=1, le=1000)
     rows: int = Field(default=24, ge=1, le=1000)
+
+
+class PutRequest(BaseModel):
+    """Write a file in the guest: `size` raw bytes follow the request line."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    op: str = "put"
+    remote: str = Field(pattern=r"^/[A-Za-z0-9._/-]+$", description="Absolute guest path.")
+    mode: int = Field(ge=0, le=0o7777, description="File mode in the guest.")
+    size: int = Field(ge=0, le=64 * 1024 * 1024, description="Number of bytes that follow.")
 
 
 class AgentStatus(BaseModel):
@@ -69,6 +94,18 @@ def recv_line(sock: socket.socket, limit: int = 1 << 16) -> dict[str, Any] | Non
 
 def send_frame(sock: socket.socket, kind: Frame, payload: bytes = b"") -> None:
     sock.sendall(HEADER.pack(kind, len(payload)) + payload)
+
+
+class FrameWriter:
+    """Sends whole frames from several threads (stdin pump, resize handler) without interleaving."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._lock = threading.Lock()
+
+    def send(self, kind: Frame, payload: bytes = b"") -> None:
+        with self._lock:
+            send_frame(self.sock, kind, payload)
 
 
 def recv_exact(sock: socket.socket, size: int) -> bytes | None:

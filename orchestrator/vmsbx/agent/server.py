@@ -15,6 +15,7 @@ import os
 import select
 import socket
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,6 +27,9 @@ from vmsbx.agent.protocol import (
     AgentStatus,
     ExecRequest,
     Frame,
+    PutRequest,
+    agent_build,
+    recv_exact,
     recv_frame,
     recv_line,
     send_frame,
@@ -39,6 +43,7 @@ from vmsbx.providers.base import Provider
 from vmsbx.transport import Connection, wait_for_ssh
 
 log = logging.getLogger("vmsbx.agent")
+BUILD = agent_build()
 _RECONNECT_SECONDS = 60.0
 _WATCH_SECONDS = 2.0
 
@@ -143,12 +148,14 @@ class HostAgent:
                     return
                 op = request.get("op")
                 if op == "ping":
-                    send_line(client, {"ok": True, "pid": os.getpid(), "vm": self.vm})
+                    send_line(client, {"ok": True, "pid": os.getpid(), "vm": self.vm, "build": BUILD})
                 elif op == "shutdown":
                     send_line(client, {"ok": True})
                     self._stopping.set()
                 elif op == "exec":
                     self._exec(client, ExecRequest.model_validate(request))
+                elif op == "put":
+                    self._put(client, PutRequest.model_validate(request))
                 else:
                     send_line(client, {"ok": False, "error": f"unknown op {op!r}"})
             except (OSError, ValueError) as exc:
@@ -156,6 +163,18 @@ class HostAgent:
             except VmsbxError as exc:
                 with contextlib.suppress(OSError):
                     send_line(client, {"ok": False, "error": str(exc), "exit_code": exc.exit_code})
+
+    def _put(self, client: socket.socket, request: PutRequest) -> None:
+        """Receive `size` bytes from the CLI and write them to the guest over SFTP (atomic)."""
+        data = recv_exact(client, request.size) if request.size else b""
+        if data is None:
+            return
+        with tempfile.TemporaryDirectory(prefix="vmsbx-put-") as work:
+            local = Path(work) / "payload"
+            local.write_bytes(data)
+            self.connection().put(local, request.remote, mode=request.mode)
+        log.info("put %s (%d bytes)", request.remote, request.size)
+        send_line(client, {"ok": True})
 
     def _exec(self, client: socket.socket, request: ExecRequest) -> None:
         channel = self.connection().open_channel(

@@ -17,6 +17,11 @@ VERBS: dict[str, tuple[str, str]] = {
     "destroy": ("vmsbx.cli.destroy", "Delete the VM with its disk and keys."),
     "reset": ("vmsbx.cli.reset", "Return the VM to a fresh copy of its base image."),
     "image": ("vmsbx.cli.image", "List or rebuild the base images vmsbx builds."),
+    "run": ("vmsbx.cli.run", "Run a command in a fresh sandbox in the VM."),
+    "attach": ("vmsbx.cli.attach", "Follow a run's output again."),
+    "stop-run": ("vmsbx.cli.stop_run", "End a run."),
+    "logs": ("vmsbx.cli.logs", "Show a run's journal (-f follows it)."),
+    "runs": ("vmsbx.cli.runs", "List the recorded runs."),
     "doctor": ("vmsbx.cli.doctor", "Check the host's prerequisites and say what to install."),
 }
 

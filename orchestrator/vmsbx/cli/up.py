@@ -40,7 +40,8 @@ def command(
     """
     from vmsbx.agent.client import ensure_agent
     from vmsbx.errors import UsageError
-    from vmsbx.guest import check_walls, gather_facts
+    from vmsbx.guest import check_walls, gather_facts, provision
+    from vmsbx.paths import vm_dir
     from vmsbx.providers import existing_provider_name, get_provider, resolve_name
     from vmsbx.providers.base import VMState
 
@@ -76,6 +77,9 @@ def command(
         report("checking the guest")
         facts = gather_facts(client)
         check_walls(facts)
+        if provision(client, facts):
+            report("installed the guest launcher")
+        (vm_dir(vm) / "guest.json").write_text(facts.model_dump_json())
     info = machine.ssh_info(vm)
     summary = {
         "name": vm,

@@ -219,8 +219,9 @@ class SandboxSettings(_Section):
         default="systemd",
         description="How a run is confined: a hardened systemd transient unit, or nsjail.",
     )
+    # "none" until the API relay lands; the agent flow then makes "api" its default.
     network: NetworkMode = Field(
-        default="api",
+        default="none",
         description="What a run may reach: none, only the model API, the API plus allow_hosts, "
         "or the open network.",
     )
@@ -238,7 +239,10 @@ class SandboxSettings(_Section):
     workspace_size: Size = Field(
         default=10 * GiB, description="Size of the run's writable workspace, in bytes."
     )
-    tmp_size: Size = Field(default=1 * GiB, description="Size of the run's /tmp, in bytes.")
+    tmp_size: Size = Field(default=1 * GiB, description="Size of the run's /tmp and /var/tmp, in bytes.")
+    open_files: Count = Field(
+        default=65536, ge=64, le=1048576, description="Most open files per process (RLIMIT_NOFILE)."
+    )
     allow_hosts: tuple[HostName, ...] = Field(
         default=(),
         description="Hosts a run may reach when network is allowlist (lowercased; *.x allowed).",
@@ -249,7 +253,8 @@ class SandboxSettings(_Section):
         ge=0,
         le=10,
         allow_inf_nan=False,
-        description="Suspicion score from which a finished run is flagged for review.",
+        description="Highest `systemd-analyze security` exposure a run's unit may score; "
+        "a looser policy is refused before it starts.",
     )
 
 

@@ -1,0 +1,110 @@
+"""The host's side of the guest launcher (provision/guest/guest.py), over the host agent."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import BinaryIO
+
+from vmsbx.agent.client import AgentClient
+from vmsbx.agent.protocol import FrameWriter
+from vmsbx.errors import TransportError, VmsbxError
+from vmsbx.runs.outcome import GuestResult
+from vmsbx.sandbox.layout import GUEST_LIB
+from vmsbx.textsafe import strip_control
+
+GUEST = ["/usr/bin/python3", f"{GUEST_LIB}/guest.py"]
+
+
+class LaunchFailed(VmsbxError):
+    """The sandbox could not be started; nothing ran."""
+
+    exit_code = 125
+
+
+class GuestControl:
+    def __init__(self, client: AgentClient) -> None:
+        self.client = client
+
+    def launch(self, request: dict[str, object], workspace_tar: bytes) -> dict[str, str]:
+        payload = json.dumps(request).encode() + b"\n" + workspace_tar
+        code, out, err = self.client.run([*GUEST, "launch"], stdin=payload)
+        if code != 0:
+            message = strip_control(err.decode(errors="replace")).strip()[-2000:]
+            raise LaunchFailed(
+                f"the sandbox did not start: {message}",
+                hint="if a property is not supported by this guest's systemd, vmsbx refuses rather than "
+                "run with less isolation; `vmsbx doctor` and `vmsbx up` check the guest",
+            )
+        reply = json.loads(out.decode().strip().splitlines()[-1])
+        return {"unit": str(reply["unit"]), "invocation_id": str(reply["invocation_id"])}
+
+    def attach(
+        self,
+        run_id: str,
+        *,
+        stdin: BinaryIO | bytes | None,
+        stdout: BinaryIO,
+        stderr: BinaryIO,
+        pty: bool = False,
+        size: tuple[int, int] = (80, 24),
+        on_open: Callable[[FrameWriter], None] | None = None,
+    ) -> int:
+        return self.client.exec(
+            [*GUEST, "attach", run_id],
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            pty=pty,
+            size=size,
+            on_open=on_open,
+        )
+
+    def result(self, run_id: str, *, wait: float) -> GuestResult | None:
+        """systemd's verdict on the run, or None if it has not ended within `wait` seconds."""
+        code, out, err = self.client.run([*GUEST, "result", run_id, str(wait)])
+        if code == 3:
+            return None
+        if code != 0:
+            raise TransportError(
+                "could not read the run's result: " + strip_control(err.decode(errors="replace")).strip(),
+                hint="`vmsbx runs` shows what vmsbx recorded",
+            )
+        return GuestResult.model_validate_json(out)
+
+    def stop(self, run_id: str) -> None:
+        self.client.run([*GUEST, "stop", run_id])
+
+    def journal(self, run_id: str, invocation_id: str, after: str | None) -> tuple[list[bytes], str | None]:
+        """New journal entries (raw JSON lines) of the run and the cursor to resume from."""
+        argv = [*GUEST, "journal", run_id, invocation_id]
+        if after:
+            argv.append(after)
+        code, out, err = self.client.run(argv)
+        if code != 0:
+            raise TransportError(
+                "could not read the run's journal: " + strip_control(err.decode(errors="replace")).strip(),
+                hint="check `vmsbx status`",
+            )
+        entries, cursor = [], after
+        for line in out.splitlines():
+            if line.startswith(b"-- cursor: "):
+                cursor = line[len(b"-- cursor: ") :].decode().strip()
+            elif line.startswith(b"{"):
+                entries.append(line)
+        return entries, cursor
+
+    def score(self, unit_file: str) -> float:
+        code, out, err = self.client.run([*GUEST, "score"], stdin=unit_file.encode())
+        if code != 0:
+            raise LaunchFailed(
+                "could not score the sandbox policy: " + strip_control(err.decode(errors="replace")).strip(),
+                hint="vmsbx refuses to start a run it cannot score",
+            )
+        return float(json.loads(out)["exposure"])
+
+    def score_live(self, run_id: str) -> float:
+        code, out, err = self.client.run([*GUEST, "score-live", run_id])
+        if code != 0:
+            raise TransportError("could not score the running unit: " + err.decode(errors="replace"))
+        return float(json.loads(out)["exposure"])

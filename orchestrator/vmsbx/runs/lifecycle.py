@@ -1,0 +1,229 @@
+"""A run from start to record: launch in the guest, stream, end, record, pull the journal."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from vmsbx.agent.client import AgentClient, send_resize
+from vmsbx.agent.protocol import FrameWriter
+from vmsbx.config.models import Settings
+from vmsbx.errors import AgentError, UsageError
+from vmsbx.paths import vm_dir
+from vmsbx.runs import record as records
+from vmsbx.runs.guestctl import GuestControl, LaunchFailed
+from vmsbx.runs.outcome import SANDBOX_FAILED, outcome
+from vmsbx.runs.record import Resources, RunRecord
+from vmsbx.runs.workspace import workspace_tar
+from vmsbx.sandbox.layout import RunLayout, new_run_id
+from vmsbx.sandbox.systemd import render_systemd_run_argv, render_unit_file
+
+INTERRUPTED = 130
+_SCORE_PLACEHOLDER = RunLayout(run_id="000000000000")
+
+
+def connect(vm: str) -> GuestControl:
+    client = AgentClient(vm)
+    if not client.ping():
+        raise AgentError(
+            f"VM {vm!r} is not up (its host agent does not answer)", hint=f"`vmsbx up --name {vm}`"
+        )
+    return GuestControl(client)
+
+
+def policy_exposure(settings: Settings, guest: GuestControl, vm: str) -> float:
+    """The policy's offline exposure score, cached per policy and guest (systemd version)."""
+    unit = render_unit_file(settings.sandbox, _SCORE_PLACEHOLDER)
+    facts_file = vm_dir(vm) / "guest.json"
+    systemd = json.loads(facts_file.read_text()).get("systemd_version", "") if facts_file.is_file() else ""
+    key = hashlib.sha256(f"{systemd}\0{unit}".encode()).hexdigest()
+    cache_file = vm_dir(vm) / "scores.json"
+    cache: dict[str, float] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    if key not in cache:
+        cache[key] = guest.score(unit)
+        cache_file.write_text(json.dumps(cache))
+    return cache[key]
+
+
+def check_policy(settings: Settings) -> None:
+    """Refuse what this version cannot enforce: fail closed, never run with less isolation."""
+    policy = settings.sandbox
+    if policy.mode != "systemd":
+        raise UsageError(
+            f"sandbox mode {policy.mode!r} is not available in this version",
+            hint="use --sandbox systemd",
+        )
+    if policy.network != "none":
+        raise UsageError(
+            f"network policy {policy.network!r} needs the egress relay, which this version does not have",
+            hint="use --network none (the run gets no network at all)",
+        )
+
+
+def start(
+    settings: Settings,
+    command: list[str],
+    *,
+    project: Path,
+    tty: bool,
+    detach: bool,
+    env: dict[str, str],
+) -> tuple[RunRecord, GuestControl]:
+    """Launch a run; returns its record (state running) and the guest control it runs under."""
+    check_policy(settings)
+    vm = settings.vm.name
+    guest = connect(vm)
+    exposure = policy_exposure(settings, guest, vm)
+    if exposure > settings.sandbox.score_threshold:
+        raise LaunchFailed(
+            f"the sandbox policy scores {exposure} in `systemd-analyze security`, above the allowed "
+            f"{settings.sandbox.score_threshold}",
+            hint="tighten the policy, or raise sandbox.score_threshold in your user config or with a flag",
+        )
+    layout = RunLayout(run_id=new_run_id())
+    size = _terminal_size() if tty else (80, 24)
+    record = RunRecord(
+        id=layout.run_id,
+        vm=vm,
+        sandbox=settings.sandbox.mode,
+        command=tuple(command),
+        tty=tty,
+        policy=settings.sandbox,
+        unit=layout.unit,
+        exposure=exposure,
+        started_at=records.now(),
+    )
+    records.save(record)
+    request = {
+        "run_id": layout.run_id,
+        "systemd_run": render_systemd_run_argv(settings.sandbox, layout),
+        "tmp_size": settings.sandbox.tmp_size,
+        "workspace_size": settings.sandbox.workspace_size,
+        "spec": {
+            "argv": command,
+            "env": env,
+            "tty": tty,
+            "cols": size[0],
+            "rows": size[1],
+            "cwd": layout.workspace,
+            "home": layout.home,
+        },
+    }
+    try:
+        launched = guest.launch(request, workspace_tar(project))
+    except BaseException as exc:
+        record.state, record.exit_code, record.ended_at = "failed", SANDBOX_FAILED, records.now()
+        record.reason = f"did not start: {exc}"[:500]
+        records.save(record)
+        raise
+    record.invocation_id = launched["invocation_id"]
+    record.state = "running"
+    records.save(record)
+    return record, guest
+
+
+def attach(record: RunRecord, guest: GuestControl, *, stdin: BinaryIO | None) -> int:
+    """Stream the run until it ends (Ctrl-C stops a headless run); record it; return its code."""
+    interrupted = False
+    try:
+        if record.tty:
+            with _raw_terminal() as size:
+                guest.attach(
+                    record.id,
+                    stdin=stdin,
+                    stdout=sys.stdout.buffer,
+                    stderr=sys.stderr.buffer,
+                    pty=True,
+                    size=size,
+                    on_open=_follow_resizes,
+                )
+        else:
+            guest.attach(record.id, stdin=stdin, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer)
+    except KeyboardInterrupt:
+        interrupted = True
+        guest.stop(record.id)
+    return finish(record, guest, interrupted=interrupted)
+
+
+def finish(record: RunRecord, guest: GuestControl, *, interrupted: bool = False, wait: float = 60) -> int:
+    """Collect systemd's verdict and the journal into the run's record."""
+    result = guest.result(record.id, wait=wait)
+    if result is None:
+        return SANDBOX_FAILED if record.exit_code is None else record.exit_code
+    code, reason = outcome(result, record.policy)
+    if interrupted:
+        code, reason = INTERRUPTED, "interrupted (Ctrl-C): vmsbx stopped the run"
+    record.exit_code, record.reason = code, reason
+    record.service_result = result.service_result
+    record.state = (
+        "exited" if result.service_result == "success" or result.exit_code == "exited" else "failed"
+    )
+    record.ended_at = records.now()
+    record.duration = _seconds_between(record.started_at, record.ended_at)
+    record.resources = Resources(
+        memory_peak=result.memory_peak,
+        cpu_usage_usec=result.cpu_usage_usec,
+        tasks_peak=result.tasks_peak,
+        oom_kills=result.oom_kills,
+        tasks_limit_hits=result.tasks_limit_hits,
+    )
+    records.save(record)
+    pull_journal(record, guest)
+    return code
+
+
+def pull_journal(record: RunRecord, guest: GuestControl) -> list[bytes]:
+    """Append the run's new journal entries to journal.jsonl; resume from the stored cursor."""
+    if not record.invocation_id:
+        return []
+    entries, cursor = guest.journal(record.id, record.invocation_id, record.journal_cursor)
+    if entries:
+        with (records.run_dir(record.id) / "journal.jsonl").open("ab") as sink:
+            for entry in entries:
+                sink.write(entry + b"\n")
+    if cursor != record.journal_cursor:
+        record.journal_cursor = cursor
+        records.save(record)
+    return entries
+
+
+def _seconds_between(start: str, end: str) -> float:
+    return round((dt.datetime.fromisoformat(end) - dt.datetime.fromisoformat(start)).total_seconds(), 3)
+
+
+def _terminal_size() -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(sys.stdout.fileno())
+    except OSError:
+        return (80, 24)
+    return (size.columns, size.lines)
+
+
+def _follow_resizes(writer: FrameWriter) -> None:
+    if hasattr(signal, "SIGWINCH"):
+        signal.signal(signal.SIGWINCH, lambda *_: send_resize(writer, *_terminal_size()))
+
+
+@contextlib.contextmanager
+def _raw_terminal() -> Iterator[tuple[int, int]]:
+    """The host terminal in raw mode for a --tty run: keys (Ctrl-C too) go to the program."""
+    if not sys.stdin.isatty() or os.name != "posix":
+        yield _terminal_size()
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(0)
+    tty.setraw(0)
+    try:
+        yield _terminal_size()
+    finally:
+        termios.tcsetattr(0, termios.TCSADRAIN, saved)

@@ -1,0 +1,81 @@
+"""Turn systemd's verdict on a run into vmsbx's exit code and a one-line reason (pure).
+
+| exit code | when |
+|---|---|
+| the command's own code | it exited by itself (126/127: not executable / not found) |
+| 128 + N | killed by signal N |
+| 137 | the sandbox ended it: out of memory (MemoryMax=) |
+| 143 | the sandbox ended it: wall-clock timeout (RuntimeMaxSec=, SIGTERM) |
+| 125 | vmsbx or the sandbox failed to start or follow it |
+"""
+
+from __future__ import annotations
+
+import signal
+
+from pydantic import BaseModel, ConfigDict
+
+from vmsbx.config.models import SandboxSettings
+
+SANDBOX_FAILED = 125
+OOM_CODE = 128 + signal.SIGKILL
+TIMEOUT_CODE = 128 + signal.SIGTERM
+
+
+class GuestResult(BaseModel):
+    """result.json as the guest launcher's ExecStopPost= step wrote it (from systemd's env)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    service_result: str
+    exit_code: str
+    exit_status: str
+    memory_peak: int | None = None
+    cpu_usage_usec: int | None = None
+    tasks_peak: int | None = None
+    oom_kills: int = 0
+    tasks_limit_hits: int = 0
+    ended_at: float | None = None
+
+
+def _signal_number(name: str) -> int | None:
+    if name.isdigit():
+        return int(name)
+    try:
+        return int(signal.Signals["SIG" + name.removeprefix("SIG")])
+    except KeyError:
+        return None
+
+
+def _size(value: int) -> str:
+    for unit, factor in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if value >= factor and value % factor == 0:
+            return f"{value // factor}{unit}"
+    return f"{value} bytes"
+
+
+def outcome(result: GuestResult, policy: SandboxSettings) -> tuple[int, str]:
+    """(exit code, reason) for a finished run."""
+    service = result.service_result
+    tasks_note = ""
+    if result.tasks_limit_hits:
+        tasks_note = (
+            f"; the tasks limit (TasksMax={policy.tasks_max}) refused {result.tasks_limit_hits} forks"
+        )
+    if service == "oom-kill" or (result.oom_kills and service != "success"):
+        return (
+            OOM_CODE,
+            f"out of memory: the run went past its memory limit ({_size(policy.memory_max)})" + tasks_note,
+        )
+    if service == "timeout":
+        return TIMEOUT_CODE, f"timeout: the run went past its time limit ({policy.timeout:g}s)" + tasks_note
+    if result.exit_code == "exited" and result.exit_status.isdigit():
+        code = int(result.exit_status)
+        return code, f"exited with code {code}" + tasks_note
+    if result.exit_code in ("killed", "dumped"):
+        number = _signal_number(result.exit_status)
+        if number is not None:
+            what = "dumped core on" if result.exit_code == "dumped" else "killed by"
+            return 128 + number, f"{what} signal {signal.Signals(number).name}" + tasks_note
+    if service == "success":
+        return 0, "exited with code 0" + tasks_note
+    return SANDBOX_FAILED, f"the sandbox ended the run ({service or 'unknown result'})" + tasks_note

@@ -1,0 +1,107 @@
+"""runs/<id>/run.json: what vmsbx knows about one run, written by vmsbx itself (trusted).
+
+Every decision recorded here (exit status, reason, resource peaks) comes from systemd in the
+guest via the launcher's ExecStopPost= step, never from text the sandboxed program printed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vmsbx.config.models import SandboxSettings
+from vmsbx.errors import UsageError
+from vmsbx.paths import state_root
+from vmsbx.sandbox.layout import is_run_id
+
+RunState = Literal["starting", "running", "exited", "failed", "lost"]
+
+
+class Resources(BaseModel):
+    """Peaks read from the run's cgroup after it ended."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    memory_peak: int | None = Field(default=None, description="memory.peak, bytes.")
+    cpu_usage_usec: int | None = Field(default=None, description="cpu.stat usage_usec.")
+    tasks_peak: int | None = Field(default=None, description="pids.peak, if the kernel has it.")
+    oom_kills: int = Field(default=0, description="memory.events oom_kill.")
+    tasks_limit_hits: int = Field(default=0, description="pids.events max: forks refused.")
+
+
+class RunRecord(BaseModel):
+    """One run, as `vmsbx runs` lists it and `run.json` stores it."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    vm: str
+    sandbox: Literal["systemd", "nsjail"]
+    command: tuple[str, ...]
+    tty: bool
+    policy: SandboxSettings
+    unit: str
+    invocation_id: str | None = None
+    exposure: float | None = Field(default=None, description="systemd-analyze security score of the unit.")
+    state: RunState = "starting"
+    started_at: str
+    ended_at: str | None = None
+    duration: float | None = Field(default=None, description="Seconds from start to end.")
+    exit_code: int | None = Field(default=None, description="vmsbx's exit code for this run.")
+    reason: str | None = Field(default=None, description="Why it ended, in one line.")
+    service_result: str | None = Field(default=None, description="systemd's Result= of the unit.")
+    resources: Resources = Field(default_factory=Resources)
+    journal_cursor: str | None = Field(default=None, description="Where the next log pull resumes.")
+
+
+def runs_root() -> Path:
+    return state_root() / "runs"
+
+
+def run_dir(run_id: str) -> Path:
+    if not is_run_id(run_id):
+        raise UsageError(
+            f"invalid run id {run_id!r}", hint="run ids are 12 lowercase hex characters; see `vmsbx runs`"
+        )
+    return runs_root() / run_id
+
+
+def save(record: RunRecord) -> None:
+    directory = run_dir(record.id)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / "run.json.tmp"
+    tmp.write_text(record.model_dump_json(indent=2))
+    tmp.replace(directory / "run.json")
+
+
+def load(run_id: str) -> RunRecord:
+    path = run_dir(run_id) / "run.json"
+    if not path.is_file():
+        raise UsageError(f"no run {run_id!r}", hint="`vmsbx runs` lists the runs vmsbx knows")
+    return RunRecord.model_validate_json(path.read_text())
+
+
+def all_runs() -> list[RunRecord]:
+    root = runs_root()
+    if not root.is_dir():
+        return []
+    records = []
+    for entry in root.iterdir():
+        if is_run_id(entry.name) and (entry / "run.json").is_file():
+            records.append(RunRecord.model_validate_json((entry / "run.json").read_text()))
+    return sorted(records, key=lambda r: r.started_at)
+
+
+def resolve(run_id: str | None) -> RunRecord:
+    """A run by id, or the newest one when no id is given."""
+    if run_id:
+        return load(run_id)
+    runs = all_runs()
+    if not runs:
+        raise UsageError("there are no runs yet", hint="start one with `vmsbx run -- CMD`")
+    return runs[-1]
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")

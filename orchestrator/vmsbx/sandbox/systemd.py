@@ -1,0 +1,122 @@
+"""Render the systemd-mode sandbox: a transient service with a fresh DynamicUser per run.
+
+The property set follows shared/reference/hardening.md §10.2 (DynamicUser variant), which ran
+the real Claude Code at exposure 0.7. Choices that keep a developer's toolchain working are
+deliberate and commented; everything else is as tight as systemd allows.
+"""
+
+from __future__ import annotations
+
+import math
+
+from vmsbx.config.models import SandboxSettings
+from vmsbx.sandbox.layout import GUEST_LIB, RunLayout
+
+HOLDER = f"{GUEST_LIB}/holder.py"
+GUEST = f"{GUEST_LIB}/guest.py"
+PYTHON = "/usr/bin/python3"
+
+
+def _seconds(value: float) -> str:
+    return f"{max(1, math.ceil(value))}s"
+
+
+def render_unit_properties(policy: SandboxSettings, layout: RunLayout) -> list[str]:
+    """The unit's properties as `Key=Value` strings, in a stable order (golden-tested)."""
+    cpu_percent = max(1, round(policy.cpus * 100))
+    memory_high = max(1, policy.memory_max * 9 // 10)
+    return [
+        f"Description=vmsbx run {layout.run_id}",
+        # Identity: a fresh user per run; implies ProtectSystem=strict, ProtectHome=read-only,
+        # PrivateTmp, RemoveIPC, NoNewPrivileges and RestrictSUIDSGID.
+        "DynamicUser=yes",
+        # The workspace: a size-capped image the launcher mounted where systemd keeps this
+        # StateDirectory; systemd chowns it to the run's user at start (see docs/workspace).
+        f"StateDirectory={layout.state_name}",
+        f"WorkingDirectory={layout.workspace}",
+        # /tmp and /var/tmp: the run's own size-capped tmpfs (BindPaths wins over PrivateTmp).
+        f"BindPaths={layout.tmp_dir}:/tmp {layout.tmp_dir}:/var/tmp",
+        "PrivateUsers=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "PrivateDevices=yes",
+        "PrivateNetwork=yes",
+        "PrivateIPC=yes",
+        "PrivateMounts=yes",
+        "ProtectKernelTunables=yes",
+        "ProtectKernelModules=yes",
+        "ProtectKernelLogs=yes",
+        "ProtectControlGroups=yes",
+        "ProtectClock=yes",
+        "ProtectHostname=yes",
+        "ProtectProc=invisible",
+        # ProcSubset=pid would break ps, free and os.cpus(): keep /proc's system files.
+        "ProcSubset=all",
+        "RestrictNamespaces=yes",
+        # Loopback inside the run's own network namespace still works for local dev servers.
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+        "RestrictSUIDSGID=yes",
+        "RestrictRealtime=yes",
+        "LockPersonality=yes",
+        # MemoryDenyWriteExecute=yes kills Node (V8's JIT): a compatibility trap, not a wall.
+        "MemoryDenyWriteExecute=no",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=",
+        "AmbientCapabilities=",
+        "SystemCallFilter=@system-service",
+        "SystemCallFilter=~@privileged @resources",
+        "SystemCallErrorNumber=EPERM",
+        "SystemCallArchitectures=native",
+        "UMask=0022",
+        # The system D-Bus would let the run ask PID 1 for things its own limits forbid.
+        "InaccessiblePaths=-/run/dbus/system_bus_socket -/var/run/dbus/system_bus_socket",
+        "IPAddressDeny=any",
+        "IPAddressAllow=localhost",
+        "DevicePolicy=closed",
+        "KeyringMode=private",
+        "RemoveIPC=yes",
+        "NotifyAccess=none",
+        f"MemoryMax={policy.memory_max}",
+        f"MemoryHigh={memory_high}",
+        "MemorySwapMax=0",
+        f"CPUQuota={cpu_percent}%",
+        f"TasksMax={policy.tasks_max}",
+        f"RuntimeMaxSec={_seconds(policy.timeout)}",
+        f"LimitNOFILE={policy.open_files}",
+        "LimitCORE=0",
+        "KillMode=control-group",
+        "OOMPolicy=stop",
+        "SyslogIdentifier=vmsbx-run",
+        f"LogExtraFields=VMSBX_RUN={layout.run_id}",
+        # A run that prints 100,000 lines must lose none of them.
+        "LogRateLimitIntervalSec=0",
+        "LogRateLimitBurst=0",
+        # Runs as root outside the sandbox after the run: records systemd's verdict and the
+        # cgroup's peaks before the unit is collected.
+        f"ExecStopPost=+{PYTHON} {GUEST} record {layout.run_id}",
+    ]
+
+
+def render_systemd_run_argv(policy: SandboxSettings, layout: RunLayout) -> list[str]:
+    """argv that starts the run's unit (returns once the holder has been exec'd)."""
+    argv = [
+        "systemd-run",
+        f"--unit={layout.unit}",
+        "--service-type=exec",
+        "--collect",
+        "--quiet",
+    ]
+    for prop in render_unit_properties(policy, layout):
+        argv += ["-p", prop]
+    return [*argv, "--", PYTHON, HOLDER, layout.run_id]
+
+
+def render_unit_file(policy: SandboxSettings, layout: RunLayout) -> str:
+    """The same unit as a file, for `systemd-analyze security --offline=true`."""
+    lines = ["[Unit]"]
+    props = render_unit_properties(policy, layout)
+    lines.append(props[0])
+    lines += ["", "[Service]", "Type=exec", f"ExecStart={PYTHON} {HOLDER} {layout.run_id}"]
+    lines += props[1:]
+    return "\n".join(lines) + "\n"

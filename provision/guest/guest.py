@@ -1,0 +1,408 @@
+#!/usr/bin/python3
+"""vmsbx guest launcher: the root side of a run, inside the VM. Pushed by `vmsbx up`.
+
+  launch            stdin: one JSON line (the rendered run), then a tar of the workspace.
+                    Prepares the size-capped workspace and tmpfs, starts the unit, prints JSON.
+  attach ID         relays the run's session holder to stdin/stdout/stderr; exits with the
+                    holder's code (which the host double-checks against `result`).
+  result ID         waits for the record ExecStopPost= writes, prints it.
+  record ID         (ExecStopPost=+) records systemd's verdict and the cgroup's peaks.
+  stop ID           stops the run's unit.
+  journal ID INV    the run's journal as JSON lines (trusted selectors only), after a cursor.
+  score             stdin: a unit file; prints its offline exposure score.
+  score-live ID     the exposure score of the running unit.
+  cleanup ID        unmounts and removes everything the run left in the guest.
+
+Standard library only; every path comes from the run id, never from free text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+RUNS = "/var/lib/vmsbx/runs"
+RUN_ID = re.compile(r"^[a-z0-9]{12}$")
+HEADER = struct.Struct(">BI")
+STDIN, STDOUT, STDERR, STDIN_EOF, RESIZE, EXIT = 0, 1, 2, 3, 4, 5
+SCORE_RE = re.compile(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)")
+
+
+def fail(message: str, code: int = 125) -> int:
+    sys.stderr.write(f"vmsbx-guest: {message}\n")
+    return code
+
+
+def paths(run_id: str) -> dict[str, str]:
+    if not RUN_ID.fullmatch(run_id):
+        raise SystemExit(fail(f"invalid run id {run_id!r}", 2))
+    run_dir = f"{RUNS}/{run_id}"
+    return {
+        "run_dir": run_dir,
+        "tmp": f"{run_dir}/tmp",
+        "image": f"{run_dir}/workspace.img",
+        "mount": f"/var/lib/private/vmsbx-ws-{run_id}",
+        "link": f"/var/lib/vmsbx-ws-{run_id}",
+        "result": f"{run_dir}/result.json",
+        "unit": f"vmsbx-run-{run_id}.service",
+        "socket": f"{run_dir}/tmp/.vmsbx/holder.sock",
+        "transcript": f"{run_dir}/tmp/.vmsbx/transcript",
+    }
+
+
+def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+
+# -- launch ----------------------------------------------------------------------------------
+
+
+def launch() -> int:
+    stdin = sys.stdin.buffer
+    request = json.loads(stdin.readline())
+    run_id = str(request["run_id"])
+    p = paths(run_id)
+    os.makedirs(RUNS, mode=0o700, exist_ok=True)
+    try:
+        os.mkdir(p["run_dir"], 0o700)
+    except FileExistsError:
+        return fail(f"run {run_id} already exists")
+    try:
+        _prepare(request, p, stdin)
+        started = run(list(request["systemd_run"]))
+        if started.returncode != 0:
+            _discard(p)
+            return fail("the sandbox did not start: " + started.stderr.strip())
+        invocation = run(["systemctl", "show", "-p", "InvocationID", "--value", p["unit"]]).stdout.strip()
+        print(json.dumps({"unit": p["unit"], "invocation_id": invocation}), flush=True)
+        return 0
+    except Exception as exc:  # leave nothing half-made behind
+        _discard(p)
+        return fail(f"preparing the run failed: {exc}")
+
+
+def _prepare(request: dict[str, object], p: dict[str, str], stdin: object) -> None:
+    tmp_size = int(request["tmp_size"])  # type: ignore[call-overload]
+    ws_size = int(request["workspace_size"])  # type: ignore[call-overload]
+    os.mkdir(p["tmp"], 0o755)
+    _check(["mount", "-t", "tmpfs", "-o", f"size={tmp_size},mode=1777,nosuid,nodev", "tmpfs", p["tmp"]])
+    spec_path = f"{p['tmp']}/.vmsbx-spec.json"
+    with open(spec_path, "w", encoding="utf-8") as spec:
+        json.dump(request["spec"], spec)
+    os.chmod(spec_path, 0o644)
+    stage = tempfile.mkdtemp(prefix="stage-", dir=p["run_dir"])
+    _extract(stdin, stage)
+    os.chmod(stage, 0o755)
+    with open(p["image"], "wb") as image:
+        image.truncate(ws_size)
+    _check(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "root_owner=0:0", "-d", stage, p["image"]])
+    shutil.rmtree(stage)
+    os.makedirs("/var/lib/private", mode=0o700, exist_ok=True)
+    os.chmod("/var/lib/private", 0o700)
+    os.makedirs(p["mount"], exist_ok=True)
+    _check(["mount", "-o", "loop,nosuid,nodev", p["image"], p["mount"]])
+    lost = f"{p['mount']}/lost+found"
+    if os.path.isdir(lost):
+        os.rmdir(lost)
+
+
+def _extract(stream: object, stage: str) -> None:
+    """Unpack the workspace tar without letting any member land outside `stage`.
+
+    (Python 3.11.2 in Debian 12 has no tarfile extraction filters, so the checks are here.)
+    """
+    root = os.path.realpath(stage)
+    with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
+        for member in tar:
+            name = os.path.normpath(member.name)
+            if name.startswith(("/", "..")) or name == "." and not member.isdir():
+                raise RuntimeError(f"refusing tar member {member.name!r}")
+            if not (member.isfile() or member.isdir() or member.issym()):
+                continue  # no devices, fifos or hard links in a workspace
+            parent = os.path.realpath(os.path.join(root, os.path.dirname(name)))
+            if parent != root and not parent.startswith(root + os.sep):
+                raise RuntimeError(f"refusing tar member {member.name!r} (through a link)")
+            member.mode &= 0o777  # no setuid/setgid/sticky bits from the project
+            tar.extract(member, root, set_attrs=not member.issym())
+
+
+def _check(argv: list[str]) -> None:
+    done = run(argv)
+    if done.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed: {done.stderr.strip()}")
+
+
+def _teardown(p: dict[str, str]) -> None:
+    for mountpoint in (p["mount"], p["tmp"]):
+        if os.path.ismount(mountpoint):
+            run(["umount", "--lazy", mountpoint])
+
+
+def _discard(p: dict[str, str]) -> None:
+    """Undo a launch that failed: nothing of it may stay in the guest."""
+    _teardown(p)
+    for path in (p["mount"], p["run_dir"]):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# -- attach ----------------------------------------------------------------------------------
+
+
+def attach(run_id: str) -> int:
+    p = paths(run_id)
+    deadline = time.monotonic() + 30
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    while True:
+        try:
+            sock.connect(p["socket"])
+            break
+        except OSError:
+            if os.path.exists(p["result"]):
+                return _replay_finished(p)
+            if time.monotonic() > deadline:
+                return fail(f"run {run_id} has no session holder to attach to")
+            time.sleep(0.05)
+    sock.sendall(b"{}\n")
+    tty_state = _raw_stdin()
+    try:
+        return _relay(sock)
+    finally:
+        _restore_stdin(tty_state)
+
+
+def _raw_stdin() -> object:
+    if not os.isatty(0):
+        return None
+    import termios
+    import tty
+
+    state = termios.tcgetattr(0)
+    tty.setraw(0)
+    return state
+
+
+def _restore_stdin(state: object) -> None:
+    if state is not None:
+        import termios
+
+        termios.tcsetattr(0, termios.TCSADRAIN, state)  # type: ignore[arg-type]
+
+
+def _send_size(sock: socket.socket) -> None:
+    if os.isatty(0):
+        size = os.get_terminal_size(0)
+        payload = json.dumps({"cols": size.columns, "rows": size.lines}).encode()
+        sock.sendall(HEADER.pack(RESIZE, len(payload)) + payload)
+
+
+def _relay(sock: socket.socket) -> int:
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ, "sock")
+    sel.register(0, selectors.EVENT_READ, "stdin")
+    _send_size(sock)
+    signal.signal(signal.SIGWINCH, lambda *_: _send_size(sock))
+    buf = b""
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    while True:
+        for key, _ in sel.select():
+            if key.data == "stdin":
+                data = os.read(0, 65536)
+                if data:
+                    sock.sendall(HEADER.pack(STDIN, len(data)) + data)
+                else:
+                    sock.sendall(HEADER.pack(STDIN_EOF, 0))
+                    sel.unregister(0)
+                continue
+            chunk = sock.recv(65536)
+            if not chunk:
+                return fail("the session holder went away before the command finished", 255)
+            buf += chunk
+            while len(buf) >= HEADER.size:
+                kind, length = HEADER.unpack(buf[: HEADER.size])
+                if len(buf) < HEADER.size + length:
+                    break
+                payload, buf = buf[HEADER.size : HEADER.size + length], buf[HEADER.size + length :]
+                if kind == STDOUT:
+                    out.write(payload)
+                    out.flush()
+                elif kind == STDERR:
+                    err.write(payload)
+                    err.flush()
+                elif kind == EXIT:
+                    return int(json.loads(payload)["code"])
+
+
+def _replay_finished(p: dict[str, str]) -> int:
+    """The run already ended: print its transcript, exit with its recorded code."""
+    saved = f"{p['run_dir']}/transcript"
+    code = 0
+    if os.path.exists(saved):
+        with open(saved, "rb") as handle:
+            data = handle.read()
+        while len(data) >= HEADER.size:
+            kind, length = HEADER.unpack(data[: HEADER.size])
+            payload, data = data[HEADER.size : HEADER.size + length], data[HEADER.size + length :]
+            if kind == STDOUT:
+                sys.stdout.buffer.write(payload)
+            elif kind == STDERR:
+                sys.stderr.buffer.write(payload)
+            elif kind == EXIT:
+                code = int(json.loads(payload)["code"])
+    sys.stdout.flush()
+    return code
+
+
+# -- after the run ---------------------------------------------------------------------------
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_keyed(path: str) -> dict[str, int]:
+    values: dict[str, int] = {}
+    try:
+        with open(path, encoding="ascii") as handle:
+            for line in handle:
+                key, _, value = line.partition(" ")
+                if value.strip().isdigit():
+                    values[key] = int(value)
+    except OSError:
+        pass
+    return values
+
+
+def record(run_id: str) -> int:
+    p = paths(run_id)
+    cgroup = f"/sys/fs/cgroup/system.slice/{p['unit']}"
+    memory_events = _read_keyed(f"{cgroup}/memory.events")
+    pids_events = _read_keyed(f"{cgroup}/pids.events")
+    result = {
+        "service_result": os.environ.get("SERVICE_RESULT", ""),
+        "exit_code": os.environ.get("EXIT_CODE", ""),
+        "exit_status": os.environ.get("EXIT_STATUS", ""),
+        "memory_peak": _read_int(f"{cgroup}/memory.peak"),
+        "cpu_usage_usec": _read_keyed(f"{cgroup}/cpu.stat").get("usage_usec"),
+        "tasks_peak": _read_int(f"{cgroup}/pids.peak"),
+        "oom_kills": memory_events.get("oom_kill", 0),
+        "tasks_limit_hits": pids_events.get("max", 0),
+        "ended_at": time.time(),
+    }
+    if os.path.exists(p["transcript"]):
+        shutil.copyfile(p["transcript"], f"{p['run_dir']}/transcript")
+    tmp = p["result"] + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(result, handle)
+    os.replace(tmp, p["result"])
+    _teardown(p)
+    return 0
+
+
+def result(run_id: str, wait: float) -> int:
+    p = paths(run_id)
+    deadline = time.monotonic() + wait
+    while not os.path.exists(p["result"]):
+        if not os.path.isdir(p["run_dir"]):
+            return fail(f"run {run_id} is not known in this guest", 4)
+        if time.monotonic() > deadline:
+            return fail(f"run {run_id} has not ended", 3)
+        time.sleep(0.05)
+    with open(p["result"], encoding="utf-8") as handle:
+        sys.stdout.write(handle.read() + "\n")
+    return 0
+
+
+def stop(run_id: str) -> int:
+    p = paths(run_id)
+    run(["systemctl", "stop", p["unit"]])
+    return 0
+
+
+def journal(run_id: str, invocation: str, after: str | None) -> int:
+    if not re.fullmatch(r"[0-9a-f]{32}", invocation):
+        return fail("invalid invocation id", 2)
+    paths(run_id)
+    # Only trusted fields select entries: the unit's own processes by invocation, and what
+    # PID 1 (systemd) said about that invocation. Never fields the run can write itself.
+    argv = ["journalctl", "-o", "json", "--all", "--no-pager", "--show-cursor",
+            f"_SYSTEMD_INVOCATION_ID={invocation}", "+", "_PID=1", f"INVOCATION_ID={invocation}"]  # fmt: skip
+    if after:
+        argv.insert(1, f"--after-cursor={after}")
+    os.execvp("journalctl", argv)
+    return 0
+
+
+def score() -> int:
+    unit_text = sys.stdin.read()
+    with tempfile.TemporaryDirectory(prefix="vmsbx-score-") as work:
+        unit = os.path.join(work, "vmsbx-score.service")
+        with open(unit, "w", encoding="utf-8") as handle:
+            handle.write(unit_text)
+        done = run(["systemd-analyze", "security", "--offline=true", "--no-pager", unit])
+    return _print_score(done)
+
+
+def score_live(run_id: str) -> int:
+    p = paths(run_id)
+    return _print_score(run(["systemd-analyze", "security", "--no-pager", p["unit"]]))
+
+
+def _print_score(done: subprocess.CompletedProcess[str]) -> int:
+    found = SCORE_RE.search(done.stdout)
+    if not found:
+        return fail("systemd-analyze gave no score: " + (done.stderr.strip() or done.stdout[-400:]))
+    print(json.dumps({"exposure": float(found.group(1))}))
+    return 0
+
+
+def cleanup(run_id: str) -> int:
+    p = paths(run_id)
+    run(["systemctl", "stop", p["unit"]])
+    _discard(p)
+    if os.path.islink(p["link"]):
+        os.unlink(p["link"])
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        return fail("usage: guest.py launch|attach|result|record|stop|journal|score|score-live|cleanup", 2)
+    verb, rest = argv[0], argv[1:]
+    if verb == "launch":
+        return launch()
+    if verb == "attach" and len(rest) == 1:
+        return attach(rest[0])
+    if verb == "result" and rest:
+        return result(rest[0], float(rest[1]) if len(rest) > 1 else 0.0)
+    if verb == "record" and len(rest) == 1:
+        return record(rest[0])
+    if verb == "stop" and len(rest) == 1:
+        return stop(rest[0])
+    if verb == "journal" and len(rest) in (2, 3):
+        return journal(rest[0], rest[1], rest[2] if len(rest) == 3 else None)
+    if verb == "score":
+        return score()
+    if verb == "score-live" and len(rest) == 1:
+        return score_live(rest[0])
+    if verb == "cleanup" and len(rest) == 1:
+        return cleanup(rest[0])
+    return fail(f"bad arguments: {argv!r}", 2)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
