@@ -1,0 +1,140 @@
+"""The systemd-mode sandbox renderer, pinned by golden files, and the walls it must keep.
+
+Regenerate after an intended change with VMSBX_TEST_UPDATE_GOLDEN=1 and review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from vmsbx.config.models import SandboxSettings
+from vmsbx.sandbox.layout import RunLayout, is_run_id, new_run_id
+from vmsbx.sandbox.systemd import render_systemd_run_argv, render_unit_file, render_unit_properties
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("VMSBX_TEST_UPDATE_GOLDEN") == "1"
+LAYOUT = RunLayout(run_id="0123456789ab")
+GiB = 1 << 30
+
+
+def _golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE:
+        path.write_text(text, encoding="utf-8")
+        return
+    assert path.is_file(), f"no golden {path}; create it with VMSBX_TEST_UPDATE_GOLDEN=1"
+    assert text == path.read_text(encoding="utf-8"), f"{path} differs; regenerate if intended"
+
+
+def props(policy: SandboxSettings | None = None) -> dict[str, list[str]]:
+    table: dict[str, list[str]] = {}
+    for prop in render_unit_properties(policy or SandboxSettings(), LAYOUT):
+        key, _, value = prop.partition("=")
+        table.setdefault(key, []).append(value)
+    return table
+
+
+def test_systemd_run_argv_matches_golden() -> None:
+    argv = render_systemd_run_argv(SandboxSettings(), LAYOUT)
+    _golden("systemd_run_default.json", json.dumps(argv, indent=2) + "\n")
+
+
+def test_unit_file_matches_golden() -> None:
+    _golden("systemd_unit_default.service", render_unit_file(SandboxSettings(), LAYOUT))
+
+
+def test_limits_follow_the_policy() -> None:
+    policy = SandboxSettings(
+        memory_max=2 * GiB, cpus=1.5, tasks_max=64, timeout=90.5, open_files=4096, tmp_size=GiB
+    )
+    table = props(policy)
+    assert table["MemoryMax"] == [str(2 * GiB)]
+    assert table["MemoryHigh"] == [str(2 * GiB * 9 // 10)]
+    assert table["MemorySwapMax"] == ["0"]
+    assert table["CPUQuota"] == ["150%"]
+    assert table["TasksMax"] == ["64"]
+    assert table["RuntimeMaxSec"] == ["91s"]
+    assert table["LimitNOFILE"] == ["4096"]
+
+
+def test_the_walls_are_all_there() -> None:
+    table = props()
+    must = {
+        "DynamicUser": "yes",
+        "PrivateUsers": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "yes",
+        "PrivateNetwork": "yes",
+        "PrivateIPC": "yes",
+        "PrivateMounts": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectKernelLogs": "yes",
+        "ProtectControlGroups": "yes",
+        "ProtectClock": "yes",
+        "ProtectHostname": "yes",
+        "ProtectProc": "invisible",
+        "RestrictNamespaces": "yes",
+        "RestrictSUIDSGID": "yes",
+        "NoNewPrivileges": "yes",
+        "CapabilityBoundingSet": "",
+        "AmbientCapabilities": "",
+        "IPAddressDeny": "any",
+        "DevicePolicy": "closed",
+        "KeyringMode": "private",
+        "SystemCallArchitectures": "native",
+        "SystemCallErrorNumber": "EPERM",
+        "LockPersonality": "yes",
+        "RestrictRealtime": "yes",
+        "KillMode": "control-group",
+    }
+    for key, value in must.items():
+        assert table.get(key) == [value], key
+    assert table["SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
+    assert "/run/dbus/system_bus_socket" in table["InaccessiblePaths"][0]
+    # No secrets or user-chosen text in unit properties: the environment travels in the spec.
+    assert "Environment" not in table
+    assert "SetCredential" not in table
+
+
+def test_journal_keeps_every_line() -> None:
+    table = props()
+    assert table["LogRateLimitIntervalSec"] == ["0"]
+    assert table["LogRateLimitBurst"] == ["0"]
+
+
+def test_writable_places_are_only_the_capped_ones() -> None:
+    table = props()
+    assert table["StateDirectory"] == [LAYOUT.state_name]
+    assert table["BindPaths"] == [f"{LAYOUT.tmp_dir}:/tmp {LAYOUT.tmp_dir}:/var/tmp"]
+    assert "ReadWritePaths" not in table
+    # RuntimeDirectory/LogsDirectory would let a run fill /run or the guest disk.
+    assert "RuntimeDirectory" not in table
+    assert "LogsDirectory" not in table
+
+
+def test_the_command_is_not_in_the_unit() -> None:
+    argv = render_systemd_run_argv(SandboxSettings(), LAYOUT)
+    separator = argv.index("--")
+    assert argv[separator + 1 :] == ["/usr/bin/python3", "/usr/local/lib/vmsbx/holder.py", LAYOUT.run_id]
+    assert f"--unit={LAYOUT.unit}" in argv
+
+
+def test_memory_deny_write_execute_stays_off_for_node() -> None:
+    assert props()["MemoryDenyWriteExecute"] == ["no"]
+
+
+def test_run_ids() -> None:
+    ids = {new_run_id() for _ in range(200)}
+    assert len(ids) == 200
+    assert all(is_run_id(i) for i in ids)
+    for bad in ("", "../x", "ABCDEF123456", "0123456789abc", "0123456789a/"):
+        assert not is_run_id(bad)
+    with pytest.raises(ValueError):
+        RunLayout(run_id="../../etc")

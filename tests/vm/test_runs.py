@@ -1,0 +1,61 @@
+"""Runs on the real guest beyond the wall probes: the exposure score offline equals the score
+of the live unit, and following logs survives a killed SSH connection with nothing lost or
+duplicated."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from vmcli import Cli
+
+pytestmark = pytest.mark.vm
+
+
+def _record(cli: Cli, run_id: str) -> dict[str, object]:
+    return json.loads((cli.home / "runs" / run_id / "run.json").read_text())
+
+
+def test_offline_score_equals_the_live_units_score(cli: Cli, default_vm: dict[str, object]) -> None:
+    run_id = cli.ok("run", "--detach", "--", "sleep", "60").stdout.decode().strip()
+    try:
+        live = cli.ok("ssh", "--", "python3", "/usr/local/lib/vmsbx/guest.py", "score-live", run_id)
+        live_score = json.loads(live.stdout)["exposure"]
+        offline_score = _record(cli, run_id)["exposure"]
+        assert live_score == offline_score
+        assert isinstance(offline_score, float) and offline_score <= 1.0
+    finally:
+        cli.ok("stop-run", run_id)
+    assert _record(cli, run_id)["exit_code"] == 143  # stopped by SIGTERM
+
+
+def test_logs_resume_after_the_ssh_link_is_killed(cli: Cli, default_vm: dict[str, object]) -> None:
+    count = 400
+    script = f"for i in $(seq 1 {count}); do echo line-$i; sleep 0.02; done"
+    run_id = cli.ok("run", "--detach", "--", "sh", "-c", script).stdout.decode().strip()
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "vmsbx", "logs", "-f", "--json", run_id],
+        env=cli.env,
+        cwd=cli.cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(3)
+    # Drop every SSH connection to the guest mid-run (the agent's included) from inside.
+    cli.run("ssh", "--", "sh", "-c", "pkill -KILL -f 'sshd: root' ; true")
+    follower.communicate(timeout=120)
+    resumed = cli.ok("logs", "-f", "--json", run_id, timeout=300)
+    assert resumed.returncode == 0
+    attach = cli.run("attach", run_id)
+    assert attach.returncode == 0
+    lines = [
+        json.loads(line) for line in (cli.home / "runs" / run_id / "journal.jsonl").read_text().splitlines()
+    ]
+    messages = [e["MESSAGE"] for e in lines if e.get("_SYSTEMD_UNIT") == f"vmsbx-run-{run_id}.service"]
+    numbered = [m for m in messages if isinstance(m, str) and m.startswith("line-")]
+    assert numbered == [f"line-{i}" for i in range(1, count + 1)]  # complete, in order, once each
+    cursors = [e["__CURSOR"] for e in lines]
+    assert len(cursors) == len(set(cursors))
