@@ -169,16 +169,35 @@ def attach(run_id: str) -> int:
             break
         except OSError:
             if os.path.exists(p["result"]):
-                return _replay_finished(p)
+                return _replay_finished(p, 0)
             if time.monotonic() > deadline:
                 return fail(f"run {run_id} has no session holder to attach to")
             time.sleep(0.05)
-    sock.sendall(b"{}\n")
     tty_state = _raw_stdin()
+    relay = Relay(sock)
     try:
-        return _relay(sock)
+        sock.sendall(b"{}\n")
+        code = relay.run()
+    except OSError:
+        code = None
     finally:
         _restore_stdin(tty_state)
+    if code is not None:
+        return code
+    # The holder ended before it served us everything (a fast command can finish before we
+    # connect): the rest is in the transcript that ExecStopPost saves, after what we got.
+    if _wait_for(p["result"], 30):
+        return _replay_finished(p, relay.received)
+    return fail("the session holder went away before the command finished", 255)
+
+
+def _wait_for(path: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _raw_stdin() -> object:
@@ -206,49 +225,60 @@ def _send_size(sock: socket.socket) -> None:
         sock.sendall(HEADER.pack(RESIZE, len(payload)) + payload)
 
 
-def _relay(sock: socket.socket) -> int:
-    sel = selectors.DefaultSelector()
-    sel.register(sock, selectors.EVENT_READ, "sock")
-    sel.register(0, selectors.EVENT_READ, "stdin")
-    _send_size(sock)
-    signal.signal(signal.SIGWINCH, lambda *_: _send_size(sock))
-    buf = b""
-    out, err = sys.stdout.buffer, sys.stderr.buffer
-    while True:
-        for key, _ in sel.select():
-            if key.data == "stdin":
-                data = os.read(0, 65536)
-                if data:
-                    sock.sendall(HEADER.pack(STDIN, len(data)) + data)
-                else:
-                    sock.sendall(HEADER.pack(STDIN_EOF, 0))
-                    sel.unregister(0)
-                continue
-            chunk = sock.recv(65536)
-            if not chunk:
-                return fail("the session holder went away before the command finished", 255)
-            buf += chunk
-            while len(buf) >= HEADER.size:
-                kind, length = HEADER.unpack(buf[: HEADER.size])
-                if len(buf) < HEADER.size + length:
-                    break
-                payload, buf = buf[HEADER.size : HEADER.size + length], buf[HEADER.size + length :]
-                if kind == STDOUT:
-                    out.write(payload)
-                    out.flush()
-                elif kind == STDERR:
-                    err.write(payload)
-                    err.flush()
-                elif kind == EXIT:
-                    return int(json.loads(payload)["code"])
+class Relay:
+    """Copies the holder's frames to stdout/stderr and stdin to the holder; counts what it got
+    (the holder's stream is its transcript, byte for byte, so the count is a resume offset)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.received = 0
+
+    def run(self) -> int | None:
+        sock = self.sock
+        sel = selectors.DefaultSelector()
+        sel.register(sock, selectors.EVENT_READ, "sock")
+        sel.register(0, selectors.EVENT_READ, "stdin")
+        _send_size(sock)
+        signal.signal(signal.SIGWINCH, lambda *_: _send_size(sock))
+        buf = b""
+        out, err = sys.stdout.buffer, sys.stderr.buffer
+        while True:
+            for key, _ in sel.select():
+                if key.data == "stdin":
+                    data = os.read(0, 65536)
+                    if data:
+                        sock.sendall(HEADER.pack(STDIN, len(data)) + data)
+                    else:
+                        sock.sendall(HEADER.pack(STDIN_EOF, 0))
+                        sel.unregister(0)
+                    continue
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return None
+                buf += chunk
+                while len(buf) >= HEADER.size:
+                    kind, length = HEADER.unpack(buf[: HEADER.size])
+                    if len(buf) < HEADER.size + length:
+                        break
+                    payload, buf = buf[HEADER.size : HEADER.size + length], buf[HEADER.size + length :]
+                    self.received += HEADER.size + length
+                    if kind == STDOUT:
+                        out.write(payload)
+                        out.flush()
+                    elif kind == STDERR:
+                        err.write(payload)
+                        err.flush()
+                    elif kind == EXIT:
+                        return int(json.loads(payload)["code"])
 
 
-def _replay_finished(p: dict[str, str]) -> int:
-    """The run already ended: print its transcript, exit with its recorded code."""
+def _replay_finished(p: dict[str, str], offset: int) -> int:
+    """The run already ended: print its transcript from `offset`, exit with its recorded code."""
     saved = f"{p['run_dir']}/transcript"
-    code = 0
+    code = _recorded_code(p)
     if os.path.exists(saved):
         with open(saved, "rb") as handle:
+            handle.seek(offset)
             data = handle.read()
         while len(data) >= HEADER.size:
             kind, length = HEADER.unpack(data[: HEADER.size])
@@ -260,7 +290,19 @@ def _replay_finished(p: dict[str, str]) -> int:
             elif kind == EXIT:
                 code = int(json.loads(payload)["code"])
     sys.stdout.flush()
+    sys.stderr.flush()
     return code
+
+
+def _recorded_code(p: dict[str, str]) -> int:
+    """The exit code systemd saw (used when the holder died before writing its own)."""
+    try:
+        with open(p["result"], encoding="utf-8") as handle:
+            result = json.load(handle)
+    except (OSError, ValueError):
+        return 255
+    status = str(result.get("exit_status", ""))
+    return int(status) if result.get("exit_code") == "exited" and status.isdigit() else 255
 
 
 # -- after the run ---------------------------------------------------------------------------

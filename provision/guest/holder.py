@@ -265,7 +265,10 @@ class Holder:
                     status, exited_at = wait_status, time.monotonic()
             # Background children may keep the output open; give them a moment, then go
             # (the unit's KillMode=control-group ends them with us).
-            if status is not None and (not self.outputs or time.monotonic() - exited_at > 2.0):
+            if status is not None and not self.outputs:
+                break
+            if status is not None and time.monotonic() - exited_at > 2.0:
+                self._drain_ready_output()
                 break
             for key, _ in self.sel.select(timeout=0.2):
                 role, obj = key.data
@@ -286,6 +289,18 @@ class Holder:
             self._send(client, record)
             self._drop(client)
         return exit_code
+
+    def _drain_ready_output(self) -> None:
+        """Read what is already buffered on every output (what the command wrote before it
+        exited is there, however slow this holder was to get to it)."""
+        for fd in list(self.outputs):
+            for _ in range(4096):
+                if fd not in self.outputs:
+                    break
+                before = self.transcript_size
+                self.read_output(fd)
+                if self.transcript_size == before and fd in self.outputs:
+                    break
 
     def read_output(self, fd: int) -> None:
         try:

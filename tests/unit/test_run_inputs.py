@@ -35,9 +35,7 @@ def test_workspace_tar_keeps_links_as_links_and_skips_special_files(tmp_path: Pa
         assert all(m.uid == 0 and m.uname == "" for m in members.values())
         extracted = tar.extractfile("src/app.py")
         assert extracted is not None and extracted.read() == b"print('hi')\n"
-        data = b"".join(
-            (tar.extractfile(m) or io.BytesIO()).read() for m in tar.getmembers() if m.isfile()
-        )
+        data = b"".join((tar.extractfile(m) or io.BytesIO()).read() for m in tar.getmembers() if m.isfile())
     assert b"do not copy me" not in data
 
 
