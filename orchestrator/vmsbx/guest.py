@@ -14,7 +14,7 @@ from vmsbx.errors import GuestCheckFailed
 from vmsbx.paths import data_dir
 from vmsbx.sandbox.layout import GUEST_LIB
 
-MIN_SYSTEMD = 247  # DynamicUser + the hardening properties vmsbx renders
+MIN_SYSTEMD = 248  # the newest property of the sandbox (PrivateIPC=) came with 248
 
 
 class GuestFacts(BaseModel):
@@ -86,5 +86,5 @@ def check_walls(facts: GuestFacts) -> None:
     if problems:
         raise GuestCheckFailed(
             "this guest cannot hold vmsbx's sandbox: " + "; ".join(problems),
-            hint="use a guest with systemd >= 247 as PID 1 and cgroup v2 (the vmsbx image has both)",
+            hint=f"use a guest with systemd >= {MIN_SYSTEMD} as PID 1 and cgroup v2 (vmsbx's image has both)",
         )

@@ -66,7 +66,7 @@ def test_guest_without_a_wall_is_refused() -> None:
     check_walls(facts())
     for bad, words in (
         ({"pid1": "init"}, "not systemd"),
-        ({"systemd_version": "245"}, "older than"),
+        ({"systemd_version": "247"}, "older than 248"),
         ({"cgroup_fs": "tmpfs"}, "cgroup v2"),
     ):
         with pytest.raises(Exception, match=words) as refused:

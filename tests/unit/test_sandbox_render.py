@@ -138,3 +138,16 @@ def test_run_ids() -> None:
         assert not is_run_id(bad)
     with pytest.raises(ValueError):
         RunLayout(run_id="../../etc")
+
+
+def test_an_old_systemd_is_refused_by_property_name() -> None:
+    from vmsbx.sandbox.systemd import unsupported_properties
+
+    properties = render_unit_properties(SandboxSettings(), LAYOUT)
+    assert unsupported_properties(properties, 252) == []
+    assert unsupported_properties(properties, 257) == []
+    missing = unsupported_properties(properties, 246)
+    assert "ProtectProc (systemd 247)" in missing
+    assert "PrivateIPC (systemd 248)" in missing
+    assert "DynamicUser (systemd 232)" not in missing
+    assert len(missing) == len(set(missing))

@@ -4,9 +4,16 @@ duplicated."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import select
+import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 import pytest
@@ -59,3 +66,64 @@ def test_logs_resume_after_the_ssh_link_is_killed(cli: Cli, default_vm: dict[str
     assert numbered == [f"line-{i}" for i in range(1, count + 1)]  # complete, in order, once each
     cursors = [e["__CURSOR"] for e in lines]
     assert len(cursors) == len(set(cursors))
+
+
+def test_ctrl_c_stops_a_headless_run_in_the_guest(cli: Cli, default_vm: dict[str, object]) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vmsbx", "run", "--", "sh", "-c", "echo started; sleep 120"],
+        env=cli.env,
+        cwd=cli.cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"started\n"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    runs = cli.json("runs")
+    assert isinstance(runs, list)
+    newest = runs[-1]
+    assert "interrupted" in newest["reason"]
+    # The unit is gone from the guest, not just the SSH session.
+    units = cli.ok("ssh", "--", "systemctl", "list-units", "--all", "--plain", "--no-legend", "vmsbx-run-*")
+    assert f"vmsbx-run-{newest['id']}" not in units.stdout.decode()
+
+
+def test_tty_run_gets_a_terminal_that_follows_resizes(cli: Cli, default_vm: dict[str, object]) -> None:
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(cli.cwd)
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", "vmsbx", "run", "--tty", "--", "sh", "-c",
+             "tty; stty size; echo ready; read line; stty size; echo got-$line; exit 4"],
+            cli.env,
+        )  # fmt: skip
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    output = _read_until(fd, b"ready", 120)
+    assert b"/dev/pts/" in output
+    assert b"30 100" in output
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    time.sleep(2)  # the resize travels: host pty -> agent -> guest pty -> holder -> program pty
+    os.write(fd, b"hello\r")
+    output += _read_until(fd, b"got-hello", 60)
+    _, status = os.waitpid(pid, 0)
+    assert b"40 120" in output
+    assert os.waitstatus_to_exitcode(status) == 4
+
+
+def _read_until(fd: int, marker: bytes, seconds: float) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + seconds
+    while marker not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen

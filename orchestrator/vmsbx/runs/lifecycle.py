@@ -24,7 +24,12 @@ from vmsbx.runs.outcome import SANDBOX_FAILED, outcome
 from vmsbx.runs.record import Resources, RunRecord
 from vmsbx.runs.workspace import workspace_tar
 from vmsbx.sandbox.layout import RunLayout, new_run_id
-from vmsbx.sandbox.systemd import render_systemd_run_argv, render_unit_file
+from vmsbx.sandbox.systemd import (
+    render_systemd_run_argv,
+    render_unit_file,
+    render_unit_properties,
+    unsupported_properties,
+)
 
 INTERRUPTED = 130
 _SCORE_PLACEHOLDER = RunLayout(run_id="000000000000")
@@ -68,6 +73,20 @@ def check_policy(settings: Settings) -> None:
         )
 
 
+def _check_guest_supports(settings: Settings, vm: str) -> None:
+    facts_file = vm_dir(vm) / "guest.json"
+    if not facts_file.is_file():
+        raise AgentError(f"VM {vm!r} has not been checked yet", hint=f"`vmsbx up --name {vm}`")
+    version = str(json.loads(facts_file.read_text()).get("systemd_version", ""))
+    major = int(version.split(".", maxsplit=1)[0]) if version.split(".", maxsplit=1)[0].isdigit() else 0
+    missing = unsupported_properties(render_unit_properties(settings.sandbox, _SCORE_PLACEHOLDER), major)
+    if missing:
+        raise LaunchFailed(
+            f"the guest's systemd {version or '(unknown)'} cannot enforce: {', '.join(missing)}",
+            hint="vmsbx will not run with less isolation; use a guest with a newer systemd",
+        )
+
+
 def start(
     settings: Settings,
     command: list[str],
@@ -88,6 +107,7 @@ def start(
             f"{settings.sandbox.score_threshold}",
             hint="tighten the policy, or raise sandbox.score_threshold in your user config or with a flag",
         )
+    _check_guest_supports(settings, vm)
     layout = RunLayout(run_id=new_run_id())
     size = _terminal_size() if tty else (80, 24)
     record = RunRecord(

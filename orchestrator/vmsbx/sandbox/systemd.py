@@ -120,3 +120,48 @@ def render_unit_file(policy: SandboxSettings, layout: RunLayout) -> str:
     lines += ["", "[Service]", "Type=exec", f"ExecStart={PYTHON} {HOLDER} {layout.run_id}"]
     lines += props[1:]
     return "\n".join(lines) + "\n"
+
+
+# First systemd release that knows each property vmsbx sets (NEWS; shared/reference/hardening.md
+# §2). A guest older than any of these is refused by name instead of run with less isolation.
+PROPERTY_SINCE: dict[str, int] = {
+    "DynamicUser": 232,
+    "StateDirectory": 235,
+    "BindPaths": 233,
+    "PrivateUsers": 232,
+    "ProtectSystem": 232,
+    "PrivateMounts": 239,
+    "PrivateIPC": 248,
+    "ProtectKernelTunables": 232,
+    "ProtectKernelModules": 232,
+    "ProtectKernelLogs": 244,
+    "ProtectControlGroups": 232,
+    "ProtectClock": 245,
+    "ProtectHostname": 242,
+    "ProtectProc": 247,
+    "ProcSubset": 247,
+    "RestrictNamespaces": 233,
+    "RestrictSUIDSGID": 242,
+    "LockPersonality": 235,
+    "SystemCallFilter": 239,  # the @system-service set
+    "IPAddressDeny": 235,
+    "IPAddressAllow": 235,
+    "KeyringMode": 235,
+    "RemoveIPC": 232,
+    "MemorySwapMax": 232,
+    "OOMPolicy": 243,
+    "LogExtraFields": 236,
+    "LogRateLimitIntervalSec": 240,
+    "LogRateLimitBurst": 240,
+}
+
+
+def unsupported_properties(properties: list[str], systemd_major: int) -> list[str]:
+    """The properties (with the release that added them) this guest's systemd lacks."""
+    missing = []
+    for prop in properties:
+        key = prop.partition("=")[0]
+        since = PROPERTY_SINCE.get(key)
+        if since is not None and systemd_major < since and f"{key} (systemd {since})" not in missing:
+            missing.append(f"{key} (systemd {since})")
+    return missing
