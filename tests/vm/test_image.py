@@ -35,3 +35,21 @@ def test_image_is_cached_records_its_origin_and_has_no_host_keys(
     ).stdout
     assert "sshd_config" in ssh_dir  # positive control: we are looking at the right directory
     assert "ssh_host_" not in ssh_dir
+
+
+def test_image_rebuild_adds_a_build_and_leaves_running_vms_alone(
+    cli: Cli, default_vm: dict[str, object]
+) -> None:
+    before = current_image(load_recipe("bookworm"))
+    assert before is not None
+    cli.ok("image", "rebuild", "--image", "bookworm", timeout=1200)
+    after = current_image(load_recipe("bookworm"))
+    assert after is not None
+    assert after.directory != before.directory
+    assert after.built_at >= before.built_at
+    # The old build stays: the running VM's overlay still sits on it.
+    assert before.disk.is_file()
+    assert cli.ok("ssh", "--", "echo", "still-here").stdout == b"still-here\n"
+    listing = cli.json("image", "list")
+    assert isinstance(listing, list)
+    assert any(row.get("directory") == str(after.directory) for row in listing)
