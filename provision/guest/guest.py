@@ -32,6 +32,8 @@ import tarfile
 import tempfile
 import time
 
+import nsjail_prep
+
 RUNS = "/var/lib/vmsbx/runs"
 RUN_ID = re.compile(r"^[a-z0-9]{12}$")
 HEADER = struct.Struct(">BI")
@@ -49,6 +51,7 @@ def paths(run_id: str) -> dict[str, str]:
         raise SystemExit(fail(f"invalid run id {run_id!r}", 2))
     run_dir = f"{RUNS}/{run_id}"
     return {
+        "run_id": run_id,
         "run_dir": run_dir,
         "tmp": f"{run_dir}/tmp",
         "image": f"{run_dir}/workspace.img",
@@ -80,6 +83,9 @@ def launch() -> int:
         return fail(f"run {run_id} already exists")
     try:
         _prepare(request, p, stdin)
+        jail = request.get("nsjail")
+        if jail:  # nsjail mode: the config, the outside uid, the workspace handed to it
+            nsjail_prep.prepare(run_id, str(jail["config"]), int(jail["outside_uid"]))  # type: ignore[index]
         started = run(list(request["systemd_run"]))
         if started.returncode != 0:
             _discard(p)
@@ -147,6 +153,7 @@ def _teardown(p: dict[str, str]) -> None:
     for mountpoint in (p["mount"], p["tmp"]):
         if os.path.ismount(mountpoint):
             run(["umount", "--lazy", mountpoint])
+    nsjail_prep.release(p["run_id"])
 
 
 def _discard(p: dict[str, str]) -> None:

@@ -18,6 +18,10 @@ from vmsbx.cli.common import json_option, load, name_option, print_json, progres
 @click.option("--image", default=None, type=click.Choice(["bookworm", "trixie"]), help="Guest release.")
 @click.option("--accel", default=None, type=click.Choice(["auto", "kvm", "tcg"]), help="QEMU acceleration.")
 @click.option(
+    "--sandbox", "mode", default=None, type=click.Choice(["systemd", "nsjail"]),
+    help="Sandbox kind to prepare the guest for (nsjail is installed when asked for).",
+)  # fmt: skip
+@click.option(
     "--guest-network", default=None, type=click.Choice(["restricted", "nat"]),
     help="restricted (default): the guest reaches nothing; nat: the guest may reach the internet.",
 )  # fmt: skip
@@ -30,6 +34,7 @@ def command(
     disk: str | None,
     image: str | None,
     accel: str | None,
+    mode: str | None,
     guest_network: str | None,
     as_json: bool,
 ) -> None:
@@ -40,7 +45,7 @@ def command(
     """
     from vmsbx.agent.client import ensure_agent
     from vmsbx.errors import UsageError
-    from vmsbx.guest import check_walls, gather_facts, provision
+    from vmsbx.guest import check_walls, gather_facts, provision, provision_nsjail
     from vmsbx.paths import vm_dir
     from vmsbx.providers import existing_provider_name, get_provider, resolve_name
     from vmsbx.providers.base import VMState
@@ -48,6 +53,7 @@ def command(
     settings = load(**{
         "vm.name": name, "vm.provider": provider, "vm.cpus": cpus, "vm.memory": memory,
         "vm.disk": disk, "vm.image": image, "vm.accel": accel, "vm.guest_network": guest_network,
+        "sandbox.mode": mode,
     })  # fmt: skip
     vm = settings.vm.name
     started = time.monotonic()
@@ -79,6 +85,10 @@ def command(
         check_walls(facts)
         if provision(client, facts):
             report("installed the guest launcher")
+        if settings.sandbox.mode == "nsjail":
+            report("checking nsjail in the guest")
+            nsjail = provision_nsjail(client, facts.arch, facts.nsjail_version)
+            facts = facts.model_copy(update={"nsjail_version": nsjail})
         (vm_dir(vm) / "guest.json").write_text(facts.model_dump_json())
     info = machine.ssh_info(vm)
     summary = {

@@ -550,6 +550,7 @@ _PROJECT_RULES: dict[str, _Rule] = {
     "sandbox.open_files": _AtMost(),
     "sandbox.allow_hosts": _Subset(),
     "sandbox.score_threshold": _TrustedOnly("it decides how loose a sandbox vmsbx agrees to start"),
+    "sandbox.nsjail_score_threshold": _TrustedOnly("it decides how loose a sandbox vmsbx agrees to start"),
     "agent.credential_command": _TrustedOnly("it is a command vmsbx runs on your host"),
     "agent.api_upstream": _TrustedOnly("it decides where your API key is sent"),
     "agent.claude_version": _TrustedOnly("it chooses which agent build runs with your API key"),

@@ -256,6 +256,14 @@ class SandboxSettings(_Section):
         description="Highest `systemd-analyze security` exposure a run's unit may score; "
         "a looser policy is refused before it starts.",
     )
+    nsjail_score_threshold: Number = Field(
+        default=4.0,
+        ge=0,
+        le=10,
+        allow_inf_nan=False,
+        description="The same for the outer unit of nsjail mode, which must allow namespaces and "
+        "mounts (the jail's own config is checked separately).",
+    )
 
 
 class AgentSettings(_Section):

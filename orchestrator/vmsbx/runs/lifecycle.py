@@ -17,6 +17,7 @@ from vmsbx.agent.client import AgentClient, send_resize
 from vmsbx.agent.protocol import FrameWriter
 from vmsbx.config.models import Settings
 from vmsbx.errors import AgentError, UsageError
+from vmsbx.guest import provision_nsjail
 from vmsbx.paths import vm_dir
 from vmsbx.runs import record as records
 from vmsbx.runs.guestctl import GuestControl, LaunchFailed
@@ -24,6 +25,16 @@ from vmsbx.runs.outcome import SANDBOX_FAILED, outcome
 from vmsbx.runs.record import Resources, RunRecord
 from vmsbx.runs.workspace import workspace_tar
 from vmsbx.sandbox.layout import RunLayout, new_run_id
+from vmsbx.sandbox.nsjail import (
+    JAIL_WORKSPACE,
+    check_jail_config,
+    nsjail_config_path,
+    outside_uid_for,
+    render_nsjail_config,
+    render_nsjail_systemd_run_argv,
+    render_nsjail_unit_file,
+    render_nsjail_unit_properties,
+)
 from vmsbx.sandbox.systemd import (
     render_systemd_run_argv,
     render_unit_file,
@@ -46,9 +57,8 @@ def connect(vm: str) -> GuestControl:
 
 def policy_exposure(settings: Settings, guest: GuestControl, vm: str) -> float:
     """The policy's offline exposure score, cached per policy and guest (systemd version)."""
-    unit = render_unit_file(settings.sandbox, _SCORE_PLACEHOLDER)
-    facts_file = vm_dir(vm) / "guest.json"
-    systemd = json.loads(facts_file.read_text()).get("systemd_version", "") if facts_file.is_file() else ""
+    unit = _unit_file(settings, _SCORE_PLACEHOLDER)
+    systemd = _guest_facts(vm).get("systemd_version", "")
     key = hashlib.sha256(f"{systemd}\0{unit}".encode()).hexdigest()
     cache_file = vm_dir(vm) / "scores.json"
     cache: dict[str, float] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
@@ -58,14 +68,47 @@ def policy_exposure(settings: Settings, guest: GuestControl, vm: str) -> float:
     return cache[key]
 
 
+def _unit_file(settings: Settings, layout: RunLayout) -> str:
+    if settings.sandbox.mode == "nsjail":
+        return render_nsjail_unit_file(settings.sandbox, layout, config_path=nsjail_config_path(layout))
+    return render_unit_file(settings.sandbox, layout)
+
+
+def _properties(settings: Settings, layout: RunLayout) -> list[str]:
+    if settings.sandbox.mode == "nsjail":
+        return render_nsjail_unit_properties(settings.sandbox, layout)
+    return render_unit_properties(settings.sandbox, layout)
+
+
+def _threshold(settings: Settings) -> float:
+    policy = settings.sandbox
+    return policy.nsjail_score_threshold if policy.mode == "nsjail" else policy.score_threshold
+
+
+def _guest_facts(vm: str) -> dict[str, str]:
+    facts_file = vm_dir(vm) / "guest.json"
+    if not facts_file.is_file():
+        raise AgentError(f"VM {vm!r} has not been checked yet", hint=f"`vmsbx up --name {vm}`")
+    facts: dict[str, str] = json.loads(facts_file.read_text())
+    return facts
+
+
+def _ensure_nsjail(guest: GuestControl, vm: str, facts: dict[str, str]) -> None:
+    """nsjail mode needs user namespaces in the guest and vmsbx's nsjail installed there."""
+    if not str(facts.get("max_user_namespaces", "0")).isdigit() or int(facts["max_user_namespaces"]) < 1:
+        raise LaunchFailed(
+            "the guest has user namespaces disabled (user.max_user_namespaces = 0): nsjail cannot run",
+            hint="use --sandbox systemd, or a guest that allows user namespaces",
+        )
+    installed = provision_nsjail(guest.client, facts.get("arch", ""), facts.get("nsjail_version", ""))
+    if installed != facts.get("nsjail_version"):
+        facts["nsjail_version"] = installed
+        (vm_dir(vm) / "guest.json").write_text(json.dumps(facts))
+
+
 def check_policy(settings: Settings) -> None:
     """Refuse what this version cannot enforce: fail closed, never run with less isolation."""
     policy = settings.sandbox
-    if policy.mode != "systemd":
-        raise UsageError(
-            f"sandbox mode {policy.mode!r} is not available in this version",
-            hint="use --sandbox systemd",
-        )
     if policy.network != "none":
         raise UsageError(
             f"network policy {policy.network!r} needs the egress relay, which this version does not have",
@@ -73,13 +116,11 @@ def check_policy(settings: Settings) -> None:
         )
 
 
-def _check_guest_supports(settings: Settings, vm: str) -> None:
-    facts_file = vm_dir(vm) / "guest.json"
-    if not facts_file.is_file():
-        raise AgentError(f"VM {vm!r} has not been checked yet", hint=f"`vmsbx up --name {vm}`")
-    version = str(json.loads(facts_file.read_text()).get("systemd_version", ""))
-    major = int(version.split(".", maxsplit=1)[0]) if version.split(".", maxsplit=1)[0].isdigit() else 0
-    missing = unsupported_properties(render_unit_properties(settings.sandbox, _SCORE_PLACEHOLDER), major)
+def _check_guest_supports(settings: Settings, facts: dict[str, str]) -> None:
+    version = str(facts.get("systemd_version", ""))
+    head = version.split(".", maxsplit=1)[0]
+    major = int(head) if head.isdigit() else 0
+    missing = unsupported_properties(_properties(settings, _SCORE_PLACEHOLDER), major)
     if missing:
         raise LaunchFailed(
             f"the guest's systemd {version or '(unknown)'} cannot enforce: {', '.join(missing)}",
@@ -100,54 +141,95 @@ def start(
     check_policy(settings)
     vm = settings.vm.name
     guest = connect(vm)
+    facts = _guest_facts(vm)
+    _check_guest_supports(settings, facts)
+    if settings.sandbox.mode == "nsjail":
+        _ensure_nsjail(guest, vm, facts)
     exposure = policy_exposure(settings, guest, vm)
-    if exposure > settings.sandbox.score_threshold:
+    if exposure > _threshold(settings):
         raise LaunchFailed(
-            f"the sandbox policy scores {exposure} in `systemd-analyze security`, above the allowed "
-            f"{settings.sandbox.score_threshold}",
-            hint="tighten the policy, or raise sandbox.score_threshold in your user config or with a flag",
+            f"the {settings.sandbox.mode} sandbox policy scores {exposure} in `systemd-analyze "
+            f"security`, above the allowed {_threshold(settings)}",
+            hint="tighten the policy, or raise the threshold in your user config or with a flag",
         )
-    _check_guest_supports(settings, vm)
-    layout = RunLayout(run_id=new_run_id())
+    workspace = workspace_tar(project)
     size = _terminal_size() if tty else (80, 24)
-    record = RunRecord(
-        id=layout.run_id,
-        vm=vm,
-        sandbox=settings.sandbox.mode,
-        command=tuple(command),
-        tty=tty,
-        policy=settings.sandbox,
-        unit=layout.unit,
-        exposure=exposure,
-        started_at=records.now(),
-    )
-    records.save(record)
-    request = {
-        "run_id": layout.run_id,
-        "systemd_run": render_systemd_run_argv(settings.sandbox, layout),
-        "tmp_size": settings.sandbox.tmp_size,
-        "workspace_size": settings.sandbox.workspace_size,
-        "spec": {
+    for attempt in range(3):
+        layout = RunLayout(run_id=new_run_id())
+        record = RunRecord(
+            id=layout.run_id,
+            vm=vm,
+            sandbox=settings.sandbox.mode,
+            command=tuple(command),
+            tty=tty,
+            policy=settings.sandbox,
+            unit=layout.unit,
+            exposure=exposure,
+            started_at=records.now(),
+        )
+        request = _launch_request(settings, layout, record, facts)
+        request["spec"] = {
             "argv": command,
             "env": env,
             "tty": tty,
             "cols": size[0],
             "rows": size[1],
-            "cwd": layout.workspace,
+            "cwd": JAIL_WORKSPACE if record.sandbox == "nsjail" else layout.workspace,
             "home": layout.home,
-        },
-    }
-    try:
-        launched = guest.launch(request, workspace_tar(project))
-    except BaseException as exc:
-        record.state, record.exit_code, record.ended_at = "failed", SANDBOX_FAILED, records.now()
-        record.reason = f"did not start: {exc}"[:500]
+        }
         records.save(record)
-        raise
-    record.invocation_id = launched["invocation_id"]
-    record.state = "running"
+        try:
+            launched = guest.launch(request, workspace)
+        except LaunchFailed as exc:
+            # Two concurrent jails may draw the same outside uid: the guest refuses, draw again.
+            if record.sandbox == "nsjail" and "is in use" in exc.message and attempt < 2:
+                records.discard(record.id)
+                continue
+            _mark_failed(record, exc)
+            raise
+        except BaseException as exc:
+            _mark_failed(record, exc)
+            raise
+        record.invocation_id = launched["invocation_id"]
+        record.state = "running"
+        records.save(record)
+        return record, guest
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _launch_request(
+    settings: Settings, layout: RunLayout, record: RunRecord, facts: dict[str, str]
+) -> dict[str, object]:
+    """What the guest launcher needs to start this run (the spec is added by the caller)."""
+    request: dict[str, object] = {
+        "run_id": layout.run_id,
+        "tmp_size": settings.sandbox.tmp_size,
+        "workspace_size": settings.sandbox.workspace_size,
+    }
+    if settings.sandbox.mode != "nsjail":
+        request["systemd_run"] = render_systemd_run_argv(settings.sandbox, layout)
+        return request
+    outside_uid = outside_uid_for(layout.run_id)
+    config = render_nsjail_config(
+        settings.sandbox, layout, outside_uid=outside_uid, arch=facts.get("arch", "")
+    )
+    problems = check_jail_config(config)
+    record.outside_uid, record.jail_problems = outside_uid, problems
+    if problems:
+        raise LaunchFailed(
+            "the rendered nsjail config is weaker than vmsbx allows: " + "; ".join(problems),
+            hint="this is a bug in vmsbx; use --sandbox systemd meanwhile",
+        )
+    path = nsjail_config_path(layout)
+    request["systemd_run"] = render_nsjail_systemd_run_argv(settings.sandbox, layout, config_path=path)
+    request["nsjail"] = {"config": config, "outside_uid": outside_uid}
+    return request
+
+
+def _mark_failed(record: RunRecord, exc: BaseException) -> None:
+    record.state, record.exit_code, record.ended_at = "failed", SANDBOX_FAILED, records.now()
+    record.reason = f"did not start: {exc}"[:500]
     records.save(record)
-    return record, guest
 
 
 def attach(record: RunRecord, guest: GuestControl, *, stdin: BinaryIO | None) -> int:

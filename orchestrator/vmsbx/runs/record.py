@@ -53,6 +53,10 @@ class RunRecord(BaseModel):
     service_result: str | None = Field(default=None, description="systemd's Result= of the unit.")
     resources: Resources = Field(default_factory=Resources)
     journal_cursor: str | None = Field(default=None, description="Where the next log pull resumes.")
+    outside_uid: int | None = Field(default=None, description="nsjail mode: the jail user's id outside.")
+    jail_problems: list[str] = Field(
+        default_factory=list, description="nsjail mode: weaknesses found in the rendered jail config."
+    )
 
 
 def runs_root() -> Path:
@@ -73,6 +77,13 @@ def save(record: RunRecord) -> None:
     tmp = directory / "run.json.tmp"
     tmp.write_text(record.model_dump_json(indent=2))
     tmp.replace(directory / "run.json")
+
+
+def discard(run_id: str) -> None:
+    """Forget a record that never started (e.g. a launch retried under a new id)."""
+    directory = run_dir(run_id)
+    (directory / "run.json").unlink(missing_ok=True)
+    directory.rmdir()
 
 
 def load(run_id: str) -> RunRecord:
