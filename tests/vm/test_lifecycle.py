@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import pty
-import select
 import signal
 import socket
 import subprocess
@@ -19,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from vmcli import Cli
+from vmcli import Cli, read_pty_until
 
 from vmsbx.errors import HostKeyMismatch
 from vmsbx.providers.base import SSHInfo
@@ -172,20 +171,8 @@ def test_interactive_shell_uses_a_pinned_pty(cli: Cli, default_vm: dict[str, obj
     if pid == 0:  # child: becomes `vmsbx ssh` on a terminal
         os.chdir(cli.cwd)
         os.execve(sys.executable, [sys.executable, "-m", "vmsbx", "ssh"], cli.env)
-    output = b""
     os.write(fd, b"echo marker-$((6*7)); tty; exit 5\n")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1)
-        if not ready:
-            continue
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output += chunk
+    output = read_pty_until(fd, None, 60)
     _, status = os.waitpid(pid, 0)
     assert b"marker-42" in output
     assert b"/dev/pts/" in output

@@ -8,7 +8,6 @@ import fcntl
 import json
 import os
 import pty
-import select
 import signal
 import struct
 import subprocess
@@ -17,7 +16,7 @@ import termios
 import time
 
 import pytest
-from vmcli import Cli
+from vmcli import Cli, read_pty_until
 
 pytestmark = pytest.mark.vm
 
@@ -101,29 +100,13 @@ def test_tty_run_gets_a_terminal_that_follows_resizes(cli: Cli, default_vm: dict
             cli.env,
         )  # fmt: skip
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-    output = _read_until(fd, b"ready", 120)
+    output = read_pty_until(fd, b"ready", 120)
     assert b"/dev/pts/" in output
     assert b"30 100" in output
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     time.sleep(2)  # the resize travels: host pty -> agent -> guest pty -> holder -> program pty
     os.write(fd, b"hello\r")
-    output += _read_until(fd, b"got-hello", 60)
+    output += read_pty_until(fd, b"got-hello", 60)
     _, status = os.waitpid(pid, 0)
     assert b"40 120" in output
     assert os.waitstatus_to_exitcode(status) == 4
-
-
-def _read_until(fd: int, marker: bytes, seconds: float) -> bytes:
-    seen = b""
-    deadline = time.monotonic() + seconds
-    while marker not in seen and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            seen += chunk
-    return seen

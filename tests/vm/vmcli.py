@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import select
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,3 +52,21 @@ class Cli:
     @property
     def home(self) -> Path:
         return Path(self.env["VMSBX_HOME"])
+
+
+def read_pty_until(fd: int, marker: bytes | None, seconds: float) -> bytes:
+    """Read a pseudo-terminal until `marker` shows up (or EOF, when marker is None)."""
+    seen = b""
+    deadline = time.monotonic() + seconds
+    while (marker is None or marker not in seen) and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    return seen
