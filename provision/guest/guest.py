@@ -11,6 +11,7 @@
   journal ID INV    the run's journal as JSON lines (trusted selectors only), after a cursor.
   score             stdin: a unit file; prints its offline exposure score.
   score-live ID     the exposure score of the running unit.
+  release ID        after the host recorded an ended run: frees its workspace and tmpfs.
   cleanup ID        unmounts and removes everything the run left in the guest.
 
 Standard library only; every path comes from the run id, never from free text.
@@ -149,10 +150,11 @@ def _check(argv: list[str]) -> None:
         raise RuntimeError(f"{argv[0]} failed: {done.stderr.strip()}")
 
 
-def _teardown(p: dict[str, str]) -> None:
+def _teardown(p: dict[str, str], *, host_namespace: bool = False) -> None:
+    enter = ["nsenter", "--target", "1", "--mount", "--"] if host_namespace else []
     for mountpoint in (p["mount"], p["tmp"]):
-        if os.path.ismount(mountpoint):
-            run(["umount", "--lazy", mountpoint])
+        if host_namespace or os.path.ismount(mountpoint):
+            run([*enter, "umount", "--lazy", mountpoint])
     nsjail_prep.release(p["run_id"])
 
 
@@ -358,7 +360,9 @@ def record(run_id: str) -> int:
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(result, handle)
     os.replace(tmp, p["result"])
-    _teardown(p)
+    # ExecStopPost=+ still runs in the unit's own mount namespace: unmount in PID 1's, where
+    # the launcher mounted them, or every run would leave a tmpfs and a loop device behind.
+    _teardown(p, host_namespace=True)
     return 0
 
 
@@ -419,6 +423,23 @@ def _print_score(done: subprocess.CompletedProcess[str]) -> int:
     return 0
 
 
+def release(run_id: str) -> int:
+    """After the host has recorded a run: free its disk and memory, keep its record and
+    transcript (small) so that `attach` of an ended run can still replay it."""
+    p = paths(run_id)
+    if not os.path.exists(p["result"]):
+        return fail(f"run {run_id} has not ended", 3)
+    _teardown(p)
+    for path in (p["mount"], p["tmp"], p["image"]):
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.exists(path):
+            os.unlink(path)
+    if os.path.islink(p["link"]):
+        os.unlink(p["link"])
+    return 0
+
+
 def cleanup(run_id: str) -> int:
     p = paths(run_id)
     run(["systemctl", "stop", p["unit"]])
@@ -448,6 +469,8 @@ def main(argv: list[str]) -> int:
         return score()
     if verb == "score-live" and len(rest) == 1:
         return score_live(rest[0])
+    if verb == "release" and len(rest) == 1:
+        return release(rest[0])
     if verb == "cleanup" and len(rest) == 1:
         return cleanup(rest[0])
     return fail(f"bad arguments: {argv!r}", 2)

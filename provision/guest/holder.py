@@ -286,7 +286,13 @@ class Holder:
         self.transcript.write(record)
         self.transcript.close()
         for client in list(self.clients):
-            self._send(client, record)
+            if client.greeted:
+                self._send(client, record)
+            else:
+                # Connected but not yet served: it has seen nothing, so it gets everything.
+                with open(os.path.join(HOLDER_DIR, "transcript"), "rb") as backlog:
+                    while chunk := backlog.read(65536):
+                        self._send(client, chunk)
             self._drop(client)
         return exit_code
 

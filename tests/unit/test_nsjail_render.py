@@ -316,8 +316,8 @@ def test_outer_unit_walls() -> None:
         "KillMode": ["control-group"],
         "SyslogIdentifier": ["vmsbx-run"],
         "LogExtraFields": [f"VMSBX_RUN={LAYOUT.run_id}"],
-        "LogRateLimitIntervalSec": ["0"],
-        "LogRateLimitBurst": ["0"],
+        "LogRateLimitIntervalSec": ["1s"],
+        "LogRateLimitBurst": ["1000000"],
         "TemporaryFileSystem": ["/run/vmsbx-jail:ro"],
         "BindPaths": [f"{LAYOUT.workspace_mount}:{STAGE_WORKSPACE} {LAYOUT.tmp_dir}:{STAGE_TMP}"],
     }

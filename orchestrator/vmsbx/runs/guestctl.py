@@ -72,6 +72,10 @@ class GuestControl:
             )
         return GuestResult.model_validate_json(out)
 
+    def release(self, run_id: str) -> None:
+        """Free an ended run's workspace and tmpfs in the guest (its record stays)."""
+        self.client.run([*GUEST, "release", run_id])
+
     def stop(self, run_id: str) -> None:
         self.client.run([*GUEST, "stop", run_id])
 

@@ -255,11 +255,22 @@ def attach(record: RunRecord, guest: GuestControl, *, stdin: BinaryIO | None) ->
     return finish(record, guest, interrupted=interrupted)
 
 
-def finish(record: RunRecord, guest: GuestControl, *, interrupted: bool = False, wait: float = 60) -> int:
-    """Collect systemd's verdict and the journal into the run's record."""
+# Longer than the unit's TimeoutStopSec= (10 s) plus ExecStopPost=: past this the guest has
+# stopped answering about the run, and the record says so.
+FINISH_WAIT = 120.0
+
+
+def finish(
+    record: RunRecord, guest: GuestControl, *, interrupted: bool = False, wait: float = FINISH_WAIT
+) -> int:
+    """Collect systemd's verdict and the journal into the run's record; free the run's space."""
     result = guest.result(record.id, wait=wait)
     if result is None:
-        return SANDBOX_FAILED if record.exit_code is None else record.exit_code
+        record.state, record.exit_code = "lost", SANDBOX_FAILED
+        record.reason = f"the guest did not report the end of the run within {wait:g} s"
+        records.save(record)
+        pull_journal(record, guest)
+        return SANDBOX_FAILED
     code, reason = outcome(result, record.policy)
     if interrupted:
         code, reason = INTERRUPTED, "interrupted (Ctrl-C): vmsbx stopped the run"
@@ -279,6 +290,8 @@ def finish(record: RunRecord, guest: GuestControl, *, interrupted: bool = False,
     )
     records.save(record)
     pull_journal(record, guest)
+    # The agent stage will keep the workspace until its changes are applied or discarded.
+    guest.release(record.id)
     return code
 
 

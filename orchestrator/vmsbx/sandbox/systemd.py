@@ -86,12 +86,16 @@ def render_unit_properties(policy: SandboxSettings, layout: RunLayout) -> list[s
         f"LimitNOFILE={policy.open_files}",
         "LimitCORE=0",
         "KillMode=control-group",
+        # Once the main process is gone RuntimeMaxSec= no longer applies; a fork bomb that
+        # outlives SIGTERM is SIGKILLed after this, not after systemd's default 90 s.
+        "TimeoutStopSec=10s",
         "OOMPolicy=stop",
         "SyslogIdentifier=vmsbx-run",
         f"LogExtraFields=VMSBX_RUN={layout.run_id}",
-        # A run that prints 100,000 lines must lose none of them.
-        "LogRateLimitIntervalSec=0",
-        "LogRateLimitBurst=0",
+        # A run that prints 100,000 lines must lose none of them. (0/0 would not do: systemd
+        # then tells journald nothing and journald's default of 10,000 per 30 s applies.)
+        "LogRateLimitIntervalSec=1s",
+        "LogRateLimitBurst=1000000",
         # Runs as root outside the sandbox after the run: records systemd's verdict and the
         # cgroup's peaks before the unit is collected.
         f"ExecStopPost=+{PYTHON} {GUEST} record {layout.run_id}",
