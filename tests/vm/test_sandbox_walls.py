@@ -34,6 +34,10 @@ RUN_ID = re.compile(r"[0-9a-f]{12}")
 SMALL_WORKSPACE = ("--workspace-size", "64M")
 # systemd's DynamicUser= range (systemd.exec(5)).
 DYNAMIC_UIDS = range(61184, 65520)
+# Both sandbox kinds must hold every wall (nsjail runs inside its own transient unit).
+MODES = ("systemd", "nsjail")
+# nsjail's outer unit must allow namespaces and mounts: it is held to its own threshold.
+EXPOSURE_LIMIT = {"systemd": 1.0, "nsjail": 4.0}
 MiB = 1 << 20
 
 
@@ -112,6 +116,7 @@ def _assert_guest_healthy(cli: Cli) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Walls:
+    mode: str
     guest_ip: str
     inside: Run
     outside: dict[str, str]
@@ -152,10 +157,14 @@ true
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=MODES)
 def walls(
-    cli: Cli, default_vm: dict[str, object], tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    cli: Cli,
+    default_vm: dict[str, object],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Walls]:
+    mode = str(request.param)
     guest_ip = _root(cli, "hostname -I").split()[0]
     for name in ("walls.sh", "dns_responder.py"):
         _root(cli, 'mkdir -p "$1" && cat >"$1/$2"', GUEST_PROBES, name, input=(PROBES / name).read_bytes())
@@ -163,7 +172,16 @@ def walls(
     try:
         _root(cli, SETUP, GUEST_PROBES, guest_ip)
         # The default policy, unchanged: this is the wall every run gets.
-        inside = _run(dataclasses.replace(cli, cwd=project), "--", "bash", "walls.sh", "probe", guest_ip)
+        inside = _run(
+            dataclasses.replace(cli, cwd=project),
+            "--sandbox",
+            mode,
+            "--",
+            "bash",
+            "walls.sh",
+            "probe",
+            guest_ip,
+        )
         aftermath = _results(_root(cli, AFTERMATH).encode())
         outside = _results(
             _root(cli, 'cd "$(mktemp -d)" && bash "$1/walls.sh" probe "$2"', GUEST_PROBES, guest_ip).encode()
@@ -175,7 +193,7 @@ def walls(
         root_markers = _results(_root(cli, 'bash "$1/walls.sh" markers', GUEST_PROBES).encode())
         print(f"\ninside the sandbox (run {inside.id}, {inside.seconds:.1f}s):\n{inside.stdout.decode()}")
         print(f"as root outside it:\n{json.dumps(outside, indent=1)}\naftermath: {aftermath}")
-        yield Walls(guest_ip, inside, outside, aftermath, setuid_as_nobody, root_markers, project)
+        yield Walls(mode, guest_ip, inside, outside, aftermath, setuid_as_nobody, root_markers, project)
     finally:
         _root(cli, TEARDOWN, GUEST_PROBES)
 
@@ -205,18 +223,13 @@ def test_no_network_not_even_the_guests_own_sshd_nor_dns(walls: Walls) -> None:
 
 
 def test_privileged_operations_fail(walls: Walls) -> None:
-    _denied_inside_allowed_outside(
-        walls,
-        "mount_tmpfs",
-        "unshare_user",
-        "unshare_net",
-        "ptrace_child",
-        "proc1_environ",
-        "su",
-        "chmod_suid",
-        "modprobe",
-        "insmod",
-    )
+    probes = ["mount_tmpfs", "unshare_user", "unshare_net", "ptrace_child", "su", "modprobe", "insmod"]
+    if walls.mode == "systemd":
+        # In a jail, PID 1 is the jail's own holder and the workspace is mounted nosuid under
+        # no_new_privs: reading its environ or setting a setuid bit there reaches nothing.
+        # suid_euid below is the proof that matters in both modes.
+        probes += ["proc1_environ", "chmod_suid"]
+    _denied_inside_allowed_outside(walls, *probes)
     # Nothing the sandbox tried stayed done.
     assert walls.aftermath["dummy_loaded"] == "no"
     assert walls.aftermath["mnt_mounted"] == "no"
@@ -238,7 +251,13 @@ def test_other_processes_of_the_guest_are_invisible(walls: Walls) -> None:
 
 def test_the_runs_user_has_no_privilege_no_password_and_no_sudo(walls: Walls) -> None:
     inside = walls.inside.results
-    assert int(inside["uid"]) in DYNAMIC_UIDS, inside["id"]
+    if walls.mode == "systemd":
+        assert int(inside["uid"]) in DYNAMIC_UIDS, inside["id"]
+    else:
+        assert inside["uid"] == "1000", inside["id"]
+        outside_uid = walls.inside.record["outside_uid"]
+        assert isinstance(outside_uid, int) and 60000 <= outside_uid <= 60999
+        assert walls.inside.record["jail_problems"] == []
     assert "(root)" not in inside["id"] and "sudo" not in inside["id"], inside["id"]
     _denied_inside_allowed_outside(walls, "shadow_read")
     assert inside["sudo_present"] == walls.outside["sudo_present"]
@@ -252,7 +271,15 @@ def test_nothing_outside_the_workspace_reaches_the_next_run(cli: Cli, walls: Wal
     # ... and outside the sandbox such files do outlive the session that wrote them (control) ...
     assert set(walls.root_markers_next_session.values()) == {"present"}, walls.root_markers_next_session
     # ... but the next run sees none of them.
-    second = _run(dataclasses.replace(cli, cwd=walls.project), "--", "bash", "walls.sh", "markers")
+    second = _run(
+        dataclasses.replace(cli, cwd=walls.project),
+        "--sandbox",
+        walls.mode,
+        "--",
+        "bash",
+        "walls.sh",
+        "markers",
+    )
     assert second.code == 0, second.explain()
     assert len(second.results) == 3, second.explain()
     assert set(second.results.values()) == {"absent"}, second.explain()
@@ -268,7 +295,8 @@ def test_the_run_is_recorded_on_the_host_with_its_journal(cli: Cli, walls: Walls
     resources = record["resources"]
     assert isinstance(resources, dict)
     assert int(resources["memory_peak"]) > 0
-    assert float(str(record["exposure"])) <= 1.0
+    assert float(str(record["exposure"])) <= EXPOSURE_LIMIT[walls.mode]
+    assert record["sandbox"] == walls.mode
     unit = f"vmsbx-run-{run.id}.service"
     assert record["unit"] == unit
     messages = {
@@ -285,11 +313,16 @@ def test_the_run_is_recorded_on_the_host_with_its_journal(cli: Cli, walls: Walls
 # -- pass-through: exit codes, arguments, stdin -------------------------------------------------
 
 
-def test_exit_codes_and_arguments_pass_through_literally(cli: Cli, default_vm: dict[str, object]) -> None:
-    literal = _run(cli, *SMALL_WORKSPACE, "--", "sh", "-c", 'echo "$1"; exit 3', "x", "a; rm -rf /")
+@pytest.mark.parametrize("mode", MODES)
+def test_exit_codes_and_arguments_pass_through_literally(
+    cli: Cli, default_vm: dict[str, object], mode: str
+) -> None:
+    literal = _run(
+        cli, "--sandbox", mode, *SMALL_WORKSPACE, "--", "sh", "-c", 'echo "$1"; exit 3', "x", "a; rm -rf /"
+    )
     assert (literal.code, literal.stdout) == (3, b"a; rm -rf /\n"), literal.explain()
     assert literal.record["exit_code"] == 3
-    missing = _run(cli, *SMALL_WORKSPACE, "--", "no-such-cmd")
+    missing = _run(cli, "--sandbox", mode, *SMALL_WORKSPACE, "--", "no-such-cmd")
     assert missing.code == 127, missing.explain()
     assert missing.record["exit_code"] == 127
     assert b"no-such-cmd" in missing.stderr
@@ -402,8 +435,9 @@ def test_stop_run_ends_a_long_run(cli: Cli, default_vm: dict[str, object]) -> No
 # -- limits: time, memory, disk, journal volume, tasks ------------------------------------------
 
 
-def test_timeout_ends_the_run_with_143(cli: Cli, default_vm: dict[str, object]) -> None:
-    run = _run(cli, *SMALL_WORKSPACE, "--timeout", "5s", "--", "sleep", "60")
+@pytest.mark.parametrize("mode", MODES)
+def test_timeout_ends_the_run_with_143(cli: Cli, default_vm: dict[str, object], mode: str) -> None:
+    run = _run(cli, "--sandbox", mode, *SMALL_WORKSPACE, "--timeout", "5s", "--", "sleep", "60")
     print(f"the timed-out run took {run.seconds:.1f}s (record: {run.record['duration']}s)")
     assert run.code == 143, run.explain()
     assert "timeout" in str(run.record["reason"])
@@ -421,12 +455,15 @@ print("allocated")
 """
 
 
+@pytest.mark.parametrize("mode", MODES)
 def test_memory_limit_kills_the_run_with_137_and_the_guest_survives(
-    cli: Cli, default_vm: dict[str, object]
+    cli: Cli, default_vm: dict[str, object], mode: str
 ) -> None:
     # Control: the guest itself has room for the allocation.
     assert _root(cli, 'python3 -c "$1"', ALLOCATE_600M).splitlines()[-1] == "allocated"
-    run = _run(cli, *SMALL_WORKSPACE, "--memory", "256M", "--", "python3", "-c", ALLOCATE_600M)
+    run = _run(
+        cli, "--sandbox", mode, *SMALL_WORKSPACE, "--memory", "256M", "--", "python3", "-c", ALLOCATE_600M
+    )
     assert run.code == 137, run.explain()
     assert b"allocated" not in run.stdout
     record = run.record
@@ -451,7 +488,10 @@ probe tmp /tmp/filler
 """
 
 
-def test_disk_caps_hold_and_the_guest_disk_is_untouched(cli: Cli, default_vm: dict[str, object]) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_disk_caps_hold_and_the_guest_disk_is_untouched(
+    cli: Cli, default_vm: dict[str, object], mode: str
+) -> None:
     # Control: outside the sandbox the same 200 MB fit on the guest's disk, in both places.
     control = _root(
         cli,
@@ -460,7 +500,9 @@ def test_disk_caps_hold_and_the_guest_disk_is_untouched(cli: Cli, default_vm: di
     )
     assert control.split() == ["ok", "ok"]
     before = _guest_available_bytes(cli)
-    run = _run(cli, "--workspace-size", "64M", "--tmp-size", "32M", "--", "sh", "-c", DISK_FILLER)
+    run = _run(
+        cli, "--sandbox", mode, "--workspace-size", "64M", "--tmp-size", "32M", "--", "sh", "-c", DISK_FILLER
+    )
     after = _guest_available_bytes(cli)
     leftovers = _root(cli, "mount | grep vmsbx || true; losetup -a; du -sh /var/lib/vmsbx/runs/* 2>/dev/null")
     _assert_guest_healthy(cli)
@@ -505,12 +547,13 @@ def test_journal_keeps_every_line_and_long_lines_whole(cli: Cli, default_vm: dic
     assert messages.count(long_line) == 1, [len(str(m)) for m in messages if not str(m).isdigit()]
 
 
-def test_tasks_limit_contains_a_fork_bomb(cli: Cli, default_vm: dict[str, object]) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_tasks_limit_contains_a_fork_bomb(cli: Cli, default_vm: dict[str, object], mode: str) -> None:
     # Control: outside the sandbox, 100 processes at once are no problem.
     spawned = _root(cli, "for i in $(seq 100); do sleep 5 & done; pgrep -c -x -P $$ sleep; wait")
     assert spawned.strip() == "100"
     limits = ("--tasks", "64", "--timeout", "20s")
-    run = _run(cli, *SMALL_WORKSPACE, *limits, "--", "bash", "-c", ":(){ :|:& };:")
+    run = _run(cli, "--sandbox", mode, *SMALL_WORKSPACE, *limits, "--", "bash", "-c", ":(){ :|:& };:")
     print(f"the fork bomb run took {run.seconds:.1f}s and exited {run.code}")
     record = run.record
     unit = str(record["unit"])
