@@ -84,7 +84,7 @@ def installed_python(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         check=False,
     )  # fmt: skip
     if result.returncode != 0 and "no such option: --python" in result.stderr:
-        pytest.skip("needs pip >= 22.3 (pip --python)")
+        pytest.fail("needs pip >= 22.3 (pip --python)")
     assert result.returncode == 0, f"pip install failed:\n{result.stdout}\n{result.stderr}"
     return python
 

@@ -23,9 +23,9 @@ from vmsbx.transport import generate_keypair, write_known_hosts
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     if not SSHD.exists():
-        pytest.skip("needs /usr/sbin/sshd: apt-get install openssh-server")
+        pytest.fail("needs /usr/sbin/sshd: apt-get install openssh-server")
     if os.geteuid() != 0:
-        pytest.skip("the test sshd logs in as root; run the ssh tests as root")
+        pytest.fail("the test sshd logs in as root; run the ssh tests as root")
     root = tmp_path_factory.mktemp("sshd")
     host_key = root / "ssh_host_ed25519_key"
     host_public_line = generate_keypair(host_key, "vmsbx-test-host")
@@ -108,5 +108,5 @@ def ssh_info(sshd: Sshd, tmp_path: Path) -> SSHInfo:
 def ssh_binary() -> str:
     path = shutil.which("ssh")
     if path is None:
-        pytest.skip("needs the OpenSSH client: apt-get install openssh-client")
+        pytest.fail("needs the OpenSSH client: apt-get install openssh-client")
     return path

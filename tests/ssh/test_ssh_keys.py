@@ -61,7 +61,7 @@ def test_generate_keypair_replaces_existing_pair(tmp_path: Path) -> None:
 def test_ssh_keygen_reads_generated_key_and_agrees_on_fingerprint(tmp_path: Path) -> None:
     keygen = shutil.which("ssh-keygen")
     if keygen is None:
-        pytest.skip("needs ssh-keygen: apt-get install openssh-client")
+        pytest.fail("needs ssh-keygen: apt-get install openssh-client")
     private = tmp_path / "id"
     line = generate_keypair(private, "c")
 

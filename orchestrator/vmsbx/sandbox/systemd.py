@@ -23,8 +23,6 @@ def _seconds(value: float) -> str:
 
 def render_unit_properties(policy: SandboxSettings, layout: RunLayout) -> list[str]:
     """The unit's properties as `Key=Value` strings, in a stable order (golden-tested)."""
-    cpu_percent = max(1, round(policy.cpus * 100))
-    memory_high = max(1, policy.memory_max * 9 // 10)
     return [
         f"Description=vmsbx run {layout.run_id}",
         # Identity: a fresh user per run; implies ProtectSystem=strict, ProtectHome=read-only,
@@ -77,6 +75,15 @@ def render_unit_properties(policy: SandboxSettings, layout: RunLayout) -> list[s
         "KeyringMode=private",
         "RemoveIPC=yes",
         "NotifyAccess=none",
+        *render_run_lifetime_properties(policy, layout),
+    ]
+
+
+def render_run_lifetime_properties(policy: SandboxSettings, layout: RunLayout) -> list[str]:
+    """Limits, logging and the end-of-run record: the same for both sandbox kinds' units."""
+    cpu_percent = max(1, round(policy.cpus * 100))
+    memory_high = max(1, policy.memory_max * 9 // 10)
+    return [
         f"MemoryMax={policy.memory_max}",
         f"MemoryHigh={memory_high}",
         "MemorySwapMax=0",
