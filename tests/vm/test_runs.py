@@ -110,3 +110,18 @@ def test_tty_run_gets_a_terminal_that_follows_resizes(cli: Cli, default_vm: dict
     _, status = os.waitpid(pid, 0)
     assert b"40 120" in output
     assert os.waitstatus_to_exitcode(status) == 4
+
+
+def test_a_policy_scoring_above_the_threshold_is_refused(cli: Cli, default_vm: dict[str, object]) -> None:
+    refused = cli.run("run", "--score-threshold", "0.1", "--", "echo", "never")
+    assert refused.returncode == 125
+    assert b"above the allowed 0.1" in refused.stderr
+    assert b"never" not in refused.stdout
+    # The project file cannot lower the bar the other way: thresholds are trusted-only.
+    (cli.cwd / "vmsbx.toml").write_text("[sandbox]\nscore_threshold = 9.0\n")
+    try:
+        loosened = cli.run("run", "--", "echo", "never")
+    finally:
+        (cli.cwd / "vmsbx.toml").unlink()
+    assert loosened.returncode == 2
+    assert b"sandbox.score_threshold" in loosened.stderr

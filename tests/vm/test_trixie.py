@@ -1,6 +1,7 @@
 """The systemd-mode walls on a second guest release: Debian trixie (systemd 257), since Lima
 and Multipass guests carry newer systemd than bookworm's 252. One batched probe run inside the
-sandbox, the same probes as root outside it as the positive control."""
+sandbox with the same probes as root outside it as the positive control, then the limits
+(time, memory, disk, tasks)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,29 @@ def test_walls_hold_on_trixie_with_controls(cli: Cli, trixie: dict[str, object])
     journal = (cli.home / "runs" / newest["id"] / "journal.jsonl").read_text().splitlines()
     unit = f"vmsbx-run-{newest['id']}.service"
     assert any(json.loads(line).get("_SYSTEMD_UNIT") == unit for line in journal)
+
+
+def test_limits_hold_on_trixie(cli: Cli, trixie: dict[str, object]) -> None:
+    small = ("--name", VM, "--workspace-size", "64M")
+    timed_out = cli.run("run", *small, "--timeout", "5s", "--", "sleep", "60")
+    assert timed_out.returncode == 143, timed_out.stderr
+    oom = cli.run(
+        "run", *small, "--memory", "128M", "--", "python3", "-c", "b = [b'x' * (10 << 20) for _ in range(40)]"
+    )
+    assert oom.returncode == 137, oom.stderr
+    assert b"out of memory" in oom.stderr
+    filled = cli.run(
+        "run", *small, "--tmp-size", "16M", "--", "sh", "-c",
+        "dd if=/dev/zero of=fill bs=1M count=100 2>&1 | grep -c 'No space'; "
+        "dd if=/dev/zero of=/tmp/fill bs=1M count=100 2>&1 | grep -c 'No space'",
+    )  # fmt: skip
+    assert filled.stdout.split() == [b"1", b"1"], filled.stderr
+    bomb = cli.run("run", *small, "--tasks", "48", "--timeout", "15s", "--", "bash", "-c", ":(){ :|:& };:")
+    assert bomb.returncode != 0
+    runs = cli.json("runs")
+    assert isinstance(runs, list)
+    newest = runs[-1]
+    assert newest["resources"]["tasks_limit_hits"] > 0
+    assert newest["state"] in ("exited", "failed")
+    # The guest is fine afterwards.
+    assert cli.ok("run", *small, "--", "echo", "alive").stdout == b"alive\n"

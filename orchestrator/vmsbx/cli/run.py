@@ -67,9 +67,7 @@ def command(
         if not sep or not key.isidentifier():
             raise UsageError(f"--env {item!r} is not NAME=VALUE", hint="e.g. --env DEBUG=1")
         environment[key] = value
-    record, guest = lifecycle.start(
-        settings, list(argv), project=Path.cwd(), tty=tty, detach=detach, env=environment
-    )
+    record, guest = lifecycle.start(settings, list(argv), project=Path.cwd(), tty=tty, env=environment)
     if detach:
         click.echo(record.id)
         return

@@ -134,7 +134,6 @@ def start(
     *,
     project: Path,
     tty: bool,
-    detach: bool,
     env: dict[str, str],
 ) -> tuple[RunRecord, GuestControl]:
     """Launch a run; returns its record (state running) and the guest control it runs under."""
