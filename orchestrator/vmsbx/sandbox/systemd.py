@@ -64,18 +64,26 @@ def render_unit_properties(policy: SandboxSettings, layout: RunLayout) -> list[s
         "AmbientCapabilities=",
         "SystemCallFilter=@system-service",
         "SystemCallFilter=~@privileged @resources",
+        *render_shared_confinement_properties(),
+        "RemoveIPC=yes",
+        "NotifyAccess=none",
+        *render_run_lifetime_properties(policy, layout),
+    ]
+
+
+def render_shared_confinement_properties() -> list[str]:
+    """Confinement both sandbox kinds' units share, in this order (golden-tested)."""
+    return [
         "SystemCallErrorNumber=EPERM",
         "SystemCallArchitectures=native",
         "UMask=0022",
         # The system D-Bus would let the run ask PID 1 for things its own limits forbid.
         "InaccessiblePaths=-/run/dbus/system_bus_socket -/var/run/dbus/system_bus_socket",
+        # cgroup BPF reaches every process of the unit, whatever network namespace it is in.
         "IPAddressDeny=any",
         "IPAddressAllow=localhost",
         "DevicePolicy=closed",
         "KeyringMode=private",
-        "RemoveIPC=yes",
-        "NotifyAccess=none",
-        *render_run_lifetime_properties(policy, layout),
     ]
 
 
