@@ -11,7 +11,14 @@
   journal ID INV    the run's journal as JSON lines (trusted selectors only), after a cursor.
   score             stdin: a unit file; prints its offline exposure score.
   score-live ID     the exposure score of the running unit.
-  release ID        after the host recorded an ended run: frees its workspace and tmpfs.
+  release ID        after the host recorded an ended run: frees its tmpfs and its hold on the
+                    project's workspace.
+  changes ID manifest|pack
+                    after the run: the workspace's manifest, or a tar of the paths on stdin.
+  workspace-manifest PROJECT
+                    the project's mirror as it is now (what the next sync starts from).
+  bundle ID BASE…   a git bundle of the run's workspace HEAD minus the host's commits (stdout),
+                    made by an unprivileged throw-away user (the repository is the agent's).
   cleanup ID        unmounts and removes everything the run left in the guest.
 
 Standard library only; every path comes from the run id, never from free text.
@@ -19,6 +26,7 @@ Standard library only; every path comes from the run id, never from free text.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -29,14 +37,26 @@ import socket
 import struct
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 
 import nsjail_prep
+import wsync
 
 RUNS = "/var/lib/vmsbx/runs"
+PROJECTS = "/var/lib/vmsbx/projects"
 RUN_ID = re.compile(r"^[a-z0-9]{12}$")
+PROJECT_ID = re.compile(r"^[0-9a-f]{16}$")
+# Keep in step with vmsbx.sandbox.layout.BRIDGES: host services a run may reach.
+BRIDGES = ("relay", "proxy", "socks")
+# The bridge forwarder: root, outside the sandbox, but with nothing to do except copy bytes
+# between the run's socket and one loopback port of the guest (the SSH reverse tunnel).
+BRIDGE_PROPERTIES = [
+    "ProtectSystem=strict", "ProtectHome=yes", "PrivateDevices=yes", "NoNewPrivileges=yes",
+    "CapabilityBoundingSet=", "RestrictAddressFamilies=AF_UNIX AF_INET",
+    "IPAddressDeny=any", "IPAddressAllow=localhost", "SystemCallFilter=@system-service",
+    "SystemCallArchitectures=native", "MemoryMax=64M", "TasksMax=64",
+]  # fmt: skip
 HEADER = struct.Struct(">BI")
 STDIN, STDOUT, STDERR, STDIN_EOF, RESIZE, EXIT = 0, 1, 2, 3, 4, 5
 SCORE_RE = re.compile(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)")
@@ -87,6 +107,7 @@ def launch() -> int:
         jail = request.get("nsjail")
         if jail:  # nsjail mode: the config, the outside uid, the workspace handed to it
             nsjail_prep.prepare(run_id, str(jail["config"]), int(jail["outside_uid"]))  # type: ignore[index]
+        _start_bridges(p, request.get("bridges") or {})
         started = run(list(request["systemd_run"]))
         if started.returncode != 0:
             _discard(p)
@@ -102,46 +123,140 @@ def launch() -> int:
 def _prepare(request: dict[str, object], p: dict[str, str], stdin: object) -> None:
     tmp_size = int(request["tmp_size"])  # type: ignore[call-overload]
     ws_size = int(request["workspace_size"])  # type: ignore[call-overload]
+    project = str(request["project"])
     os.mkdir(p["tmp"], 0o755)
     _check(["mount", "-t", "tmpfs", "-o", f"size={tmp_size},mode=1777,nosuid,nodev", "tmpfs", p["tmp"]])
     spec_path = f"{p['tmp']}/.vmsbx-spec.json"
     with open(spec_path, "w", encoding="utf-8") as spec:
         json.dump(request["spec"], spec)
     os.chmod(spec_path, 0o644)
-    stage = tempfile.mkdtemp(prefix="stage-", dir=p["run_dir"])
-    _extract(stdin, stage)
-    os.chmod(stage, 0o755)
-    with open(p["image"], "wb") as image:
-        image.truncate(ws_size)
-    _check(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "root_owner=0:0", "-d", stage, p["image"]])
-    shutil.rmtree(stage)
+    proj = project_paths(project)
+    _ensure_project(proj, ws_size)
+    _claim_project(proj, p["run_id"])
+    with open(f"{p['run_dir']}/project", "w", encoding="ascii") as note:
+        note.write(project)
+    # The mirror: exactly the host's project (minus excludes) before the run starts.
+    wsync.apply_stream(proj["mnt"], stdin)
+    # Root-owned top: systemd's StateDirectory= (or nsjail_prep) then hands the whole tree to
+    # this run's user, even when the dynamic uid happens to equal the last run's.
+    os.chown(proj["mnt"], 0, 0)
     os.makedirs("/var/lib/private", mode=0o700, exist_ok=True)
     os.chmod("/var/lib/private", 0o700)
     os.makedirs(p["mount"], exist_ok=True)
-    _check(["mount", "-o", "loop,nosuid,nodev", p["image"], p["mount"]])
-    lost = f"{p['mount']}/lost+found"
-    if os.path.isdir(lost):
-        os.rmdir(lost)
+    _check(["mount", "--bind", proj["mnt"], p["mount"]])
 
 
-def _extract(stream: object, stage: str) -> None:
-    """Unpack the workspace tar without letting any member land outside `stage`.
+# -- per-project workspaces ------------------------------------------------------------------
+#
+# /var/lib/vmsbx/projects/<id>/        root-only (0700)
+#     workspace.img                    the size-capped ext4 image (the project's mirror)
+#     mnt/                             where it stays mounted while the guest is up
+#     owner                            the run that has it (one run per project at a time)
 
-    (Python 3.11.2 in Debian 12 has no tarfile extraction filters, so the checks are here.)
-    """
-    root = os.path.realpath(stage)
-    with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
-        for member in tar:
-            name = os.path.normpath(member.name)
-            if name.startswith(("/", "..")) or name == "." and not member.isdir():
-                raise RuntimeError(f"refusing tar member {member.name!r}")
-            if not (member.isfile() or member.isdir() or member.issym()):
-                continue  # no devices, fifos or hard links in a workspace
-            parent = os.path.realpath(os.path.join(root, os.path.dirname(name)))
-            if parent != root and not parent.startswith(root + os.sep):
-                raise RuntimeError(f"refusing tar member {member.name!r} (through a link)")
-            member.mode &= 0o777  # no setuid/setgid/sticky bits from the project
-            tar.extract(member, root, set_attrs=not member.issym())
+
+def project_paths(project: str) -> dict[str, str]:
+    if not PROJECT_ID.fullmatch(project):
+        raise RuntimeError(f"invalid project id {project!r}")
+    folder = f"{PROJECTS}/{project}"
+    return {"dir": folder, "image": f"{folder}/workspace.img", "mnt": f"{folder}/mnt", "owner": f"{folder}/owner"}
+
+
+def _ensure_project(proj: dict[str, str], size: int) -> None:
+    os.makedirs(PROJECTS, mode=0o700, exist_ok=True)
+    os.makedirs(proj["dir"], mode=0o700, exist_ok=True)
+    if not os.path.exists(proj["image"]):
+        with open(proj["image"] + ".new", "wb") as image:
+            image.truncate(size)
+        _check(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "root_owner=0:0", proj["image"] + ".new"])
+        os.replace(proj["image"] + ".new", proj["image"])
+    os.makedirs(proj["mnt"], mode=0o755, exist_ok=True)
+    if not os.path.ismount(proj["mnt"]):
+        _check(["mount", "-o", "loop,nosuid,nodev", proj["image"], proj["mnt"]])
+        lost = f"{proj['mnt']}/lost+found"
+        if os.path.isdir(lost) and not os.listdir(lost):
+            os.rmdir(lost)
+
+
+def _claim_project(proj: dict[str, str], run_id: str) -> None:
+    """One run per project at a time; a run that has ended gives its claim up."""
+    try:
+        with open(proj["owner"], encoding="ascii") as handle:
+            owner = handle.read().strip()
+    except FileNotFoundError:
+        owner = ""
+    if owner and RUN_ID.fullmatch(owner) and owner != run_id:
+        other = paths(owner)
+        if os.path.isdir(other["run_dir"]) and not os.path.exists(other["result"]):
+            raise RuntimeError(f"the project's workspace is in use by run {owner}, which is still running")
+    with open(proj["owner"] + ".new", "w", encoding="ascii") as handle:
+        handle.write(run_id)
+    os.replace(proj["owner"] + ".new", proj["owner"])
+
+
+def _release_project(run_id: str) -> None:
+    project = _run_project(run_id)
+    if not project:
+        return
+    proj = project_paths(project)
+    try:
+        with open(proj["owner"], encoding="ascii") as handle:
+            if handle.read().strip() != run_id:
+                return
+    except FileNotFoundError:
+        return
+    os.unlink(proj["owner"])
+
+
+def _run_project(run_id: str) -> str:
+    try:
+        with open(f"{paths(run_id)['run_dir']}/project", encoding="ascii") as handle:
+            project = handle.read().strip()
+    except FileNotFoundError:
+        return ""
+    return project if PROJECT_ID.fullmatch(project) else ""
+
+
+def workspace_root(run_id: str) -> str:
+    """The run's workspace after the run (its own mount is gone by then): the project mirror,
+    as long as this run still owns it."""
+    project = _run_project(run_id)
+    if not project:
+        raise RuntimeError(f"run {run_id} has no workspace")
+    proj = project_paths(project)
+    try:
+        with open(proj["owner"], encoding="ascii") as handle:
+            owner = handle.read().strip()
+    except FileNotFoundError:
+        owner = ""
+    if owner != run_id:
+        raise RuntimeError(f"the workspace of run {run_id} has been taken over by run {owner or '(none)'}")
+    if not os.path.ismount(proj["mnt"]):
+        _ensure_project(proj, 0)
+    return proj["mnt"]
+
+
+def _start_bridges(p: dict[str, str], bridges: dict[str, int]) -> None:
+    """One forwarder unit per host service the run may reach; its socket is on the run's
+    tmpfs (seen inside as /tmp/.vmsbx-NAME.sock), root-owned so the run cannot replace it."""
+    for name, port in sorted(bridges.items()):
+        if name not in BRIDGES or not isinstance(port, int) or not 0 < port < 65536:
+            raise RuntimeError(f"invalid bridge {name!r}")
+        sock = f"{p['tmp']}/.vmsbx-{name}.sock"
+        unit = f"vmsbx-bridge-{p['run_id']}-{name}.service"
+        argv = ["systemd-run", f"--unit={unit}", "--collect", "--quiet", "--service-type=exec",
+                "-p", f"ReadWritePaths={p['tmp']}"]  # fmt: skip
+        for prop in BRIDGE_PROPERTIES:
+            argv += ["-p", prop]
+        argv += ["--", "socat", f"UNIX-LISTEN:{sock},fork,mode=0666,unlink-early", f"TCP:127.0.0.1:{port}"]
+        _check(argv)
+        if not _wait_for(sock, 10):
+            raise RuntimeError(f"the {name} bridge did not come up")
+
+
+def _stop_bridges(run_id: str, *, enter: list[str] | None = None) -> None:
+    for name in BRIDGES:
+        # --no-block: this also runs from the run unit's ExecStopPost=, inside a systemd job.
+        run([*(enter or []), "systemctl", "stop", "--no-block", f"vmsbx-bridge-{run_id}-{name}.service"])
 
 
 def _check(argv: list[str]) -> None:
@@ -152,6 +267,7 @@ def _check(argv: list[str]) -> None:
 
 def _teardown(p: dict[str, str], *, host_namespace: bool = False) -> None:
     enter = ["nsenter", "--target", "1", "--mount", "--"] if host_namespace else []
+    _stop_bridges(p["run_id"], enter=enter)
     for mountpoint in (p["mount"], p["tmp"]):
         if host_namespace or os.path.ismount(mountpoint):
             run([*enter, "umount", "--lazy", mountpoint])
@@ -159,10 +275,21 @@ def _teardown(p: dict[str, str], *, host_namespace: bool = False) -> None:
 
 
 def _discard(p: dict[str, str]) -> None:
-    """Undo a launch that failed: nothing of it may stay in the guest."""
+    """Undo a launch that failed: nothing of it may stay in the guest (the project's mirror
+    stays; only the run's hold on it goes)."""
     _teardown(p)
-    for path in (p["mount"], p["run_dir"]):
-        shutil.rmtree(path, ignore_errors=True)
+    _remove_mountpoint(p["mount"])
+    _release_project(p["run_id"])
+    shutil.rmtree(p["run_dir"], ignore_errors=True)
+
+
+def _remove_mountpoint(path: str) -> None:
+    """rmdir, never rmtree: if the bind mount were somehow still there, rmtree would empty the
+    project's mirror through it."""
+    if os.path.ismount(path):
+        run(["umount", "--lazy", path])
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
 
 
 # -- attach ----------------------------------------------------------------------------------
@@ -424,19 +551,66 @@ def _print_score(done: subprocess.CompletedProcess[str]) -> int:
 
 
 def release(run_id: str) -> int:
-    """After the host has recorded a run: free its disk and memory, keep its record and
-    transcript (small) so that `attach` of an ended run can still replay it."""
+    """After the host has recorded an ended run (and collected its changes): free its tmpfs and
+    its hold on the project's workspace; keep its record and transcript (small) so that
+    `attach` of an ended run can still replay it."""
     p = paths(run_id)
     if not os.path.exists(p["result"]):
         return fail(f"run {run_id} has not ended", 3)
     _teardown(p)
-    for path in (p["mount"], p["tmp"], p["image"]):
-        if os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
-        elif os.path.exists(path):
-            os.unlink(path)
+    _remove_mountpoint(p["mount"])
+    if os.path.isdir(p["tmp"]) and not os.path.ismount(p["tmp"]):
+        shutil.rmtree(p["tmp"], ignore_errors=True)
     if os.path.islink(p["link"]):
         os.unlink(p["link"])
+    _release_project(run_id)
+    return 0
+
+
+def changes(run_id: str, action: str) -> int:
+    """After the run: the workspace's manifest (`manifest`), or a tar of the paths listed on
+    stdin (`pack`), for the host to work out and fetch what the agent changed."""
+    p = paths(run_id)
+    if not os.path.exists(p["result"]):
+        return fail(f"run {run_id} has not ended", 3)
+    try:
+        root = workspace_root(run_id)
+    except RuntimeError as exc:
+        return fail(str(exc), 4)
+    cache = f"{project_paths(_run_project(run_id))['dir']}/manifest-cache.json"
+    if action == "manifest":
+        return wsync.main(["manifest", root, "--cache", cache])
+    return wsync.main(["pack", root])
+
+
+# git runs on a repository the agent controlled: its config could name programs to run
+# (core.fsmonitor, core.sshCommand …). So git runs as a throw-away user with no network and a
+# read-only view of the workspace, and its output (the bundle) is only data for the host.
+GIT_UNIT_PROPERTIES = [
+    "DynamicUser=yes", "PrivateNetwork=yes", "ProtectSystem=strict", "ProtectHome=yes",
+    "PrivateTmp=yes", "PrivateDevices=yes", "NoNewPrivileges=yes", "CapabilityBoundingSet=",
+    "RestrictNamespaces=yes", "MemoryMax=1G", "TasksMax=64", "RuntimeMaxSec=300",
+    "Environment=GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null HOME=/nonexistent",
+]  # fmt: skip
+
+
+def bundle(run_id: str, bases: list[str]) -> int:
+    """A git bundle of the workspace's HEAD, minus what the host already has, on stdout."""
+    p = paths(run_id)
+    if not all(re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", base) for base in bases):
+        return fail("invalid base commit id", 2)
+    if not os.path.isdir(f"{p['mount']}/.git"):
+        return fail("the workspace is not a git repository", 4)
+    argv = ["systemd-run", "--wait", "--pipe", "--quiet", "--collect",
+            "-p", f"BindReadOnlyPaths={p['mount']}:/ws"]  # fmt: skip
+    for prop in GIT_UNIT_PROPERTIES:
+        argv += ["-p", prop]
+    argv += ["--", "git", "-c", "safe.directory=*", "-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null",
+             "-C", "/ws", "bundle", "create", "-", "HEAD"]  # fmt: skip
+    if bases:
+        argv += ["--not", *bases]
+    sys.stdout.flush()
+    os.execvp("systemd-run", argv)
     return 0
 
 
@@ -471,6 +645,19 @@ def main(argv: list[str]) -> int:
         return score_live(rest[0])
     if verb == "release" and len(rest) == 1:
         return release(rest[0])
+    if verb == "changes" and len(rest) == 2 and rest[1] in ("manifest", "pack"):
+        return changes(rest[0], rest[1])
+    if verb == "workspace-manifest" and len(rest) == 1:
+        proj = project_paths(rest[0]) if PROJECT_ID.fullmatch(rest[0]) else None
+        if proj is None:
+            return fail("invalid project id", 2)
+        if not os.path.exists(proj["image"]):
+            print(json.dumps(wsync.empty_manifest()))
+            return 0
+        _ensure_project(proj, 0)
+        return wsync.main(["manifest", proj["mnt"], "--cache", f"{proj['dir']}/manifest-cache.json"])
+    if verb == "bundle" and rest:
+        return bundle(rest[0], rest[1:])
     if verb == "cleanup" and len(rest) == 1:
         return cleanup(rest[0])
     return fail(f"bad arguments: {argv!r}", 2)

@@ -59,6 +59,15 @@ class JournalWriter:
             self.pending = b""
 
 
+def _wait_listening(port: int, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -94,14 +103,50 @@ class Holder:
         self.child_stdin: int | None = None
         self.outputs: dict[int, int] = {}
         self.master: int | None = None
+        self.bridge_pids: list[int] = []
 
     # -- child ---------------------------------------------------------------------------
+
+    def start_bridges(self) -> None:
+        """The run's side of each host service it may reach: a loopback port in the run's own
+        network namespace, forwarded to the bridge socket the launcher made on /tmp."""
+        bridges = dict(self.spec.get("bridges") or {})  # type: ignore[call-overload]
+        for name, port in sorted(bridges.items()):
+            sock = f"/tmp/.vmsbx-{name}.sock"
+            argv = ["socat", f"TCP-LISTEN:{int(port)},bind=127.0.0.1,reuseaddr,fork", f"UNIX-CONNECT:{sock}"]
+            pid = os.fork()
+            if pid == 0:
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                os.setsid()
+                try:
+                    os.execvp(argv[0], argv)
+                finally:
+                    os._exit(127)
+            self.bridge_pids.append(pid)
+            _wait_listening(int(port))
+
+    def seed_home(self, home: str) -> None:
+        """Files the host seeds a fresh HOME with (settings; never credentials)."""
+        files = dict(self.spec.get("home_files") or {})  # type: ignore[call-overload]
+        for rel, content in sorted(files.items()):
+            parts = str(rel).split("/")
+            if not rel or str(rel).startswith("/") or any(part in ("", ".", "..") for part in parts):
+                continue
+            path = os.path.join(home, *parts)
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(str(content))
 
     def start_child(self) -> int:
         argv = [str(a) for a in self.spec["argv"]]  # type: ignore[attr-defined]
         env = {str(k): str(v) for k, v in dict(self.spec.get("env") or {}).items()}  # type: ignore[call-overload]
         home = str(self.spec.get("home", "/tmp/.vmsbx-home"))
         os.makedirs(home, mode=0o700, exist_ok=True)
+        self.seed_home(home)
+        self.start_bridges()
         base = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": home,

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from vmsbx.agent.protocol import (
     AgentStatus,
@@ -29,6 +29,14 @@ from vmsbx.agent.protocol import (
 )
 from vmsbx.errors import AgentError, BootTimeout, TransportError
 from vmsbx.paths import vm_dir
+
+
+class ByteSink(Protocol):
+    """Where a guest command's output goes: a binary file, or a view such as StreamView."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
 
 
 class AgentClient:
@@ -102,6 +110,16 @@ class AgentClient:
         if not reply or not reply.get("ok"):
             raise TransportError(f"could not write {remote} in the guest: {reply}", hint="run `vmsbx up`")
 
+    def call(self, request: dict[str, Any], *, timeout: float = 60) -> dict[str, Any]:
+        """One request/reply op (run_register, run_unregister, run_usage)."""
+        with self._connect(timeout=timeout) as sock:
+            send_line(sock, request)
+            reply = recv_line(sock)
+        if not reply or not reply.get("ok"):
+            error = reply.get("error") if reply else "no answer"
+            raise AgentError(f"the host agent refused {request.get('op')!r}: {error}", hint="run `vmsbx up`")
+        return reply
+
     def run(self, argv: list[str], *, stdin: bytes = b"") -> tuple[int, bytes, bytes]:
         """Run argv in the guest and collect its output (for short commands)."""
         out, err = io.BytesIO(), io.BytesIO()
@@ -113,8 +131,8 @@ class AgentClient:
         argv: list[str],
         *,
         stdin: BinaryIO | bytes | None,
-        stdout: BinaryIO,
-        stderr: BinaryIO,
+        stdout: ByteSink,
+        stderr: ByteSink,
         pty: bool = False,
         size: tuple[int, int] = (80, 24),
         on_open: Callable[[FrameWriter], None] | None = None,

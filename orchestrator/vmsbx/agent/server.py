@@ -35,6 +35,7 @@ from vmsbx.agent.protocol import (
     send_frame,
     send_line,
 )
+from vmsbx.agent.services import HostServices
 from vmsbx.config.models import VMSettings
 from vmsbx.errors import VmsbxError
 from vmsbx.paths import vm_dir
@@ -57,6 +58,7 @@ class HostAgent:
         self._conn: Connection | None = None
         self._conn_lock = threading.Lock()
         self._stopping = threading.Event()
+        self.services = HostServices(self.connection)
 
     # -- status ------------------------------------------------------------------------------
 
@@ -91,7 +93,9 @@ class HostAgent:
                 vm_name=self.vm,
             )
             log.info("connected to %s:%s in %.1fs", info.host, info.port, time.monotonic() - started)
-            return self._conn
+            conn = self._conn
+        self.services.reforward(conn)
+        return conn
 
     def _vm_alive(self) -> bool:
         try:
@@ -130,12 +134,17 @@ class HostAgent:
                     if not self._vm_alive():
                         log.info("VM %s is gone; agent exits", self.vm)
                         break
+                    if self.services.active:
+                        # Live runs reach their API through this link: restore it promptly.
+                        with contextlib.suppress(VmsbxError):
+                            self.connection()
                     continue
                 threading.Thread(target=self._handle, args=(client,), daemon=True).start()
         finally:
             server.close()
             sock_path.unlink(missing_ok=True)
             self.write_status("stopped")
+            self.services.close()
             if self._conn is not None:
                 self._conn.close()
         return 0
@@ -156,6 +165,13 @@ class HostAgent:
                     self._exec(client, ExecRequest.model_validate(request))
                 elif op == "put":
                     self._put(client, PutRequest.model_validate(request))
+                elif op == "run_register":
+                    send_line(client, {"ok": True, "ports": self.services.register_run(request)})
+                elif op == "run_unregister":
+                    self.services.unregister_run(str(request.get("run_id")))
+                    send_line(client, {"ok": True})
+                elif op == "run_usage":
+                    send_line(client, {"ok": True, "usage": self.services.usage(str(request.get("run_id")))})
                 else:
                     send_line(client, {"ok": False, "error": f"unknown op {op!r}"})
             except (OSError, ValueError) as exc:

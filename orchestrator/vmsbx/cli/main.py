@@ -22,6 +22,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "stop-run": ("vmsbx.cli.stop_run", "End a run."),
     "logs": ("vmsbx.cli.logs", "Show a run's journal (-f follows it)."),
     "runs": ("vmsbx.cli.runs", "List the recorded runs."),
+    "diff": ("vmsbx.cli.diff", "Show what a run changed, as a diff."),
+    "apply": ("vmsbx.cli.apply", "Bring a run's changes into the project (after review)."),
+    "discard": ("vmsbx.cli.discard", "Drop a run's changes."),
     "doctor": ("vmsbx.cli.doctor", "Check the host's prerequisites and say what to install."),
 }
 
@@ -51,8 +54,9 @@ def cli() -> None:
     \b
     Typical day:
       vmsbx up          # build the image once, boot the VM, connect
-      vmsbx ssh         # look around inside
-      vmsbx stop        # shut it down
+      vmsbx run         # Claude Code on a mirror of this folder, inside both walls
+      vmsbx diff        # what it changed; then `vmsbx apply` or `vmsbx discard`
+      vmsbx stop        # shut the VM down
     """
 
 

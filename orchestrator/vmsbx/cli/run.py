@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from vmsbx.cli.common import load, name_option
+
+if TYPE_CHECKING:
+    from vmsbx.config.models import Settings
+    from vmsbx.runs.lifecycle import RelayAccess
 
 
 @click.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -30,7 +36,12 @@ from vmsbx.cli.common import load, name_option
 @click.option(
     "--detach", "-d", is_flag=True, help="Start the run and print its id; `vmsbx attach` follows it."
 )
-@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--prompt", "-p", default=None, metavar="TASK", help="Run Claude Code headless on TASK.")
+@click.option(
+    "--budget", default=None, metavar="CAP", help="API spend cap for the run: tokens (200k) or dollars ($5)."
+)
+@click.option("--apply", "apply_changes", is_flag=True, help="Apply the run's changes without asking.")
+@click.argument("argv", nargs=-1, required=False, type=click.UNPROCESSED)
 def command(
     name: str | None,
     mode: str | None,
@@ -45,13 +56,19 @@ def command(
     env: tuple[str, ...],
     tty: bool,
     detach: bool,
+    prompt: str | None,
+    budget: str | None,
+    apply_changes: bool,
     argv: tuple[str, ...],
 ) -> None:
-    """Run `-- CMD ARGS…` in a fresh sandbox in the VM, with a copy of this folder as workspace.
+    """Run Claude Code (or `-- CMD ARGS…`) in a fresh sandbox in the VM, on a mirror of this
+    folder.
 
-    The command's exit code is vmsbx's. Output streams live; stdin is forwarded. Ctrl-C stops
-    a headless run (with --tty it goes to the program). A dropped connection does not stop the
-    run: `vmsbx attach RUN` follows it again.
+    With no command: Claude Code with --dangerously-skip-permissions, interactively. With
+    `-p TASK`: headless, one line per tool call. It reaches the model API only through the host
+    relay; your key never enters the VM. The exit code is the agent's (or the command's).
+    Ctrl-C stops a headless run. A dropped connection does not stop the run: `vmsbx attach RUN`
+    follows it again.
     """
     from vmsbx.errors import UsageError
     from vmsbx.runs import lifecycle
@@ -67,16 +84,98 @@ def command(
         if not sep or not key.isidentifier():
             raise UsageError(f"--env {item!r} is not NAME=VALUE", hint="e.g. --env DEBUG=1")
         environment[key] = value
-    record, guest = lifecycle.start(settings, list(argv), project=Path.cwd(), tty=tty, env=environment)
+    if argv and prompt is not None:
+        raise UsageError("give either -p TASK or -- CMD, not both", hint="`vmsbx run -p 'fix the tests'`")
+    is_agent = not argv
+    relay = _relay_access(settings, budget, required=is_agent)
+    if is_agent:
+        from vmsbx.paths import user_config_file
+        from vmsbx.runs import agentrun
+
+        command_argv = agentrun.claude_argv(settings.agent.claude_version, prompt)
+        tty = prompt is None
+        template = user_config_file().parent / "claude-home"
+
+        def home(token: str) -> dict[str, str]:
+            return agentrun.home_files(token, template)
+
+        home_files = home
+    else:
+        command_argv, home_files = list(argv), None
+    record, guest = lifecycle.start(
+        settings, command_argv, project=Path.cwd(), tty=tty, env=environment, relay=relay,
+        home_files=home_files,
+    )  # fmt: skip
     if detach:
         click.echo(record.id)
         return
     click.echo(f"vmsbx: run {record.id} started (exposure {record.exposure})", err=True)
-    code = lifecycle.attach(
-        record, guest, stdin=None if tty is False and sys.stdin.isatty() else sys.stdin.buffer
-    )
+    stdin = None if tty is False and sys.stdin.isatty() else sys.stdin.buffer
+    if is_agent and prompt is not None:
+        code = lifecycle.attach(record, guest, stdin=None, view=True)
+    else:
+        code = lifecycle.attach(record, guest, stdin=stdin)
     _report(record.id, code)
+    _review(record.id, apply_changes=apply_changes, ask=tty and sys.stdin.isatty())
     sys.exit(code)
+
+
+def _review(run_id: str, *, apply_changes: bool, ask: bool) -> None:
+    """Interactive runs ask at the end; headless runs apply only with --apply."""
+    from vmsbx.runs import record as records
+    from vmsbx.runs import review
+
+    record = records.load(run_id)
+    if record.changes != "collected" or not (apply_changes or ask):
+        return
+    if not apply_changes:
+        while True:
+            answer = (
+                click.prompt(
+                    "Apply these changes? [y]es, [n]o (keep them for later), [d]iff", default="n", err=True
+                )
+                .strip()
+                .lower()
+            )
+            if answer.startswith("d"):
+                click.echo_via_pager(review.diff_text(record))
+                continue
+            if not answer.startswith("y"):
+                click.echo(
+                    f"vmsbx: kept for later: `vmsbx apply {run_id}` or `vmsbx discard {run_id}`", err=True
+                )
+                return
+            break
+    report = review.apply_run(record, include_sensitive=False)
+    for line in review.report_lines(record, report):
+        click.echo(line, err=True)
+
+
+def _relay_access(settings: Settings, budget: str | None, *, required: bool) -> RelayAccess | None:
+    """The credential for the relay (from the user's config or environment, never the project
+    file), or None when the run does not use the API."""
+    from vmsbx.agent.relay import Budget, resolve_credential
+    from vmsbx.errors import UsageError
+    from vmsbx.runs.lifecycle import RelayAccess
+
+    if settings.sandbox.network != "api":
+        if required and settings.sandbox.network == "none":
+            raise UsageError(
+                "the agent needs the model API, but the network policy is 'none'",
+                hint="use --network api (the default): only the API, through the host relay",
+            )
+        return None
+    credential = resolve_credential(settings, dict(os.environ))
+    if credential is None:
+        if required:
+            raise UsageError(
+                "no credential for the model API",
+                hint="set ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN, or agent.credential_command "
+                "in your user config; it stays on this machine",
+            )
+        return None
+    cap = Budget.parse(budget) if budget else None
+    return RelayAccess(credential=credential.to_wire(), budget=cap.to_wire() if cap else None)
 
 
 def _report(run_id: str, code: int) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from typing import BinaryIO
 
-from vmsbx.agent.client import AgentClient
+from vmsbx.agent.client import AgentClient, ByteSink
 from vmsbx.agent.protocol import FrameWriter
 from vmsbx.errors import TransportError, VmsbxError
 from vmsbx.runs.outcome import GuestResult
@@ -26,17 +27,18 @@ class GuestControl:
     def __init__(self, client: AgentClient) -> None:
         self.client = client
 
-    def launch(self, request: dict[str, object], workspace_tar: bytes) -> dict[str, str]:
-        payload = json.dumps(request).encode() + b"\n" + workspace_tar
-        code, out, err = self.client.run([*GUEST, "launch"], stdin=payload)
+    def launch(self, stream: BinaryIO) -> dict[str, str]:
+        """Start a run: `stream` is the request line, then the workspace sync stream."""
+        stdout, stderr = io.BytesIO(), io.BytesIO()
+        code = self.client.exec([*GUEST, "launch"], stdin=stream, stdout=stdout, stderr=stderr)
         if code != 0:
-            message = strip_control(err.decode(errors="replace")).strip()[-2000:]
+            message = strip_control(stderr.getvalue().decode(errors="replace")).strip()[-2000:]
             raise LaunchFailed(
                 f"the sandbox did not start: {message}",
                 hint="if a property is not supported by this guest's systemd, vmsbx refuses rather than "
                 "run with less isolation; `vmsbx doctor` and `vmsbx up` check the guest",
             )
-        reply = json.loads(out.decode().strip().splitlines()[-1])
+        reply = json.loads(stdout.getvalue().decode().strip().splitlines()[-1])
         return {"unit": str(reply["unit"]), "invocation_id": str(reply["invocation_id"])}
 
     def attach(
@@ -44,8 +46,8 @@ class GuestControl:
         run_id: str,
         *,
         stdin: BinaryIO | bytes | None,
-        stdout: BinaryIO,
-        stderr: BinaryIO,
+        stdout: ByteSink,
+        stderr: ByteSink,
         pty: bool = False,
         size: tuple[int, int] = (80, 24),
         on_open: Callable[[FrameWriter], None] | None = None,

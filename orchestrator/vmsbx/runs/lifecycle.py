@@ -9,22 +9,24 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from vmsbx.agent.client import AgentClient, send_resize
 from vmsbx.agent.protocol import FrameWriter
 from vmsbx.config.models import Settings
-from vmsbx.errors import AgentError, UsageError
+from vmsbx.errors import AgentError, TransportError, UsageError, VmsbxError
 from vmsbx.guest import provision_nsjail
 from vmsbx.paths import vm_dir
+from vmsbx.runs import agentrun, gitbundle, review, workspace
 from vmsbx.runs import record as records
 from vmsbx.runs.guestctl import GuestControl, LaunchFailed
 from vmsbx.runs.outcome import SANDBOX_FAILED, outcome
 from vmsbx.runs.record import Resources, RunRecord
-from vmsbx.runs.workspace import workspace_tar
-from vmsbx.sandbox.layout import RunLayout, new_run_id
+from vmsbx.runs.streamview import StreamView
+from vmsbx.sandbox.layout import BRIDGES, RunLayout, new_run_id
 from vmsbx.sandbox.nsjail import (
     JAIL_WORKSPACE,
     check_jail_config,
@@ -106,13 +108,23 @@ def _ensure_nsjail(guest: GuestControl, vm: str, facts: dict[str, str]) -> None:
         (vm_dir(vm) / "guest.json").write_text(json.dumps(facts))
 
 
+@dataclass(frozen=True)
+class RelayAccess:
+    """A run's way to the model API: the relay admits its token and adds this credential.
+    `credential` and `budget` are the relay's wire forms; the credential goes only to the host
+    agent's private socket, never into the guest."""
+
+    credential: dict[str, str]
+    budget: dict[str, object] | None = None
+
+
 def check_policy(settings: Settings) -> None:
     """Refuse what this version cannot enforce: fail closed, never run with less isolation."""
     policy = settings.sandbox
-    if policy.network != "none":
+    if policy.network not in ("none", "api"):
         raise UsageError(
             f"network policy {policy.network!r} needs the egress relay, which this version does not have",
-            hint="use --network none (the run gets no network at all)",
+            hint="use --network api (only the model API, through the host relay) or --network none",
         )
 
 
@@ -135,6 +147,8 @@ def start(
     project: Path,
     tty: bool,
     env: dict[str, str],
+    relay: RelayAccess | None = None,
+    home_files: Callable[[str], dict[str, str]] | None = None,
 ) -> tuple[RunRecord, GuestControl]:
     """Launch a run; returns its record (state running) and the guest control it runs under."""
     check_policy(settings)
@@ -151,9 +165,12 @@ def start(
             f"security`, above the allowed {_threshold(settings)}",
             hint="tighten the policy, or raise the threshold in your user config or with a flag",
         )
-    workspace = workspace_tar(project)
+    project = project.resolve()
+    _finish_earlier_runs(guest, vm, project)
+    bases = gitbundle.base_commits(project)
     size = _terminal_size() if tty else (80, 24)
     for attempt in range(3):
+        sync = workspace.plan_sync_in(settings, project, guest, vm)
         layout = RunLayout(run_id=new_run_id())
         record = RunRecord(
             id=layout.run_id,
@@ -165,11 +182,25 @@ def start(
             unit=layout.unit,
             exposure=exposure,
             started_at=records.now(),
+            project=str(project),
         )
         request = _launch_request(settings, layout, record, facts)
+        request["project"] = sync.key
+        run_env = dict(env)
+        spec_extra: dict[str, object] = {}
+        if relay is not None and settings.sandbox.network == "api":
+            token = agentrun.new_token()
+            ports = _admit(guest, settings, layout.run_id, token, relay)
+            request["bridges"] = {"relay": ports["relay"]}
+            spec_extra["bridges"] = {"relay": BRIDGES["relay"]}
+            run_env.update(agentrun.agent_env(token))
+            record.relay = True
+            if home_files is not None:
+                spec_extra["home_files"] = home_files(token)
         request["spec"] = {
+            **spec_extra,
             "argv": command,
-            "env": env,
+            "env": run_env,
             "tty": tty,
             "cols": size[0],
             "rows": size[1],
@@ -177,23 +208,78 @@ def start(
             "home": layout.home,
         }
         records.save(record)
+        workspace.save_base(records.run_dir(record.id), sync, bases)
         try:
-            launched = guest.launch(request, workspace)
+            with workspace.launch_stream(request, sync) as stream:
+                launched = guest.launch(stream)
         except LaunchFailed as exc:
             # Two concurrent jails may draw the same outside uid: the guest refuses, draw again.
             if record.sandbox == "nsjail" and "is in use" in exc.message and attempt < 2:
+                _leave_relay(guest, record)
                 records.discard(record.id)
                 continue
             _mark_failed(record, exc)
+            _leave_relay(guest, record)
             raise
         except BaseException as exc:
             _mark_failed(record, exc)
+            _leave_relay(guest, record)
             raise
         record.invocation_id = launched["invocation_id"]
         record.state = "running"
+        record.changes = "pending"
         records.save(record)
+        _say_excluded(sync)
         return record, guest
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _say_excluded(sync: workspace.SyncIn) -> None:
+    if sync.excluded:
+        shown = ", ".join(item.path for item in sync.excluded[:5])
+        more = f" and {len(sync.excluded) - 5} more" if len(sync.excluded) > 5 else ""
+        print(f"vmsbx: left out of the workspace (secrets/excludes): {shown}{more}", file=sys.stderr)
+
+
+def _finish_earlier_runs(guest: GuestControl, vm: str, project: Path) -> None:
+    """An earlier run of this project that ended while nobody watched still owns the guest's
+    mirror: collect its changes before a new sync overwrites them."""
+    for earlier in records.all_runs():
+        if earlier.vm != vm or earlier.project != str(project) or earlier.changes != "pending":
+            continue
+        try:
+            ended = guest.result(earlier.id, wait=0) is not None
+        except TransportError:  # the guest no longer knows it (VM reset): nothing to collect
+            earlier.changes = "failed"
+            records.save(earlier)
+            continue
+        if earlier.state in ("starting", "running") and not ended:
+            raise LaunchFailed(
+                f"run {earlier.id} of this project is still running",
+                hint=f"`vmsbx attach {earlier.id}` follows it; `vmsbx stop-run {earlier.id}` ends it",
+            )
+        finish(earlier, guest, quiet=True)
+
+
+def _admit(
+    guest: GuestControl, settings: Settings, run_id: str, token: str, relay: RelayAccess
+) -> dict[str, int]:
+    """Admit the run's token to the host agent's relay; the guest port its bridge uses."""
+    agent = settings.agent
+    reply = guest.client.call({
+        "op": "run_register", "run_id": run_id, "token": token, "credential": relay.credential,
+        "budget": relay.budget, "upstream": agent.api_upstream,
+        "ca_file": str(agent.api_ca_file) if agent.api_ca_file else None,
+    })  # fmt: skip
+    ports: dict[str, int] = reply["ports"]
+    return ports
+
+
+def _leave_relay(guest: GuestControl, record: RunRecord) -> None:
+    """The run's token stops working (the run ended, or never started)."""
+    if record.relay:
+        with contextlib.suppress(VmsbxError, OSError):
+            guest.client.call({"op": "run_unregister", "run_id": record.id})
 
 
 def _launch_request(
@@ -231,9 +317,23 @@ def _mark_failed(record: RunRecord, exc: BaseException) -> None:
     records.save(record)
 
 
-def attach(record: RunRecord, guest: GuestControl, *, stdin: BinaryIO | None) -> int:
-    """Stream the run until it ends (Ctrl-C stops a headless run); record it; return its code."""
+def attach(record: RunRecord, guest: GuestControl, *, stdin: BinaryIO | None, view: bool = False) -> int:
+    """Stream the run until it ends (Ctrl-C stops a headless run); record it; return its code.
+
+    `view`: the run prints Claude Code's stream-json; save it raw to runs/<id>/stream.jsonl
+    and show one readable line per step instead."""
     interrupted = False
+    if view:
+        with (records.run_dir(record.id) / "stream.jsonl").open("ab") as raw:
+            sink = StreamView(raw, _show_line)
+            try:
+                guest.attach(record.id, stdin=None, stdout=sink, stderr=sys.stderr.buffer)
+            except KeyboardInterrupt:
+                interrupted = True
+                guest.stop(record.id)
+            finally:
+                sink.close()
+        return finish(record, guest, interrupted=interrupted)
     try:
         if record.tty:
             with _raw_terminal() as size:
@@ -260,10 +360,16 @@ FINISH_WAIT = 120.0
 
 
 def finish(
-    record: RunRecord, guest: GuestControl, *, interrupted: bool = False, wait: float = FINISH_WAIT
+    record: RunRecord,
+    guest: GuestControl,
+    *,
+    interrupted: bool = False,
+    wait: float = FINISH_WAIT,
+    quiet: bool = False,
 ) -> int:
     """Collect systemd's verdict and the journal into the run's record; free the run's space."""
     result = guest.result(record.id, wait=wait)
+    _leave_relay(guest, record)
     if result is None:
         record.state, record.exit_code = "lost", SANDBOX_FAILED
         record.reason = f"the guest did not report the end of the run within {wait:g} s"
@@ -289,9 +395,32 @@ def finish(
     )
     records.save(record)
     pull_journal(record, guest)
-    # The agent stage will keep the workspace until its changes are applied or discarded.
-    guest.release(record.id)
+    _collect_changes(record, guest, quiet=quiet)
     return code
+
+
+def _collect_changes(record: RunRecord, guest: GuestControl, *, quiet: bool) -> None:
+    """Bring the agent's changes to the run's folder (not the project), then free the guest's
+    hold on the workspace. If that fails, the hold stays so that nothing is lost."""
+    if record.changes != "pending" or not record.project:
+        guest.release(record.id)
+        return
+    try:
+        collected = workspace.collect(record.id, records.run_dir(record.id), guest, Path(record.project))
+    except VmsbxError as exc:
+        record.changes = "failed"
+        record.reason = (record.reason or "") + f"; changes not collected: {exc.message}"
+        records.save(record)
+        print(f"vmsbx: could not collect the run's changes: {exc}", file=sys.stderr)
+        return
+    record.changes = "collected" if collected.changeset.entries or collected.bundle else "none"
+    records.save(record)
+    guest.release(record.id)
+    if not quiet:
+        for line in review.summary_lines(
+            record.id, collected.changeset, collected.bundle, collected.problems
+        ):
+            print(line, file=sys.stderr)
 
 
 def pull_journal(record: RunRecord, guest: GuestControl) -> list[bytes]:
@@ -307,6 +436,11 @@ def pull_journal(record: RunRecord, guest: GuestControl) -> list[bytes]:
         record.journal_cursor = cursor
         records.save(record)
     return entries
+
+
+def _show_line(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _seconds_between(start: str, end: str) -> float:

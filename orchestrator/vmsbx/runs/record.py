@@ -54,6 +54,14 @@ class RunRecord(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     journal_cursor: str | None = Field(default=None, description="Where the next log pull resumes.")
     outside_uid: int | None = Field(default=None, description="nsjail mode: the jail user's id outside.")
+    project: str | None = Field(default=None, description="The host project folder the run mirrored.")
+    changes: Literal["none", "pending", "collected", "failed", "applied", "discarded"] = Field(
+        default="none", description="Where the agent's changes are: in the guest, in runs/<id>/changes, …"
+    )
+    relay: bool = Field(default=False, description="Whether the run could reach the model API via the relay.")
+    api: dict[str, object] | None = Field(
+        default=None, description="The relay's account of the run's API use."
+    )
     jail_problems: list[str] = Field(
         default_factory=list, description="nsjail mode: weaknesses found in the rendered jail config."
     )

@@ -1,44 +1,185 @@
-"""A minimal copy-in of the project folder: a tar of it, links kept as links.
+"""A run's workspace, host side: sync-in before the run, the agent's changes after it.
 
-(The full incremental mirror with secret filtering and review/apply is the agent stage's sync.)
+The guest keeps one size-capped mirror per project (guest.py `project_paths`). Before a run it
+is made exactly the host's project minus excludes — only what differs travels, and what exists
+only in the guest goes, so discarded changes never come back. After the run vmsbx works out
+what the agent changed against the manifest it synced (`changes/base.json`), fetches the new
+contents into a content-addressed store (`changes/blobs/`, each blob checked against its
+hash), and, for a git project, the agent's commits as a bundle. Nothing reaches the project
+until `vmsbx apply`.
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
+import hashlib
+import json
 import os
-import tarfile
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from vmsbx.errors import UsageError
+from vmsbx.config.models import Settings
+from vmsbx.errors import SyncError, TransportError
+from vmsbx.paths import ensure_private_dir, vm_dir
+from vmsbx.runs import gitbundle
+from vmsbx.runs.guestctl import GUEST, GuestControl
+from vmsbx.sync import changeset as changesets
+from vmsbx.sync.blobs import BlobStore, receive, wanted_paths
+from vmsbx.sync.changeset import Changeset
+from vmsbx.sync.delta import SyncPlan, plan_sync
+from vmsbx.sync.manifest import ExcludedItem, Manifest, Scan, scan
+from vmsbx.sync.rules import exclude_rules
+from vmsbx.sync.stream import write_stream
+from vmsbx.textsafe import strip_control
 
-_MAX_BYTES = 512 * 1024 * 1024
-_SKIP_DIRS = {".git", "node_modules", ".venv", "__pycache__"}
+
+def project_key(project: Path) -> str:
+    """The guest's name for a project's mirror: from its resolved path on this host."""
+    return hashlib.sha256(str(project.resolve()).encode()).hexdigest()[:16]
 
 
-def workspace_tar(project: Path) -> bytes:
-    """Tar `project` (no owner names, no special files, symlinks never followed)."""
-    buffer = io.BytesIO()
-    total = 0
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for root, dirs, files in os.walk(project, followlinks=False):
-            dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
-            for name in [*dirs, *sorted(files)]:
-                path = Path(root) / name
-                info = tar.gettarinfo(str(path), arcname=str(path.relative_to(project)))
-                if not (info.isfile() or info.isdir() or info.issym()):
-                    continue
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                if info.isfile():
-                    total += info.size
-                    if total > _MAX_BYTES:
-                        raise UsageError(
-                            f"the project folder is larger than {_MAX_BYTES >> 20} MiB",
-                            hint="run vmsbx from the project's own folder",
-                        )
-                    with path.open("rb") as handle:
-                        tar.addfile(info, handle)
-                else:
-                    tar.addfile(info)
-    return buffer.getvalue()
+@dataclass(frozen=True)
+class SyncIn:
+    """One sync-in, planned: what the host has, what travels, what was left out."""
+
+    key: str
+    scan: Scan
+    plan: SyncPlan
+
+    @property
+    def excluded(self) -> tuple[ExcludedItem, ...]:
+        return self.scan.excluded
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "files": len(self.plan.files),
+            "bytes": self.plan.send_bytes,
+            "deleted": len(self.plan.delete),
+            "links": len(self.plan.links),
+            "excluded": [{"path": item.path, "reason": item.reason} for item in self.excluded],
+        }
+
+
+def plan_sync_in(settings: Settings, project: Path, guest: GuestControl, vm: str) -> SyncIn:
+    """Scan the project (hash cache per VM and project) and diff it with the guest's mirror."""
+    key = project_key(project)
+    rules = exclude_rules(settings.sync.secret_patterns, settings.sync.exclude)
+    cache = ensure_private_dir(vm_dir(vm) / "sync-cache") / f"{key}.json"
+    host = scan(project, rules, cache_file=cache)
+    code, out, err = guest.client.run([*GUEST, "workspace-manifest", key])
+    if code != 0:
+        raise TransportError(
+            "could not read the guest's copy of the project: " + _text(err), hint="`vmsbx up` re-provisions"
+        )
+    return SyncIn(key=key, scan=host, plan=plan_sync(host.manifest, Manifest.from_json(out.strip())))
+
+
+@contextlib.contextmanager
+def launch_stream(request: dict[str, object], sync: SyncIn) -> Iterator[BinaryIO]:
+    """The launcher's stdin: the request line, then the sync stream, produced by a thread
+    while the agent sends it (100 MB of project never sits in memory)."""
+    read_fd, write_fd = os.pipe()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        with os.fdopen(write_fd, "wb", buffering=1 << 20) as sink:
+            try:
+                sink.write(json.dumps(request).encode() + b"\n")
+                write_stream(sync.scan, sync.plan, sink)
+            except BrokenPipeError:
+                pass  # the launcher refused and stopped reading; its error says why
+            except BaseException as exc:  # reported by the caller after the launch
+                failure.append(exc)
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    with os.fdopen(read_fd, "rb") as source:
+        yield source
+    worker.join()
+    if failure:
+        raise failure[0]
+
+
+def save_base(run_folder: Path, sync: SyncIn, bases: list[str]) -> None:
+    changes = ensure_private_dir(run_folder / "changes")
+    (changes / "base.json").write_bytes(sync.scan.manifest.to_json())
+    (changes / "base-commits.json").write_text(json.dumps(bases))
+    (run_folder / "sync.json").write_text(json.dumps(sync.summary(), indent=1))
+
+
+@dataclass(frozen=True)
+class Collected:
+    changeset: Changeset
+    bundle: Path | None
+    problems: tuple[str, ...]
+
+
+def collect(run_id: str, run_folder: Path, guest: GuestControl, project: Path) -> Collected:
+    """After the run: the changeset, the new contents and the agent's commits, on the host."""
+    changes = ensure_private_dir(run_folder / "changes")
+    base = Manifest.from_json((changes / "base.json").read_bytes())
+    code, out, err = guest.client.run([*GUEST, "changes", run_id, "manifest"])
+    if code != 0:
+        raise SyncError("could not list the run's workspace: " + _text(err), hint="`vmsbx status`")
+    after = Manifest.from_json(out.strip())
+    changeset = changesets.compute(base, after)
+    problems: list[str] = []
+    wanted = wanted_paths(changeset)
+    if wanted:
+        store = BlobStore(ensure_private_dir(changes / "blobs"))
+        with tempfile.TemporaryFile() as spool:
+            code = guest.client.exec(
+                [*GUEST, "changes", run_id, "pack"],
+                stdin=json.dumps(sorted(wanted)).encode(),
+                stdout=spool,
+                stderr=_Discard(),
+            )
+            spool.seek(0)
+            report = receive(spool, changeset, store)
+        problems += [f"{strip_control(name)}: {why}" for name, why in report.rejected]
+        problems += [f"{strip_control(name)}: did not arrive" for name in report.missing]
+    changesets.save(changeset, changes / "changeset.json")
+    bundle = _collect_bundle(run_id, changes, guest, project, changeset)
+    return Collected(changeset=changeset, bundle=bundle, problems=tuple(problems))
+
+
+def _collect_bundle(
+    run_id: str, changes: Path, guest: GuestControl, project: Path, changeset: Changeset
+) -> Path | None:
+    touched_git = any(entry.path == ".git" or entry.path.startswith(".git/") for entry in changeset.entries)
+    if not touched_git or not gitbundle.is_repository(project):
+        return None
+    bases = json.loads((changes / "base-commits.json").read_text())
+    target = changes / "commits.bundle"
+    with target.open("wb") as sink:
+        code = guest.client.exec(
+            [*GUEST, "bundle", run_id, *bases], stdin=None, stdout=sink, stderr=_Discard()
+        )
+    if code != 0 or target.stat().st_size == 0:
+        # No new commit (git refuses an empty bundle), or no repository left: nothing to bring.
+        target.unlink(missing_ok=True)
+        return None
+    return target
+
+
+class _Discard:
+    def write(self, data: bytes, /) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def _text(err: bytes) -> str:
+    return strip_control(err.decode(errors="replace")).strip()[-500:]
+
+
+def load_changeset(run_folder: Path) -> Changeset:
+    path = run_folder / "changes" / "changeset.json"
+    if not path.is_file():
+        raise SyncError("this run has no recorded changes", hint="only finished runs have changes to show")
+    return changesets.load(path)

@@ -21,6 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 GUEST_LIB = "/usr/local/lib/vmsbx"
 RUNS_ROOT = "/var/lib/vmsbx/runs"
 _RUN_ID = re.compile(r"^[a-z0-9]{12}$")
+# Host services a run may reach, and the loopback port each has inside the run's own network
+# namespace (a small forwarder there leads to the bridge socket).
+BRIDGES = {"relay": 8787, "proxy": 8788, "socks": 8789}
 
 
 def new_run_id() -> str:
@@ -85,3 +88,16 @@ class RunLayout(BaseModel):
     def home(self) -> str:
         """A fresh HOME per run, on the run's tmpfs."""
         return "/tmp/.vmsbx-home"
+
+    def bridge_socket_inside(self, name: str) -> str:
+        """A host service (the API relay, the egress proxy) as the run reaches it: a Unix
+        socket on the run's tmpfs, owned by root (the run cannot replace it), listened on by a
+        root forwarder outside the sandbox that leads to the SSH reverse tunnel."""
+        if name not in BRIDGES:
+            raise ValueError(f"unknown bridge {name!r}")
+        return f"/tmp/.vmsbx-{name}.sock"
+
+    def bridge_unit(self, name: str) -> str:
+        if name not in BRIDGES:
+            raise ValueError(f"unknown bridge {name!r}")
+        return f"vmsbx-bridge-{self.run_id}-{name}.service"

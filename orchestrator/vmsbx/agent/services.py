@@ -1,0 +1,117 @@
+"""Host services the host agent offers to runs: the API relay (and later the egress proxy).
+
+Each service listens on the host's loopback; the guest reaches it through one SSH reverse
+forward per service, on a guest loopback port that stays the same across reconnects (live
+runs' bridge units point at it). Which run may use a service is decided by the service itself
+(the relay accepts only live runs' tokens), never by where a connection comes from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vmsbx.agent.relay import Budget, Credential, Relay
+from vmsbx.errors import TransportError
+from vmsbx.runs.record import run_dir
+from vmsbx.sandbox.layout import is_run_id
+from vmsbx.transport import Connection
+
+log = logging.getLogger("vmsbx.agent")
+
+
+class HostServices:
+    def __init__(self, connection: Callable[[], Connection]) -> None:
+        self._connection = connection
+        # Re-entrant: registering may reconnect, and a reconnect restores the forwards.
+        self._lock = threading.RLock()
+        self._relays: dict[tuple[str, str | None], Relay] = {}
+        self._run_relay: dict[str, Relay] = {}
+        # name -> (host port, guest port, the connection the forward lives on)
+        self._forwards: dict[str, tuple[int, int, Connection]] = {}
+
+    def register_run(self, request: dict[str, Any]) -> dict[str, int]:
+        """Admit a run to the relay; returns {"relay": guest port} for its bridge."""
+        run_id = str(request["run_id"])
+        if not is_run_id(run_id):
+            raise ValueError(f"invalid run id {run_id!r}")
+        upstream = str(request["upstream"])
+        ca_file = request.get("ca_file")
+        credential = Credential.from_wire(request["credential"])
+        budget = Budget.from_wire(request.get("budget"))
+        with self._lock:
+            key = (upstream, str(ca_file) if ca_file else None)
+            relay = self._relays.get(key)
+            if relay is None:
+                relay = Relay(upstream, ca_file=Path(ca_file) if ca_file else None, on_event=_record_event)
+                relay.start()
+                self._relays[key] = relay
+            relay.register_run(run_id, str(request["token"]), credential, budget)
+            self._run_relay[run_id] = relay
+            name = f"relay:{key[0]}:{key[1]}"
+            guest_port = self._forward(name, relay.address[1])
+        log.info("run %s admitted to the API relay (guest port %d)", run_id, guest_port)
+        return {"relay": guest_port}
+
+    def unregister_run(self, run_id: str) -> None:
+        with self._lock:
+            relay = self._run_relay.pop(run_id, None)
+        if relay is not None:
+            relay.unregister_run(run_id)
+            log.info("run %s left the API relay", run_id)
+
+    def usage(self, run_id: str) -> dict[str, Any] | None:
+        relay = self._run_relay.get(run_id)
+        return relay.usage(run_id).model_dump() if relay is not None else None
+
+    @property
+    def active(self) -> bool:
+        return bool(self._run_relay)
+
+    def close(self) -> None:
+        with self._lock:
+            for relay in self._relays.values():
+                relay.stop()
+            self._relays.clear()
+
+    def reforward(self, conn: Connection) -> None:
+        """After a reconnect: the same guest ports again, so live runs' bridges keep working."""
+        with self._lock:
+            for name, (host_port, _guest_port, _old) in list(self._forwards.items()):
+                try:
+                    self._forward(name, host_port, conn)
+                except TransportError as exc:
+                    log.warning("could not restore the %s forward: %s", name, exc)
+
+    def _forward(self, name: str, host_port: int, conn: Connection | None = None) -> int:
+        """The guest port that leads to `host_port`, on the current connection. A new
+        connection asks for the same guest port again, so bridges of live runs keep working."""
+        conn = conn or self._connection()
+        known = self._forwards.get(name)
+        if known is not None and known[2] is conn and known[0] == host_port:
+            return known[1]
+        wanted = known[1] if known is not None else 0
+        try:
+            forward = conn.forward_remote("127.0.0.1", wanted, "127.0.0.1", host_port)
+        except TransportError:
+            if not wanted:
+                raise
+            log.warning("guest port %d for %s is taken; live runs lose that service", wanted, name)
+            forward = conn.forward_remote("127.0.0.1", 0, "127.0.0.1", host_port)
+        self._forwards[name] = (host_port, forward.remote_port, conn)
+        return forward.remote_port
+
+
+def _record_event(run_id: str, event: dict[str, Any]) -> None:
+    """The relay's own account of a run's API use (trusted): runs/<id>/relay.jsonl."""
+    if not is_run_id(run_id):
+        return
+    folder = run_dir(run_id)
+    if not folder.is_dir():
+        return
+    with (folder / "relay.jsonl").open("a", encoding="utf-8") as sink:
+        sink.write(json.dumps(event, sort_keys=True) + "\n")

@@ -1,0 +1,5 @@
+"""`vmsbx discard` (see vmsbx.cli.review)."""
+
+from vmsbx.cli.review import discard_command as command
+
+__all__ = ["command"]
