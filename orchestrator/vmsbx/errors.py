@@ -92,3 +92,9 @@ class GuestCheckFailed(VmsbxError):
     """The guest cannot hold a wall (no systemd, no cgroup v2, …): vmsbx refuses to go on."""
 
     exit_code = 10
+
+
+class SyncError(VmsbxError):
+    """Syncing the workspace or applying the agent's changes failed (the host is unchanged)."""
+
+    exit_code = 11

@@ -346,6 +346,8 @@ _SPLITTERS: dict[str, Callable[[str], tuple[str, ...] | None]] = {
     "extra_host_paths": lambda text: _split_list(text, os.pathsep),
     "sandbox.allow_hosts": lambda text: _split_list(text, ","),
     "agent.credential_command": _split_command,
+    "sync.exclude": lambda text: _split_list(text, ","),
+    "sync.secret_patterns": lambda text: _split_list(text, ","),
 }
 
 
@@ -525,7 +527,12 @@ class _Subset:
     """A list of permissions: the project file may drop entries, never add them."""
 
 
-_Rule = _Free | _TrustedOnly | _OnlyValue | _Unchanged | _AtMost | _Narrower | _Subset
+@dataclass(frozen=True, slots=True)
+class _Superset:
+    """A list of restrictions: the project file may add entries, never drop them."""
+
+
+_Rule = _Superset | _Free | _TrustedOnly | _OnlyValue | _Unchanged | _AtMost | _Narrower | _Subset
 
 _PROJECT_RULES: dict[str, _Rule] = {
     "vm.name": _Free(),
@@ -555,6 +562,8 @@ _PROJECT_RULES: dict[str, _Rule] = {
     "agent.api_upstream": _TrustedOnly("it decides where your API key is sent"),
     "agent.claude_version": _TrustedOnly("it chooses which agent build runs with your API key"),
     "extra_host_paths": _TrustedOnly("it shares host folders into the VM"),
+    "sync.exclude": _Superset(),
+    "sync.secret_patterns": _TrustedOnly("it decides which secrets are copied into the VM"),
 }
 # A setting added later without a rule here is trusted-only until someone decides otherwise.
 _FAIL_CLOSED = _TrustedOnly("it is not known to be safe for the project folder to set")
@@ -598,6 +607,16 @@ def _refusal(key: str, rule: _Rule, below: object, wanted: object) -> str | None
             return None if wanted <= below else loosens
         case _Narrower(order):
             return None if order.index(wanted) <= order.index(below) else loosens
+        case _Superset():
+            assert isinstance(wanted, tuple) and isinstance(below, tuple)
+            dropped = [item for item in below if item not in wanted]
+            # A "!" pattern takes back an exclusion: that loosens as much as dropping one.
+            negations = [item for item in wanted if item.startswith("!") and item not in below]
+            if not dropped and not negations:
+                return None
+            return (
+                f"{loosens}: it drops or takes back {', '.join(_show(item) for item in dropped + negations)}"
+            )
         case _Subset():
             assert isinstance(wanted, tuple) and isinstance(below, tuple)
             added = [host for host in wanted if host not in below]

@@ -290,6 +290,25 @@ class AgentSettings(_Section):
     )
 
 
+# A sync pattern: gitignore-like, one line, no NUL (see vmsbx.sync.rules).
+SyncPattern = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+class SyncSettings(_Section):
+    """What sync-in leaves out of the guest workspace (gitignore-like patterns)."""
+
+    exclude: tuple[SyncPattern, ...] = Field(
+        default=(),
+        description="Extra patterns left out of the workspace; the project file may only add to them.",
+        json_schema_extra={"allowed": 'a list of patterns such as ["node_modules", "/build", "*.log"]'},
+    )
+    secret_patterns: tuple[SyncPattern, ...] | None = Field(
+        default=None,
+        description="Secret files never synced; None: vmsbx's defaults (.env*, keys, cloud credentials).",
+        json_schema_extra={"allowed": 'a list of patterns such as [".env", "*.pem", "!id_*.pub"]'},
+    )
+
+
 class Settings(BaseModel):
     """Everything vmsbx is configured with, after all layers are merged."""
 
@@ -300,6 +319,7 @@ class Settings(BaseModel):
         default_factory=SandboxSettings, description="The per-run sandbox (inner wall)."
     )
     agent: AgentSettings = Field(default_factory=AgentSettings, description="The agent and its API access.")
+    sync: SyncSettings = Field(default_factory=SyncSettings, description="Workspace sync-in.")
     extra_host_paths: tuple[HostPath, ...] = Field(
         default=(),
         description="Host folders shared into the VM besides the project folder.",
@@ -311,6 +331,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "vm": VMSettings,
     "sandbox": SandboxSettings,
     "agent": AgentSettings,
+    "sync": SyncSettings,
 }
 
 

@@ -1,0 +1,97 @@
+"""`vmsbx diff`: the agent's changes as text, safe to print on the host's terminal.
+
+Text files get a unified diff against the host's current file when it still has the sync-in
+content (otherwise against nothing, and it says so); binary files, links and mode changes get
+one line each. Everything came from the guest, so control sequences are stripped at the end.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+from pathlib import Path
+
+from vmsbx.sync.blobs import BlobStore
+from vmsbx.sync.changeset import ChangeEntry, Changeset
+from vmsbx.textsafe import strip_control
+
+_MAX_TEXT_BYTES = 2 * 1024 * 1024
+_NOFOLLOW = int(getattr(os, "O_NOFOLLOW", 0)) | int(getattr(os, "O_NONBLOCK", 0))
+
+
+def render_diff(changeset: Changeset, blobs: BlobStore, project: Path, *, context: int = 3) -> str:
+    """The whole changeset as text: a header per entry, its class, and the diff where it has one."""
+    parts = [render_entry(entry, blobs, project, context=context) for entry in changeset.entries]
+    return strip_control("".join(parts))
+
+
+def render_entry(entry: ChangeEntry, blobs: BlobStore, project: Path, *, context: int = 3) -> str:
+    """One entry as text (not yet stripped of control sequences)."""
+    label = {"apply": "", "sensitive": " [sensitive]", "git": " [git]", "refused": " [refused]"}
+    head = f"{entry.change} {entry.kind} {entry.path}{label[entry.classification]}"
+    if entry.reason:
+        head += f" ({entry.reason})"
+    lines = [head + "\n"]
+    if entry.old_mode is not None and entry.new_mode is not None and entry.old_mode != entry.new_mode:
+        lines.append(f"mode {entry.old_mode:o} -> {entry.new_mode:o}\n")
+    if entry.mode_dropped:
+        lines.append("setuid/setgid/sticky bits dropped\n")
+    if entry.kind == "symlink" or entry.old_kind == "symlink":
+        lines.append(f"link {entry.old_target!r} -> {entry.target!r}\n")
+    if entry.change in {"added", "modified", "deleted"} and "file" in {entry.kind, entry.old_kind}:
+        lines.append(_content_diff(entry, blobs, project, context))
+    return "".join(lines) + "\n"
+
+
+def _content_diff(entry: ChangeEntry, blobs: BlobStore, project: Path, context: int) -> str:
+    old, note = _old_content(entry, project)
+    new: bytes | None = b""
+    if entry.kind == "file" and entry.change != "deleted":
+        new = _blob(blobs, entry.new_sha256)
+        if new is None:
+            return "(new content not available)\n"
+    old_text, new_text = _text(old or b""), _text(new or b"")
+    if old_text is None or new_text is None:
+        return f"binary file changed ({entry.old_size or 0} -> {entry.new_size or 0} bytes)\n"
+    diff = difflib.unified_diff(
+        old_text.splitlines(keepends=True),
+        new_text.splitlines(keepends=True),
+        fromfile=f"a/{entry.path}",
+        tofile=f"b/{entry.path}",
+        n=context,
+    )
+    body = "".join(
+        line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in diff
+    )
+    return note + body
+
+
+def _old_content(entry: ChangeEntry, project: Path) -> tuple[bytes | None, str]:
+    if entry.old_kind != "file":
+        return b"", ""
+    try:
+        fd = os.open(project / entry.path, os.O_RDONLY | _NOFOLLOW)
+    except OSError:
+        return b"", "(the host file is gone; diff against nothing)\n"
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(_MAX_TEXT_BYTES + 1)
+    if hashlib.sha256(data).hexdigest() != entry.old_sha256:
+        return b"", "(the host file changed since the run started; diff against nothing)\n"
+    return data, ""
+
+
+def _blob(blobs: BlobStore, sha256: str | None) -> bytes | None:
+    if sha256 is None or not blobs.has(sha256):
+        return None
+    with blobs.path_for(sha256).open("rb") as handle:
+        return handle.read(_MAX_TEXT_BYTES + 1)
+
+
+def _text(data: bytes) -> str | None:
+    if len(data) > _MAX_TEXT_BYTES or b"\0" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None

@@ -1,0 +1,410 @@
+#!/usr/bin/python3
+"""vmsbx workspace sync, guest side: list, fill and pack the run workspace.
+
+Runs as root in the guest, but the workspace it works on was written by the agent in earlier
+runs, so every tree in it is hostile: a planted symlink must never redirect a read or a write
+out of ROOT. Every path is therefore walked from ROOT with directory descriptors opened with
+O_NOFOLLOW, and every file is opened relative to its parent's descriptor with O_NOFOLLOW.
+Standard library only (the guest's python3 is 3.11: no tarfile extraction filters, and none
+needed: members are written by hand, never extracted).
+
+  wsync.py manifest ROOT [--cache FILE]   -> manifest JSON on stdout
+  wsync.py apply ROOT [--owner UID:GID]   <- one JSON header line, then a tar of files, on stdin
+  wsync.py pack ROOT                      <- JSON list of paths on stdin; -> tar on stdout,
+                                             one JSON line of problems on stderr
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import hashlib
+import json
+import os
+import shutil
+import stat
+import sys
+import tarfile
+
+VERSION = 1
+CHUNK = 1 << 20
+MAX_DEPTH = 256
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class Refused(Exception):
+    """A path that cannot be handled safely (reported, never followed)."""
+
+
+def check_path(path: object) -> list[str]:
+    """Split a relative POSIX path into components; refuse anything that could leave ROOT."""
+    if not isinstance(path, str) or not path or path.startswith("/") or "\0" in path:
+        raise Refused(f"bad path {path!r}")
+    parts = path.split("/")
+    if any(part in {"", ".", ".."} for part in parts):
+        raise Refused(f"bad path {path!r}")
+    return parts
+
+
+def open_root(root: str) -> int:
+    return os.open(root, DIR_FLAGS)
+
+
+def open_dir(root_fd: int, parts: list[str], *, create: bool, owner: tuple[int, int] | None = None) -> int:
+    """Open the directory ROOT/parts without following any link.
+
+    With `create`, a missing component is made, and one that is a symlink or a file (planted by
+    the agent) is replaced by a directory: the host's tree says it is a directory. Without it,
+    such a component raises Refused. The caller closes the returned descriptor.
+    """
+    fd = os.dup(root_fd)
+    try:
+        for name in parts:
+            try:
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise Refused(f"{'/'.join(parts)}: missing") from None
+                os.mkdir(name, 0o755, dir_fd=fd)
+                if owner is not None:
+                    os.chown(name, *owner, dir_fd=fd, follow_symlinks=False)
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
+            except OSError as error:
+                if error.errno not in (errno.ELOOP, errno.ENOTDIR) or not create:
+                    raise Refused(f"{'/'.join(parts)}: not a directory") from None
+                os.unlink(name, dir_fd=fd)
+                os.mkdir(name, 0o755, dir_fd=fd)
+                if owner is not None:
+                    os.chown(name, *owner, dir_fd=fd, follow_symlinks=False)
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def remove(dir_fd: int, name: str) -> None:
+    """Remove name (a tree, a file, a link) inside dir_fd; never follows a link."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        # rmtree with dir_fd uses its fd-based variant: symlinks inside are unlinked, not followed.
+        shutil.rmtree(name, dir_fd=dir_fd)
+    else:
+        os.unlink(name, dir_fd=dir_fd)
+
+
+# --- manifest ---------------------------------------------------------------------------------
+
+
+def hash_file(dir_fd: int, name: str, st: os.stat_result) -> str | None:
+    try:
+        fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        now = os.fstat(fd)
+        if not stat.S_ISREG(now.st_mode) or now.st_ino != st.st_ino:
+            return None
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, CHUNK):
+            digest.update(chunk)
+        return digest.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def scan(
+    root_fd: int, cache: dict[str, list[object]]
+) -> tuple[list[dict[str, object]], dict[str, list[object]]]:
+    entries: list[dict[str, object]] = []
+    fresh: dict[str, list[object]] = {}
+
+    def walk(dir_fd: int, prefix: str, depth: int) -> None:
+        with os.scandir(dir_fd) as listing:
+            items = sorted(listing, key=lambda item: item.name)
+        for item in items:
+            path = prefix + item.name
+            st = item.stat(follow_symlinks=False)
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISDIR(st.st_mode) and depth < MAX_DEPTH:
+                entries.append({"path": path, "kind": "dir", "mode": mode})
+                child = os.open(item.name, DIR_FLAGS, dir_fd=dir_fd)
+                try:
+                    walk(child, path + "/", depth + 1)
+                finally:
+                    os.close(child)
+            elif stat.S_ISLNK(st.st_mode):
+                target = os.readlink(item.name, dir_fd=dir_fd)
+                entries.append({"path": path, "kind": "symlink", "target": target})
+            elif stat.S_ISREG(st.st_mode):
+                # ctime cannot be set by an unprivileged process, mtime can: key on both.
+                key: list[object] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+                cached = cache.get(path)
+                digest = cached[4] if cached and cached[:4] == key else hash_file(dir_fd, item.name, st)
+                if not isinstance(digest, str):
+                    entries.append({"path": path, "kind": "special"})
+                    continue
+                fresh[path] = [*key, digest]
+                entries.append(
+                    {"path": path, "kind": "file", "mode": mode, "size": st.st_size, "sha256": digest}
+                )
+            else:
+                entries.append({"path": path, "kind": "special"})
+
+    walk(root_fd, "", 0)
+    entries.sort(key=lambda entry: str(entry["path"]).split("/"))
+    return entries, fresh
+
+
+def load_cache(path: str | None) -> dict[str, list[object]]:
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_cache(path: str | None, cache: dict[str, list[object]]) -> None:
+    if not path:
+        return
+    temp = f"{path}.{os.getpid()}.tmp"
+    with open(temp, "w", encoding="utf-8") as handle:
+        json.dump(cache, handle)
+    os.replace(temp, path)
+
+
+def cmd_manifest(root: str, cache_path: str | None) -> int:
+    root_fd = open_root(root)
+    try:
+        entries, fresh = scan(root_fd, load_cache(cache_path))
+    finally:
+        os.close(root_fd)
+    save_cache(cache_path, fresh)
+    json.dump({"version": VERSION, "entries": entries}, sys.stdout, separators=(",", ":"))
+    sys.stdout.write("\n")
+    return 0
+
+
+# --- apply ------------------------------------------------------------------------------------
+
+
+def in_parent(root_fd: int, path: str, owner: tuple[int, int] | None) -> tuple[int, str]:
+    parts = check_path(path)
+    return open_dir(root_fd, parts[:-1], create=True, owner=owner), parts[-1]
+
+
+def set_owner(dir_fd: int, name: str, owner: tuple[int, int] | None) -> None:
+    if owner is not None:
+        os.chown(name, *owner, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def apply_delete(root_fd: int, path: str) -> None:
+    parts = check_path(path)
+    try:
+        parent = open_dir(root_fd, parts[:-1], create=False)
+    except Refused:
+        return  # its parent is gone or is not a real directory: nothing of ours to delete there
+    try:
+        remove(parent, parts[-1])
+    finally:
+        os.close(parent)
+
+
+def apply_dir(root_fd: int, path: str, mode: int, owner: tuple[int, int] | None) -> None:
+    fd = open_dir(root_fd, check_path(path), create=True, owner=owner)
+    try:
+        os.fchmod(fd, mode & 0o7777)
+    finally:
+        os.close(fd)
+
+
+def apply_link(root_fd: int, path: str, target: str, owner: tuple[int, int] | None) -> None:
+    parent, name = in_parent(root_fd, path, owner)
+    try:
+        temp = f".wsync-{os.getpid()}-link"
+        remove(parent, temp)
+        os.symlink(target, temp, dir_fd=parent)
+        set_owner(parent, temp, owner)
+        replace(parent, temp, name)
+    finally:
+        os.close(parent)
+
+
+def replace(parent: int, temp: str, name: str) -> None:
+    """Rename temp over name; a directory in the way (a kind change) is removed first."""
+    try:
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=parent)
+    os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+
+
+def apply_mode(root_fd: int, path: str, mode: int) -> None:
+    parent, name = in_parent(root_fd, path, None)
+    try:
+        fd = os.open(name, FILE_FLAGS, dir_fd=parent)
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.fchmod(fd, mode & 0o7777)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(parent)
+
+
+def apply_file(
+    root_fd: int,
+    member: tarfile.TarInfo,
+    source: object,
+    spec: dict[str, object],
+    owner: tuple[int, int] | None,
+) -> None:
+    parent, name = in_parent(root_fd, member.name, owner)
+    try:
+        temp = f".wsync-{os.getpid()}-file"
+        remove(parent, temp)
+        fd = os.open(
+            temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent
+        )
+        digest = hashlib.sha256()
+        try:
+            while chunk := source.read(CHUNK):  # type: ignore[attr-defined]
+                digest.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+            if digest.hexdigest() != spec["sha256"]:
+                raise Refused(f"{member.name}: content does not match its hash")
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.fchmod(fd, int(spec["mode"]) & 0o7777)  # type: ignore[call-overload]
+        except BaseException:
+            os.close(fd)
+            os.unlink(temp, dir_fd=parent)
+            raise
+        os.close(fd)
+        replace(parent, temp, name)
+    finally:
+        os.close(parent)
+
+
+def parse_owner(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    uid, _, gid = text.partition(":")
+    return int(uid), int(gid or uid)
+
+
+def cmd_apply(root: str, owner: tuple[int, int] | None) -> int:
+    stream = sys.stdin.buffer
+    header = json.loads(stream.readline())
+    if header.get("version") != VERSION:
+        raise Refused("unknown stream version")
+    root_fd = open_root(root)
+    try:
+        for path in header["delete"]:
+            apply_delete(root_fd, path)
+        for path, mode in header["dirs"]:
+            apply_dir(root_fd, path, mode, owner)
+        for path, target in header["links"]:
+            apply_link(root_fd, path, target, owner)
+        files = {spec["path"]: spec for spec in header["files"]}
+        written = 0
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                spec = files.get(member.name)
+                if not member.isreg() or spec is None or member.size != spec["size"]:
+                    raise Refused(f"unexpected stream member {member.name!r}")
+                apply_file(root_fd, member, tar.extractfile(member), spec, owner)
+                written += 1
+        if written != len(files):
+            raise Refused(f"stream ended after {written} of {len(files)} files")
+        for path, mode in header["modes"]:
+            apply_mode(root_fd, path, mode)
+        os.sync()
+    finally:
+        os.close(root_fd)
+    json.dump({"ok": True, "written": written}, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+# --- pack -------------------------------------------------------------------------------------
+
+
+def cmd_pack(root: str) -> int:
+    paths = json.loads(sys.stdin.buffer.read())
+    if not isinstance(paths, list):
+        raise Refused("pack expects a JSON list of paths")
+    problems: list[list[str]] = []
+    root_fd = open_root(root)
+    try:
+        with tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for path in paths:
+                try:
+                    pack_one(root_fd, path, tar)
+                except (Refused, OSError) as error:
+                    problems.append([str(path), str(error)])
+    finally:
+        os.close(root_fd)
+    sys.stdout.flush()
+    json.dump({"problems": problems}, sys.stderr)
+    sys.stderr.write("\n")
+    return 0
+
+
+def pack_one(root_fd: int, path: object, tar: tarfile.TarFile) -> None:
+    parts = check_path(path)
+    parent = open_dir(root_fd, parts[:-1], create=False)
+    try:
+        fd = os.open(parts[-1], FILE_FLAGS, dir_fd=parent)
+    finally:
+        os.close(parent)
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Refused("not a regular file")
+        info = tarfile.TarInfo("/".join(parts))
+        info.size = st.st_size
+        info.mode = stat.S_IMODE(st.st_mode)
+        info.mtime = int(st.st_mtime)
+        tar.addfile(info, handle)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="wsync")
+    sub = parser.add_subparsers(dest="command", required=True)
+    manifest = sub.add_parser("manifest")
+    manifest.add_argument("root")
+    manifest.add_argument("--cache")
+    apply = sub.add_parser("apply")
+    apply.add_argument("root")
+    apply.add_argument("--owner")
+    pack = sub.add_parser("pack")
+    pack.add_argument("root")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "manifest":
+            return cmd_manifest(args.root, args.cache)
+        if args.command == "apply":
+            return cmd_apply(args.root, parse_owner(args.owner))
+        return cmd_pack(args.root)
+    except (Refused, OSError, ValueError, KeyError, TypeError, tarfile.TarError) as error:
+        json.dump({"ok": False, "error": f"{type(error).__name__}: {error}"}, sys.stderr)
+        sys.stderr.write("\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
