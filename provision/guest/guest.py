@@ -136,7 +136,8 @@ def _prepare(request: dict[str, object], p: dict[str, str], stdin: object) -> No
     with open(f"{p['run_dir']}/project", "w", encoding="ascii") as note:
         note.write(project)
     # The mirror: exactly the host's project (minus excludes) before the run starts.
-    wsync.apply_stream(proj["mnt"], stdin)
+    if wsync.cmd_apply(proj["mnt"], None) != 0:
+        raise RuntimeError("the workspace sync failed")
     # Root-owned top: systemd's StateDirectory= (or nsjail_prep) then hands the whole tree to
     # this run's user, even when the dynamic uid happens to equal the last run's.
     os.chown(proj["mnt"], 0, 0)
@@ -652,7 +653,7 @@ def main(argv: list[str]) -> int:
         if proj is None:
             return fail("invalid project id", 2)
         if not os.path.exists(proj["image"]):
-            print(json.dumps(wsync.empty_manifest()))
+            print(json.dumps({"version": wsync.VERSION, "entries": []}))
             return 0
         _ensure_project(proj, 0)
         return wsync.main(["manifest", proj["mnt"], "--cache", f"{proj['dir']}/manifest-cache.json"])

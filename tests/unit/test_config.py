@@ -100,7 +100,7 @@ def test_defaults_when_no_file_variable_or_flag(box: Sandbox) -> None:
     assert settings.vm.guest_network == "restricted"
     assert settings.vm.boot_timeout == 300.0
     assert settings.sandbox.mode == "systemd"
-    assert settings.sandbox.network == "none"
+    assert settings.sandbox.network == "api"
     assert settings.sandbox.memory_max == 4 * GiB
     assert settings.sandbox.cpus == 2.0
     assert settings.sandbox.tasks_max == 512
@@ -484,7 +484,7 @@ def test_project_file_may_narrow_the_network(box: Sandbox, user_dir: Path, netwo
 @pytest.mark.parametrize("network", ["allowlist", "open"])
 def test_project_file_may_not_widen_the_network(box: Sandbox, network: str) -> None:
     message = _refused(box, f'[sandbox]\nnetwork = "{network}"\n', "sandbox.network")
-    assert f'"{network}" would loosen isolation (the layers below say "none")' in message
+    assert f'"{network}" would loosen isolation (the layers below say "api")' in message
 
 
 def test_network_order_is_relative_to_the_user_config(box: Sandbox, user_dir: Path) -> None:

@@ -13,13 +13,15 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vmsbx.agent.relay import Budget, Credential, Relay
 from vmsbx.errors import TransportError
 from vmsbx.runs.record import run_dir
 from vmsbx.sandbox.layout import is_run_id
 from vmsbx.transport import Connection
+
+if TYPE_CHECKING:
+    from vmsbx.agent.relay import Relay
 
 log = logging.getLogger("vmsbx.agent")
 
@@ -36,6 +38,8 @@ class HostServices:
 
     def register_run(self, request: dict[str, Any]) -> dict[str, int]:
         """Admit a run to the relay; returns {"relay": guest port} for its bridge."""
+        from vmsbx.agent.relay import Budget, Credential, Relay  # only when a run needs it
+
         run_id = str(request["run_id"])
         if not is_run_id(run_id):
             raise ValueError(f"invalid run id {run_id!r}")

@@ -154,7 +154,6 @@ def _review(run_id: str, *, apply_changes: bool, ask: bool) -> None:
 def _relay_access(settings: Settings, budget: str | None, *, required: bool) -> RelayAccess | None:
     """The credential for the relay (from the user's config or environment, never the project
     file), or None when the run does not use the API."""
-    from vmsbx.agent.relay import Budget, resolve_credential
     from vmsbx.errors import UsageError
     from vmsbx.runs.lifecycle import RelayAccess
 
@@ -165,6 +164,8 @@ def _relay_access(settings: Settings, budget: str | None, *, required: bool) -> 
                 hint="use --network api (the default): only the API, through the host relay",
             )
         return None
+    from vmsbx.agent.relay import Budget, resolve_credential
+
     credential = resolve_credential(settings, dict(os.environ))
     if credential is None:
         if required:

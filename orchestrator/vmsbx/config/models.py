@@ -219,9 +219,10 @@ class SandboxSettings(_Section):
         default="systemd",
         description="How a run is confined: a hardened systemd transient unit, or nsjail.",
     )
-    # "none" until the API relay lands; the agent flow then makes "api" its default.
+    # "api": only the model API, through the host relay, which admits only this run's token.
+    # A plain command without a credential configured gets no relay at all (as with "none").
     network: NetworkMode = Field(
-        default="none",
+        default="api",
         description="What a run may reach: none, only the model API, the API plus allow_hosts, "
         "or the open network.",
     )

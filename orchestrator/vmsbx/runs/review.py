@@ -73,6 +73,9 @@ def summary_lines(
     if refused:
         lines.append(f"  refused (never applied): {len(refused)}")
         lines += [f"    {_safe(entry.path)}  ({_safe(entry.reason)})" for entry in refused]
+    git = sum(1 for entry in changeset.entries if entry.classification == "git")
+    if git:
+        lines.append(f"  .git/ changes: {git} (never written as files; new commits come back as a branch)")
     if bundle is not None:
         lines.append(f"  git commits: `vmsbx apply` fetches them as branch {gitbundle.branch_name(run_id)}")
     lines += [f"  problem: {_safe(problem)}" for problem in problems]

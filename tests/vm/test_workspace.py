@@ -1,0 +1,152 @@
+"""The workspace on the real guest: the mirror, the changes a run makes, and applying them.
+
+Plain commands stand in for the agent here (what writes the files does not matter to sync,
+review and apply); tests/vm/test_agent.py runs the real Claude Code through the same path.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from vmcli import Cli
+
+pytestmark = pytest.mark.vm
+
+
+def _project(cli: Cli, tmp_path: Path, *, git: bool = False) -> Cli:
+    project = tmp_path / "my project ü"
+    project.mkdir()
+    (project / "README.md").write_text("hello\n")
+    (project / "src").mkdir()
+    (project / "src" / "app.py").write_text("print('hi')\n")
+    (project / ".env").write_text("API_TOKEN=do-not-sync-me\n")
+    (project / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nnope\n")
+    if git:
+        subprocess.run(["git", "init", "-q", str(project)], check=True)
+        subprocess.run(["git", "-C", str(project), "add", "README.md", "src"], check=True)
+        subprocess.run(
+            ["git", "-C", str(project), "-c", "user.email=u@x", "-c", "user.name=u", "commit", "-qm", "init"],
+            check=True,
+        )
+    return Cli(env=cli.env, cwd=project)
+
+
+def _last_run(cli: Cli) -> dict[str, object]:
+    runs = cli.json("runs")
+    assert isinstance(runs, list) and runs
+    newest: dict[str, object] = max(runs, key=lambda run: str(run["started_at"]))
+    return newest
+
+
+def test_sync_apply_and_secrets(cli: Cli, default_vm: dict[str, object], tmp_path: Path) -> None:
+    project = _project(cli, tmp_path)
+    script = (
+        "test ! -e .env && test ! -e id_ed25519 && cat README.md src/app.py"
+        " && echo new > new.txt && echo more >> README.md && rm src/app.py && chmod 4755 README.md"
+    )
+    done = project.ok("run", "--", "sh", "-c", script)
+    assert b"hello" in done.stdout and b"print('hi')" in done.stdout
+    stderr = done.stderr.decode()
+    assert ".env" in stderr and "id_ed25519" in stderr  # the user is told what stayed behind
+    assert "+ new.txt" in stderr and "~ README.md" in stderr and "- src/app.py" in stderr
+    # Nothing reached the project yet.
+    assert not (project.cwd / "new.txt").exists() and (project.cwd / "src" / "app.py").exists()
+    run_id = str(_last_run(project)["id"])
+    diff = project.ok("diff", run_id).stdout.decode()
+    assert "+new" in diff and "+more" in diff
+    project.ok("apply", "-y", run_id)
+    assert (project.cwd / "new.txt").read_text() == "new\n"
+    assert (project.cwd / "README.md").read_text() == "hello\nmore\n"
+    assert not (project.cwd / "src" / "app.py").exists()
+    assert (project.cwd / "README.md").stat().st_mode & 0o6000 == 0  # setuid dropped
+    assert (project.cwd / ".env").read_text() == "API_TOKEN=do-not-sync-me\n"
+    # Applying twice is refused; nothing changes.
+    assert project.run("apply", "-y", run_id).returncode == 2
+
+
+def test_discarded_changes_are_gone_at_the_next_run(
+    cli: Cli, default_vm: dict[str, object], tmp_path: Path
+) -> None:
+    project = _project(cli, tmp_path)
+    project.ok("run", "--", "sh", "-c", "echo junk > junk.txt && echo edit >> README.md")
+    project.ok("discard", "-y", str(_last_run(project)["id"]))
+    again = project.ok("run", "--", "sh", "-c", "ls -a; cat README.md")
+    assert b"junk.txt" not in again.stdout
+    assert again.stdout.count(b"edit") == 0
+    assert "changed nothing" in again.stderr.decode()
+
+
+def test_conflict_keeps_the_host_file(cli: Cli, default_vm: dict[str, object], tmp_path: Path) -> None:
+    project = _project(cli, tmp_path)
+    run_id = (
+        project.ok(
+            "run", "--detach", "--", "sh", "-c", "sleep 2; echo agent >> README.md; echo ok > other.txt"
+        )
+        .stdout.decode()
+        .strip()
+    )
+    (project.cwd / "README.md").write_text("hello\nthe user's own edit\n")
+    project.ok("attach", run_id)
+    applied = project.run("apply", "-y", run_id)
+    assert applied.returncode == 1
+    out = applied.stdout.decode()
+    assert "conflict" in out and "README.md" in out
+    assert (project.cwd / "README.md").read_text() == "hello\nthe user's own edit\n"
+    assert (project.cwd / "other.txt").read_text() == "ok\n"
+
+
+def test_hostile_changes_are_refused_or_held_back(
+    cli: Cli, default_vm: dict[str, object], tmp_path: Path
+) -> None:
+    project = _project(cli, tmp_path, git=True)
+    (project.cwd / "vmsbx.toml").write_text('[sandbox]\nnetwork = "none"\n')
+    bashrc = tmp_path / "home" / ".bashrc"
+    bashrc.parent.mkdir()
+    bashrc.write_text("# the user's\n")
+    script = (
+        f"ln -s {bashrc} evil-link && mkdir -p .git/hooks"
+        " && printf '#!/bin/sh\\necho pwned\\n' > .git/hooks/pre-commit && chmod +x .git/hooks/pre-commit"
+        " && printf '[sandbox]\\nnetwork = \"open\"\\n' > vmsbx.toml"
+        " && mkdir -p .github/workflows && echo 'on: push' > .github/workflows/x.yml && echo fine > fine.txt"
+    )
+    project.ok("run", "--", "sh", "-c", script)
+    run_id = str(_last_run(project)["id"])
+    applied = project.ok("apply", "-y", run_id).stdout.decode()
+    assert "evil-link" in applied and "refused" in applied
+    assert not (project.cwd / "evil-link").exists() and not (project.cwd / "evil-link").is_symlink()
+    assert bashrc.read_text() == "# the user's\n"
+    assert not (project.cwd / ".git" / "hooks" / "pre-commit").exists()
+    assert (project.cwd / "vmsbx.toml").read_text() == '[sandbox]\nnetwork = "none"\n'  # held back
+    assert not (project.cwd / ".github" / "workflows" / "x.yml").exists()
+    assert (project.cwd / "fine.txt").read_text() == "fine\n"
+    assert "vmsbx.toml" in applied and "held back" in applied
+    # Only with explicit confirmation do the sensitive ones come (the git hook never does).
+    project.ok("apply", "-y", "--include-sensitive", run_id)
+    assert "open" in (project.cwd / "vmsbx.toml").read_text()
+    assert not (project.cwd / ".git" / "hooks" / "pre-commit").exists()
+
+
+def test_agent_commits_come_back_as_a_branch(cli: Cli, default_vm: dict[str, object], tmp_path: Path) -> None:
+    project = _project(cli, tmp_path, git=True)
+    script = (
+        "echo work > work.txt && git add work.txt"
+        " && git -c user.email=agent@vmsbx -c user.name=agent commit -qm 'agent: add work'"
+    )
+    project.ok("run", "--", "sh", "-c", script)
+    run_id = str(_last_run(project)["id"])
+    project.ok("apply", "-y", run_id)
+    log = subprocess.run(
+        ["git", "-C", str(project.cwd), "log", "--format=%s", f"vmsbx/{run_id}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert log.stdout.splitlines()[:2] == ["agent: add work", "init"]
+    head = subprocess.run(
+        ["git", "-C", str(project.cwd), "log", "--format=%s", "HEAD"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert head.stdout.splitlines() == ["init"]  # the user's branch is untouched
+    record = json.loads((cli.home / "runs" / run_id / "run.json").read_text())
+    assert record["changes"] == "applied"
