@@ -310,7 +310,7 @@ class EgressRules:
                 f"sandbox.allow_hosts in your user config (or pass the matching flags)",
             )
         hint = (
-            f"{host} is listed for ports 80 and 443 only; add \"{shown}\""
+            f'{host} is listed for ports 80 and 443 only; add "{shown}"'
             if any(e.matches_name(host, 443) or e.matches_name(host, 80) for e in self.entries)
             and port not in WEB_PORTS
             else f'add "{shown if port not in WEB_PORTS else host}"'
