@@ -151,6 +151,8 @@ Size = Annotated[int, BeforeValidator(parse_size), ValueKind.SIZE]
 Duration = Annotated[float, BeforeValidator(parse_duration), ValueKind.DURATION]
 Count = Annotated[int, BeforeValidator(_refuse_bool)]
 Number = Annotated[float, BeforeValidator(_refuse_bool)]
+
+
 def _allow_entry(entry: str) -> str:
     # Imported here: the egress rules import NetworkMode from this module.
     from vmsbx.agent.egress.rules import normalise_entry
@@ -248,7 +250,7 @@ class SandboxSettings(_Section):
         "wildcards (subdomains only), either with :port (else ports 80 and 443), IP addresses listed "
         "as such, and the named sets npm, pypi and github.",
         json_schema_extra={
-            "allowed": 'a list of host names, wildcards, host:port, IP addresses or the named sets npm, '
+            "allowed": "a list of host names, wildcards, host:port, IP addresses or the named sets npm, "
             'pypi, github, such as ["github.com", "*.githubusercontent.com:443", "pypi"]'
         },
     )
