@@ -563,3 +563,26 @@ def test_close_cuts_open_tunnels_and_each_is_recorded_with_its_bytes(
     client.close()
     peer.close()
     echo.close()
+
+
+def test_a_run_proxy_from_settings_writes_network_jsonl(tmp_path: Path, server: LoopServer) -> None:
+    from vmsbx.agent.egress.netlog import summarise
+    from vmsbx.agent.egress.run_proxy import start_run_proxy
+    from vmsbx.config import SandboxSettings
+
+    assert start_run_proxy(RUN, SandboxSettings(network="none"), tmp_path) is None
+    settings = SandboxSettings(
+        network="allowlist", allow_hosts=(f"Allowed.Test:{server.port}", f"127.0.0.1:{server.port}")
+    )
+    resolver = MapResolver({"allowed.test": ["127.0.0.1"]})
+    proxy = start_run_proxy(RUN, settings, tmp_path / "run", resolver=resolver)
+    assert proxy is not None
+    try:
+        port = proxy.address[1]
+        assert b"GOOD" in _exchange(port, f"GET http://allowed.test:{server.port}/ HTTP/1.1\r\n\r\n".encode())
+        assert _exchange(port, b"CONNECT evil.example:443 HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 403")
+    finally:
+        proxy.close()
+    lines = (tmp_path / "run" / "network.jsonl").read_text().splitlines()
+    rows = {s.destination: (s.allowed, s.denied) for s in summarise(lines)}
+    assert rows == {f"allowed.test:{server.port}": (1, 0), "evil.example:443": (0, 1)}
