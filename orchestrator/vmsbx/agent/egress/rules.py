@@ -259,6 +259,8 @@ class EgressRules:
 
         Under "api" and "none" the list is ignored: those policies reach no other destination.
         """
+        if network not in ("none", "api", "allowlist", "open"):
+            raise ValueError(f"unknown network policy {network!r}: none, api, allowlist or open")
         if network in ("api", "none"):
             return cls(network)
         entries = tuple(entry for text in allow_hosts for entry in parse_entry(text))
