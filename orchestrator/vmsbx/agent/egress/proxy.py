@@ -19,7 +19,7 @@ import datetime as dt
 import ipaddress
 import logging
 import re
-import select
+import selectors
 import socket
 import threading
 import time
@@ -437,28 +437,33 @@ class EgressProxy:
 
     def _splice(self, client: socket.socket, upstream: socket.socket, request: _Request) -> None:
         """Copy both ways until both sides are done; half-closes are passed on (socat, git)."""
-        open_ends = {client: upstream, upstream: client}
-        for sock in open_ends:
-            # Bounds sendall too: a peer that stops reading cannot hold the thread forever.
-            sock.settimeout(self.limits.idle_seconds)
-        while open_ends:
-            readable, _, _ = select.select(list(open_ends), [], [], self.limits.idle_seconds)
-            if not readable:
-                request.reason += " (closed: idle)"
-                return
-            for source in readable:
-                data = source.recv(_CHUNK)
-                target = open_ends[source]
-                if not data:
-                    del open_ends[source]
-                    with contextlib.suppress(OSError):
-                        target.shutdown(socket.SHUT_WR)
-                    continue
-                target.sendall(data)
-                if source is client:
-                    request.bytes_up += len(data)
-                else:
-                    request.bytes_down += len(data)
+        peer = {client: upstream, upstream: client}
+        # A selector, not select(): the agent may hold more than 1024 descriptors.
+        with selectors.DefaultSelector() as selector:
+            for sock in peer:
+                # Bounds sendall too: a peer that stops reading cannot hold the thread forever.
+                sock.settimeout(self.limits.idle_seconds)
+                selector.register(sock, selectors.EVENT_READ)
+            while selector.get_map():
+                events = selector.select(self.limits.idle_seconds)
+                if not events:
+                    request.reason += " (closed: idle)"
+                    return
+                for key, _mask in events:
+                    source = key.fileobj
+                    assert isinstance(source, socket.socket)
+                    data = source.recv(_CHUNK)
+                    target = peer[source]
+                    if not data:
+                        selector.unregister(source)
+                        with contextlib.suppress(OSError):
+                            target.shutdown(socket.SHUT_WR)
+                        continue
+                    target.sendall(data)
+                    if source is client:
+                        request.bytes_up += len(data)
+                    else:
+                        request.bytes_down += len(data)
 
 
 class _HeadReader:
