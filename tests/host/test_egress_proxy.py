@@ -12,6 +12,7 @@ import datetime as dt
 import http.client
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -487,3 +488,44 @@ def test_a_run_proxy_from_settings_writes_network_jsonl(tmp_path: Path, server: 
     lines = (tmp_path / "run" / "network.jsonl").read_text().splitlines()
     rows = {s.destination: (s.allowed, s.denied) for s in summarise(lines)}
     assert rows == {f"allowed.test:{server.port}": (1, 0), "evil.example:443": (0, 1)}
+
+
+def test_open_allows_any_name_but_still_not_the_hosts_own_addresses(
+    make_proxy: Callable[..., Harness], server: LoopServer
+) -> None:
+    h = make_proxy([], {"anything.test": ["127.0.0.1"], "meta.test": ["169.254.169.254"]}, policy="open")
+    for name in ("anything.test", "meta.test"):
+        answer = _exchange(h.port, f"GET http://{name}:{server.port}/ HTTP/1.1\r\n\r\n".encode())
+        assert answer.startswith(b"HTTP/1.1 403"), answer
+        assert b"by IP" in answer
+    assert _exchange(h.port, f"CONNECT 127.0.0.1:{server.port} HTTP/1.1\r\n\r\n".encode()).startswith(
+        b"HTTP/1.1 403"
+    )
+    listed = make_proxy([f"127.0.0.1:{server.port}"], {"anything.test": ["127.0.0.1"]}, policy="open")
+    answer = _exchange(listed.port, f"GET http://anything.test:{server.port}/ HTTP/1.1\r\n\r\n".encode())
+    assert b"GOOD" in answer
+    assert [r["rule"] for r in _wait_records(h, 3)] == ["address-forbidden"] * 3
+    assert server.heads[-1].startswith(b"GET / HTTP/1.1")
+    assert len(server.heads) == 1
+
+
+def test_many_clients_at_once_each_get_their_own_answer(
+    make_proxy: Callable[..., Harness], server: LoopServer
+) -> None:
+    h = make_proxy(
+        [f"allowed.test:{server.port}", f"127.0.0.1:{server.port}"], {"allowed.test": ["127.0.0.1"]}
+    )
+    answers: dict[int, bytes] = {}
+
+    def fetch(index: int) -> None:
+        request = f"GET http://allowed.test:{server.port}/n{index} HTTP/1.1\r\n\r\n".encode()
+        answers[index] = _exchange(h.port, request)
+
+    threads = [threading.Thread(target=fetch, args=(i,)) for i in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert all(f"GET /n{i} HTTP/1.1".encode() in answers[i] for i in range(40))
+    records = _wait_records(h, 40)
+    assert sum(r["decision"] == "allow" for r in records) == 40
