@@ -38,12 +38,19 @@ def _pretty(line: bytes) -> str:
 @click.argument("run_id", required=False)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run ends.")
 @click.option("--since", default=None, metavar="ISO-TIME", help="Only entries at or after this UTC time.")
+@click.option("--network", is_flag=True, help="Summarise the run's egress decisions per destination instead.")
 @json_option
-def command(run_id: str | None, follow: bool, since: str | None, as_json: bool) -> None:
+def command(run_id: str | None, follow: bool, since: str | None, network: bool, as_json: bool) -> None:
     """Show a run's journal: pretty lines, or the raw entries with --json (as journalctl gives them).
 
     Pulls resume from the last cursor, so nothing is lost or shown twice across reconnects.
+    With --network: per destination, how many requests the egress proxy allowed and denied.
     """
+    if network:
+        from vmsbx.cli import network_log
+
+        network_log.show(run_id, as_json)
+        return
     from vmsbx.runs import lifecycle
     from vmsbx.runs import record as records
 

@@ -140,10 +140,6 @@ def _refuse_bool(value: object) -> object:
     return value
 
 
-def _lowercase(host: str) -> str:
-    return host.lower()
-
-
 def _absolute_host_path(path: str) -> str:
     # Relative paths would resolve against whatever folder vmsbx happens to be started from.
     if not (path.startswith(("/", "~")) or re.match(r"[A-Za-z]:[\\/]", path)):
@@ -155,11 +151,16 @@ Size = Annotated[int, BeforeValidator(parse_size), ValueKind.SIZE]
 Duration = Annotated[float, BeforeValidator(parse_duration), ValueKind.DURATION]
 Count = Annotated[int, BeforeValidator(_refuse_bool)]
 Number = Annotated[float, BeforeValidator(_refuse_bool)]
-HostName = Annotated[
-    str,
-    Field(pattern=r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"),
-    AfterValidator(_lowercase),
-]
+
+
+def _allow_entry(entry: str) -> str:
+    # Imported here: the egress rules import NetworkMode from this module.
+    from vmsbx.agent.egress.rules import normalise_entry
+
+    return normalise_entry(entry)
+
+
+HostName = Annotated[str, AfterValidator(_allow_entry)]
 HostPath = Annotated[str, Field(min_length=1), AfterValidator(_absolute_host_path)]
 
 ProviderName = Literal["auto", "qemu", "lima", "multipass", "wsl2", "ssh"]
@@ -246,8 +247,13 @@ class SandboxSettings(_Section):
     )
     allow_hosts: tuple[HostName, ...] = Field(
         default=(),
-        description="Hosts a run may reach when network is allowlist (lowercased; *.x allowed).",
-        json_schema_extra={"allowed": 'a list of host names such as ["github.com", "*.pypi.org"]'},
+        description="Destinations a run may reach when network is allowlist: host names, *.domain "
+        "wildcards (subdomains only), either with :port (else ports 80 and 443), IP addresses listed "
+        "as such, and the named sets npm, pypi and github.",
+        json_schema_extra={
+            "allowed": "a list of host names, wildcards, host:port, IP addresses or the named sets npm, "
+            'pypi, github, such as ["github.com", "*.githubusercontent.com:443", "pypi"]'
+        },
     )
     score_threshold: Number = Field(
         default=1.0,
