@@ -18,9 +18,12 @@ from typing import TYPE_CHECKING, Any
 from vmsbx.errors import TransportError
 from vmsbx.runs.record import run_dir
 from vmsbx.sandbox.layout import is_run_id
+from vmsbx.config.models import SandboxSettings
 from vmsbx.transport import Connection
+from vmsbx.transport.ssh import RemoteForward
 
 if TYPE_CHECKING:
+    from vmsbx.agent.egress.proxy import EgressProxy
     from vmsbx.agent.relay import Relay
 
 log = logging.getLogger("vmsbx.agent")
@@ -33,51 +36,77 @@ class HostServices:
         self._lock = threading.RLock()
         self._relays: dict[tuple[str, str | None], Relay] = {}
         self._run_relay: dict[str, Relay] = {}
-        # name -> (host port, guest port, the connection the forward lives on)
-        self._forwards: dict[str, tuple[int, int, Connection]] = {}
+        self._run_proxy: dict[str, EgressProxy] = {}
+        # name -> (host port, guest port, the forward, the connection it lives on)
+        self._forwards: dict[str, tuple[int, int, RemoteForward, Connection]] = {}
 
     def register_run(self, request: dict[str, Any]) -> dict[str, int]:
-        """Admit a run to the relay; returns {"relay": guest port} for its bridge."""
-        from vmsbx.agent.relay import Budget, Credential, Relay  # only when a run needs it
-
+        """Admit a run to its host services: the API relay (if it has a credential) and its
+        own egress proxy (unless its policy is none). Returns each service's guest port."""
         run_id = str(request["run_id"])
         if not is_run_id(run_id):
             raise ValueError(f"invalid run id {run_id!r}")
-        upstream = str(request["upstream"])
-        ca_file = request.get("ca_file")
-        credential = Credential.from_wire(request["credential"])
-        budget = Budget.from_wire(request.get("budget"))
+        ports: dict[str, int] = {}
         with self._lock:
-            key = (upstream, str(ca_file) if ca_file else None)
-            relay = self._relays.get(key)
-            if relay is None:
-                relay = Relay(upstream, ca_file=Path(ca_file) if ca_file else None, on_event=_record_event)
-                relay.start()
-                self._relays[key] = relay
-            relay.register_run(run_id, str(request["token"]), credential, budget)
-            self._run_relay[run_id] = relay
-            name = f"relay:{key[0]}:{key[1]}"
-            guest_port = self._forward(name, relay.address[1])
-        log.info("run %s admitted to the API relay (guest port %d)", run_id, guest_port)
-        return {"relay": guest_port}
+            relay_request = request.get("relay")
+            if relay_request:
+                relay = self._relay_for(relay_request)
+                relay.register_run(
+                    run_id,
+                    str(relay_request["token"]),
+                    Credential.from_wire(relay_request["credential"]),
+                    Budget.from_wire(relay_request.get("budget")),
+                )
+                self._run_relay[run_id] = relay
+                ports["relay"] = self._forward(f"relay:{relay.address[1]}", relay.address[1])
+            egress = request.get("egress")
+            if egress:
+                policy = SandboxSettings(network=egress["network"], allow_hosts=tuple(egress["allow_hosts"]))
+                proxy = start_run_proxy(run_id, policy, run_dir(run_id))
+                if proxy is not None:
+                    self._run_proxy[run_id] = proxy
+                    ports["proxy"] = self._forward(f"egress:{run_id}", proxy.address[1])
+        log.info("run %s admitted to %s", run_id, ", ".join(sorted(ports)) or "no service")
+        return ports
+
+    def _relay_for(self, request: dict[str, Any]) -> Relay:
+        upstream, ca_file = str(request["upstream"]), request.get("ca_file")
+        key = (upstream, str(ca_file) if ca_file else None)
+        relay = self._relays.get(key)
+        if relay is None:
+            from vmsbx.agent.relay import Relay
+
+            relay = Relay(upstream, ca_file=Path(ca_file) if ca_file else None, on_event=_record_event)
+            relay.start()
+            self._relays[key] = relay
+        return relay
 
     def unregister_run(self, run_id: str) -> None:
         with self._lock:
             relay = self._run_relay.pop(run_id, None)
+            proxy = self._run_proxy.pop(run_id, None)
+            forward = self._forwards.pop(f"egress:{run_id}", None)
         if relay is not None:
             relay.unregister_run(run_id)
-            log.info("run %s left the API relay", run_id)
+        if forward is not None:
+            forward[2].close()
+        if proxy is not None:
+            proxy.close()
+        log.info("run %s left its host services", run_id)
 
     def usage(self, run_id: str) -> dict[str, Any] | None:
         relay = self._run_relay.get(run_id)
-        return relay.usage(run_id).model_dump() if relay is not None else None
+        return relay.usage(run_id).to_wire() if relay is not None else None
 
     @property
     def active(self) -> bool:
-        return bool(self._run_relay)
+        return bool(self._run_relay or self._run_proxy)
 
     def close(self) -> None:
         with self._lock:
+            for proxy in self._run_proxy.values():
+                proxy.close()
+            self._run_proxy.clear()
             for relay in self._relays.values():
                 relay.stop()
             self._relays.clear()
@@ -85,7 +114,7 @@ class HostServices:
     def reforward(self, conn: Connection) -> None:
         """After a reconnect: the same guest ports again, so live runs' bridges keep working."""
         with self._lock:
-            for name, (host_port, _guest_port, _old) in list(self._forwards.items()):
+            for name, (host_port, *_rest) in list(self._forwards.items()):
                 try:
                     self._forward(name, host_port, conn)
                 except TransportError as exc:
@@ -96,7 +125,7 @@ class HostServices:
         connection asks for the same guest port again, so bridges of live runs keep working."""
         conn = conn or self._connection()
         known = self._forwards.get(name)
-        if known is not None and known[2] is conn and known[0] == host_port:
+        if known is not None and known[3] is conn and known[0] == host_port:
             return known[1]
         wanted = known[1] if known is not None else 0
         try:
@@ -106,7 +135,7 @@ class HostServices:
                 raise
             log.warning("guest port %d for %s is taken; live runs lose that service", wanted, name)
             forward = conn.forward_remote("127.0.0.1", 0, "127.0.0.1", host_port)
-        self._forwards[name] = (host_port, forward.remote_port, conn)
+        self._forwards[name] = (host_port, forward.remote_port, forward, conn)
         return forward.remote_port
 
 

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 @click.option(
     "--network", type=click.Choice(["none", "api", "allowlist", "open"]), default=None, help="Network policy."
 )
+@click.option(
+    "--allow", "allow", multiple=True, metavar="HOST", help="Allowlist entry (github.com, *.npmjs.org:443, npm)."
+)
 @click.option("--score-threshold", type=float, default=None, help="Refuse policies scoring above this.")
 @click.option("--env", "-e", "env", multiple=True, metavar="NAME=VALUE", help="Environment for the command.")
 @click.option("--tty", "-t", is_flag=True, help="Give the command a terminal (interactive programs).")
@@ -52,6 +55,7 @@ def command(
     workspace_size: str | None,
     tmp_size: str | None,
     network: str | None,
+    allow: tuple[str, ...],
     score_threshold: float | None,
     env: tuple[str, ...],
     tty: bool,
@@ -77,6 +81,7 @@ def command(
         "vm.name": name, "sandbox.mode": mode, "sandbox.memory_max": memory, "sandbox.cpus": cpus,
         "sandbox.tasks_max": tasks, "sandbox.timeout": timeout, "sandbox.workspace_size": workspace_size,
         "sandbox.tmp_size": tmp_size, "sandbox.network": network, "sandbox.score_threshold": score_threshold,
+        "sandbox.allow_hosts": allow or None,
     })  # fmt: skip
     environment: dict[str, str] = {}
     for item in env:

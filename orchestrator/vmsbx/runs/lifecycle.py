@@ -20,6 +20,7 @@ from vmsbx.config.models import Settings
 from vmsbx.errors import AgentError, TransportError, UsageError, VmsbxError
 from vmsbx.guest import provision_nsjail
 from vmsbx.paths import vm_dir
+from vmsbx.agent.egress.sandbox_env import env_for_sandbox
 from vmsbx.runs import agentrun, gitbundle, review, workspace
 from vmsbx.runs import record as records
 from vmsbx.runs.guestctl import GuestControl, LaunchFailed
@@ -115,16 +116,17 @@ class RelayAccess:
     agent's private socket, never into the guest."""
 
     credential: dict[str, str]
+    kind: str
     budget: dict[str, object] | None = None
 
 
 def check_policy(settings: Settings) -> None:
     """Refuse what this version cannot enforce: fail closed, never run with less isolation."""
     policy = settings.sandbox
-    if policy.network not in ("none", "api"):
+    if policy.network == "allowlist" and not policy.allow_hosts:
         raise UsageError(
-            f"network policy {policy.network!r} needs the egress relay, which this version does not have",
-            hint="use --network api (only the model API, through the host relay) or --network none",
+            "network policy 'allowlist' with an empty sandbox.allow_hosts",
+            hint="list destinations, e.g. --allow github.com --allow '*.npmjs.org', or use --network api",
         )
 
 
@@ -188,15 +190,17 @@ def start(
         request["project"] = sync.key
         run_env = dict(env)
         spec_extra: dict[str, object] = {}
-        if relay is not None and settings.sandbox.network == "api":
-            token = agentrun.new_token()
-            ports = _admit(guest, settings, layout.run_id, token, relay)
-            request["bridges"] = {"relay": ports["relay"]}
-            spec_extra["bridges"] = {"relay": BRIDGES["relay"]}
-            run_env.update(agentrun.agent_env(token))
-            record.relay = True
+        token = agentrun.new_token()
+        ports = _admit(guest, settings, layout.run_id, token, relay)
+        record.relay, record.egress = "relay" in ports, "proxy" in ports
+        request["bridges"] = ports
+        spec_extra["bridges"] = {name: BRIDGES[name] for name in ports}
+        if record.relay and relay is not None:
+            run_env.update(agentrun.agent_env(token, relay.kind))
             if home_files is not None:
                 spec_extra["home_files"] = home_files(token)
+        if record.egress:
+            run_env.update(env_for_sandbox(settings.sandbox.network, BRIDGES["proxy"]))
         request["spec"] = {
             **spec_extra,
             "argv": command,
@@ -228,6 +232,10 @@ def start(
         record.invocation_id = launched["invocation_id"]
         record.state = "running"
         record.changes = "pending"
+        if settings.sandbox.network == "open":
+            warning = "network policy 'open': the run may reach any public address (through the proxy)"
+            record.warnings.append(warning)
+            print(f"vmsbx: warning: {warning}", file=sys.stderr)
         records.save(record)
         _say_excluded(sync)
         return record, guest
@@ -262,22 +270,28 @@ def _finish_earlier_runs(guest: GuestControl, vm: str, project: Path) -> None:
 
 
 def _admit(
-    guest: GuestControl, settings: Settings, run_id: str, token: str, relay: RelayAccess
+    guest: GuestControl, settings: Settings, run_id: str, token: str, relay: RelayAccess | None
 ) -> dict[str, int]:
-    """Admit the run's token to the host agent's relay; the guest port its bridge uses."""
-    agent = settings.agent
-    reply = guest.client.call({
-        "op": "run_register", "run_id": run_id, "token": token, "credential": relay.credential,
-        "budget": relay.budget, "upstream": agent.api_upstream,
-        "ca_file": str(agent.api_ca_file) if agent.api_ca_file else None,
-    })  # fmt: skip
-    ports: dict[str, int] = reply["ports"]
+    """Admit the run to the host agent's services: the relay (its token, if it has a
+    credential) and its egress proxy (unless the policy is none). Their guest ports."""
+    policy, agent = settings.sandbox, settings.agent
+    request: dict[str, object] = {"op": "run_register", "run_id": run_id}
+    if relay is not None and policy.network != "none":
+        request["relay"] = {
+            "token": token, "credential": relay.credential, "budget": relay.budget,
+            "upstream": agent.api_upstream, "ca_file": str(agent.api_ca_file) if agent.api_ca_file else None,
+        }  # fmt: skip
+    if policy.network != "none":
+        request["egress"] = {"network": policy.network, "allow_hosts": list(policy.allow_hosts)}
+    if len(request) == 2:
+        return {}
+    ports: dict[str, int] = guest.client.call(request)["ports"]
     return ports
 
 
 def _leave_relay(guest: GuestControl, record: RunRecord) -> None:
-    """The run's token stops working (the run ended, or never started)."""
-    if record.relay:
+    """The run's token stops working and its proxy closes (the run ended, or never started)."""
+    if record.relay or record.egress:
         with contextlib.suppress(VmsbxError, OSError):
             guest.client.call({"op": "run_unregister", "run_id": record.id})
 

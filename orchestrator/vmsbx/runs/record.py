@@ -59,6 +59,8 @@ class RunRecord(BaseModel):
         default="none", description="Where the agent's changes are: in the guest, in runs/<id>/changes, …"
     )
     relay: bool = Field(default=False, description="Whether the run could reach the model API via the relay.")
+    egress: bool = Field(default=False, description="Whether the run had an egress proxy (policy not none).")
+    warnings: list[str] = Field(default_factory=list, description="What the user was warned about.")
     api: dict[str, object] | None = Field(
         default=None, description="The relay's account of the run's API use."
     )
