@@ -123,7 +123,9 @@ class FakeAnthropic:
         self._state.release.set()
 
     def start(self) -> FakeAnthropic:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-anthropic", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.1,), name="fake-anthropic", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -116,7 +116,7 @@ class Relay:
         if self._server is None:
             self._server = _RelayServer(("127.0.0.1", 0), self)
             self._thread = threading.Thread(
-                target=self._server.serve_forever, name="vmsbx-relay", daemon=True
+                target=self._server.serve_forever, args=(0.1,), name="vmsbx-relay", daemon=True
             )
             self._thread.start()
             log.info("API relay on %s:%d -> %s", *self.address, self.upstream.host_header)
@@ -309,7 +309,8 @@ class _RelayHandler(BaseHTTPRequestHandler):
         run_id, run = found
 
         def refused(reason: str, message: str, *, close: bool = False) -> None:
-            status = self._refuse(reason, message, close=close)
+            # Recorded before the answer goes out, so a client that sees it finds it recorded.
+            status = REFUSALS[reason][0]
             log.info("run %s: refused %s %r (%s)", run_id, self.command, shown_path, reason)
             relay._emit(
                 run_id,
@@ -321,6 +322,7 @@ class _RelayHandler(BaseHTTPRequestHandler):
                     "status": status,
                 },
             )
+            self._refuse(reason, message, close=close)
 
         if not route_allowed(self.command, path, query):
             refused(
@@ -402,37 +404,45 @@ class _RelayHandler(BaseHTTPRequestHandler):
                 self._refuse("upstream", message, extra=(NO_RETRY,))
                 relay._emit(run_id, {**event, "status": 502, "error": f"upstream redirect {response.status}"})
                 return
-            used = self._stream_back(response, path, body)
+            status = response.status
+
+            def settle(used: Usage) -> None:
+                total, exhausted = relay._account(run_id, used)
+                log.info(
+                    "run %s: %s %s -> %d (%d in, %d out tokens; run total %d)",
+                    run_id,
+                    self.command,
+                    path,
+                    status,
+                    used.input_tokens + used.cache_creation_input_tokens + used.cache_read_input_tokens,
+                    used.output_tokens,
+                    total.total_tokens,
+                )
+                relay._emit(
+                    run_id,
+                    {
+                        **event,
+                        "status": status,
+                        "duration_ms": round((time.monotonic() - started) * 1000),
+                        **{key: value for key, value in used.as_dict().items() if key != "requests"},
+                        "run_total_tokens": total.total_tokens,
+                        "run_cost_usd": round(total.cost_usd, 6),
+                    },
+                )
+                if exhausted is not None:
+                    log.warning("run %s: budget exhausted (%s)", run_id, exhausted["budget"])
+                    relay._emit(run_id, exhausted)
+
+            self._stream_back(response, path, body, settle)
         finally:
             connection.close()
-        total, exhausted = relay._account(run_id, used)
-        log.info(
-            "run %s: %s %s -> %d (%d in, %d out tokens; run total %d)",
-            run_id,
-            self.command,
-            path,
-            response.status,
-            used.input_tokens + used.cache_creation_input_tokens + used.cache_read_input_tokens,
-            used.output_tokens,
-            total.total_tokens,
-        )
-        relay._emit(
-            run_id,
-            {
-                **event,
-                "status": response.status,
-                "duration_ms": round((time.monotonic() - started) * 1000),
-                **{key: value for key, value in used.as_dict().items() if key != "requests"},
-                "run_total_tokens": total.total_tokens,
-                "run_cost_usd": round(total.cost_usd, 6),
-            },
-        )
-        if exhausted is not None:
-            log.warning("run %s: budget exhausted (%s)", run_id, exhausted["budget"])
-            relay._emit(run_id, exhausted)
 
-    def _stream_back(self, response: http.client.HTTPResponse, path: str, body: bytes) -> Usage:
-        """Pass the response on chunk by chunk, metering usage; returns the response's usage."""
+    def _stream_back(
+        self, response: http.client.HTTPResponse, path: str, body: bytes, settle: Callable[[Usage], None]
+    ) -> None:
+        """Pass the response on chunk by chunk, metering usage, and `settle` the usage exactly once:
+        before the last chunk goes out, so that when a client sees the end of a response its usage
+        is counted and its events are out (its next request meets the updated budget)."""
         meter = UsageMeter(response.getheader("content-type") or "", _request_model(body))
         metered = (
             path in METERED_PATHS and (response.getheader("content-encoding") or "identity") == "identity"
@@ -442,6 +452,7 @@ class _RelayHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        settled = False
         try:
             while True:
                 chunk = response.read1(_CHUNK)
@@ -451,14 +462,16 @@ class _RelayHandler(BaseHTTPRequestHandler):
                     meter.feed(chunk)
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 self.wfile.flush()
+            settle(meter.finish() if metered else Usage(requests=1))
+            settled = True
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except (OSError, http.client.HTTPException):
             # Either side hung up mid-stream; what was metered so far still counts.
             self.close_connection = True
-        if not metered:
-            return Usage(requests=1)
-        return meter.finish()
+        finally:
+            if not settled:
+                settle(meter.finish() if metered else Usage(requests=1))
 
     def _refuse(
         self, reason: str, message: str, *, close: bool = False, extra: tuple[tuple[str, str], ...] = ()
