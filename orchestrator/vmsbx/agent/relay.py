@@ -374,8 +374,8 @@ class _RelayHandler(BaseHTTPRequestHandler):
                     connection.putheader(name, value)
             except ValueError:
                 # http.client refuses header values with line breaks; its message would quote one.
-                self._refuse("bad_request", "vmsbx relay: a request header is malformed", close=True)
                 relay._emit(run_id, {**event, "status": 400, "error": "malformed header"})
+                self._refuse("bad_request", "vmsbx relay: a request header is malformed", close=True)
                 return
             try:
                 connection.endheaders(body)
@@ -386,14 +386,14 @@ class _RelayHandler(BaseHTTPRequestHandler):
                     f"({error.verify_message})"
                 )
                 log.error("run %s: %s", run_id, message)
-                self._refuse("upstream", message, extra=(NO_RETRY,))
                 relay._emit(run_id, {**event, "status": 502, "error": "upstream TLS verification failed"})
+                self._refuse("upstream", message, extra=(NO_RETRY,))
                 return
             except (OSError, http.client.HTTPException) as error:
                 message = f"vmsbx relay: cannot reach the upstream API ({type(error).__name__})"
                 log.error("run %s: %s", run_id, message)
-                self._refuse("upstream", message)
                 relay._emit(run_id, {**event, "status": 502, "error": type(error).__name__})
+                self._refuse("upstream", message)
                 return
             if 300 <= response.status < 400:
                 message = (
@@ -401,8 +401,8 @@ class _RelayHandler(BaseHTTPRequestHandler):
                     "vmsbx does not follow it"
                 )
                 log.error("run %s: %s", run_id, message)
-                self._refuse("upstream", message, extra=(NO_RETRY,))
                 relay._emit(run_id, {**event, "status": 502, "error": f"upstream redirect {response.status}"})
+                self._refuse("upstream", message, extra=(NO_RETRY,))
                 return
             status = response.status
 
