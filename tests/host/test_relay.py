@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -375,3 +376,36 @@ def test_bad_ca_file_is_a_config_error(tmp_path: Path) -> None:
     bogus.write_text("not a certificate")
     with pytest.raises(ConfigError, match="api_ca_file"):
         Relay("https://127.0.0.1:9", ca_file=bogus)
+
+
+def test_runs_are_accounted_apart(setup: Setup) -> None:
+    first = _token(setup.relay, "run-a")
+    second = _token(setup.relay, "run-b", credential=Credential("api_key", FAKE_KEY + "-b", source="test"))
+    for token in (first, second):
+        response = setup.send("POST", "/v1/messages", {"x-api-key": token}, {"tools": TOOLS})
+        assert response.status == 200
+        response.read()
+    assert setup.relay.usage("run-a").total_tokens == 150
+    assert setup.relay.usage("run-b").total_tokens == 1230
+    assert [r.headers["x-api-key"] for r in setup.fake.requests] == [FAKE_KEY, FAKE_KEY + "-b"]
+    assert {run_id for run_id, _ in setup.events.seen} == {"run-a", "run-b"}
+    with pytest.raises(ValueError, match="already holds"):
+        setup.relay.register_run("run-c", first, Credential("api_key", FAKE_KEY, source="test"))
+    with pytest.raises(ValueError, match="32"):
+        setup.relay.register_run("run-d", "short", Credential("api_key", FAKE_KEY, source="test"))
+
+
+def test_stop_cuts_streams_in_flight(ca: ThrowawayCA) -> None:
+    for setup in _setup([{"text": "held", "hold": True}], ca):
+        token = _token(setup.relay)
+        response = setup.send("POST", "/v1/messages", {"x-api-key": token}, {"tools": TOOLS, "stream": True})
+        assert response.status == 200
+        assert next(parse_events(_body_chunks(response))).event == "message_start"
+        started = time.monotonic()
+        setup.relay.stop()
+        with pytest.raises((http.client.IncompleteRead, OSError)):
+            while response.read1(4096):
+                pass
+        assert time.monotonic() - started < 5
+        with pytest.raises(OSError):
+            setup.send("POST", "/v1/messages", {"x-api-key": token}, {"tools": TOOLS})

@@ -29,7 +29,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -231,8 +231,21 @@ class _RelayServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], relay: Relay) -> None:
         self.relay = relay
         self._open: set[socket.socket] = set()
+        self._upstreams: set[http.client.HTTPConnection] = set()
         self._open_lock = threading.Lock()
         super().__init__(address, _RelayHandler)
+
+    @contextlib.contextmanager
+    def upstream_connection(self, connection: http.client.HTTPConnection) -> Iterator[None]:
+        """Track an upstream connection so that close_all() cuts it too; close it at the end."""
+        with self._open_lock:
+            self._upstreams.add(connection)
+        try:
+            yield
+        finally:
+            with self._open_lock:
+                self._upstreams.discard(connection)
+            connection.close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._open_lock:
@@ -246,7 +259,7 @@ class _RelayServer(ThreadingHTTPServer):
 
     def close_all(self) -> None:
         with self._open_lock:
-            sockets = list(self._open)
+            sockets = [*self._open, *(c.sock for c in self._upstreams if c.sock is not None)]
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -366,7 +379,7 @@ class _RelayHandler(BaseHTTPRequestHandler):
         else:
             connection = http.client.HTTPConnection(upstream.host, upstream.port, timeout=relay.timeout)
         event: dict[str, Any] = {"event": "api_request", "method": self.command, "path": path}
-        try:
+        with self.server.upstream_connection(connection):
             try:
                 headers = upstream_headers(self.headers.items(), credential, upstream, len(body))
                 connection.putrequest(self.command, target, skip_host=True, skip_accept_encoding=True)
@@ -434,8 +447,6 @@ class _RelayHandler(BaseHTTPRequestHandler):
                     relay._emit(run_id, exhausted)
 
             self._stream_back(response, path, body, settle)
-        finally:
-            connection.close()
 
     def _stream_back(
         self, response: http.client.HTTPResponse, path: str, body: bytes, settle: Callable[[Usage], None]
