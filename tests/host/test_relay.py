@@ -362,6 +362,13 @@ def test_oversized_or_chunked_bodies_are_refused(setup: Setup) -> None:
         "POST", "/v1/messages", iter([b"{}"]), {"x-api-key": token, "transfer-encoding": "chunked"}
     )
     assert connection.getresponse().status == 400
+    connection = http.client.HTTPConnection("127.0.0.1", setup.port, timeout=20)
+    connection.putrequest("POST", "/v1/messages")
+    connection.putheader("x-api-key", token)
+    connection.putheader("content-length", "2")
+    connection.putheader("content-length", "40")
+    connection.endheaders(b"{}")
+    assert connection.getresponse().status == 400
     assert setup.fake.requests == []
 
 

@@ -344,8 +344,12 @@ class _RelayHandler(BaseHTTPRequestHandler):
                 close=True,
             )
             return
-        if "transfer-encoding" in self.headers:
-            refused("bad_request", "vmsbx relay: chunked request bodies are not accepted", close=True)
+        if "transfer-encoding" in self.headers or len(self.headers.get_all("content-length") or []) > 1:
+            refused(
+                "bad_request",
+                "vmsbx relay: a request body needs exactly one Content-Length (no chunked bodies)",
+                close=True,
+            )
             return
         try:
             length = int(self.headers.get("content-length") or 0)
