@@ -560,6 +560,7 @@ _PROJECT_RULES: dict[str, _Rule] = {
     "sandbox.nsjail_score_threshold": _TrustedOnly("it decides how loose a sandbox vmsbx agrees to start"),
     "agent.credential_command": _TrustedOnly("it is a command vmsbx runs on your host"),
     "agent.api_upstream": _TrustedOnly("it decides where your API key is sent"),
+    "agent.api_ca_file": _TrustedOnly("it decides which servers are trusted with your API key"),
     "agent.claude_version": _TrustedOnly("it chooses which agent build runs with your API key"),
     "extra_host_paths": _TrustedOnly("it shares host folders into the VM"),
     "sync.exclude": _Superset(),

@@ -295,6 +295,12 @@ class AgentSettings(_Section):
         description="Exact Claude Code version installed in the guest.",
         json_schema_extra={"allowed": 'an exact version such as "2.1.332"'},
     )
+    api_ca_file: HostPath | None = Field(
+        default=None,
+        description="PEM file of an extra CA the relay trusts for the upstream API (tests, TLS-inspecting "
+        "proxies); the system's CAs stay trusted. None: system CAs only.",
+        json_schema_extra={"allowed": 'an absolute path such as "/etc/ssl/my-ca.pem"'},
+    )
 
 
 # A sync pattern: gitignore-like, one line, no NUL (see vmsbx.sync.rules).
