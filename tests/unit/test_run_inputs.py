@@ -13,7 +13,7 @@ from vmsbx.runs.lifecycle import check_policy
 def test_policy_checks_fail_closed() -> None:
     check_policy(Settings())
     check_policy(Settings(sandbox=SandboxSettings(network="api")))
-    with pytest.raises(UsageError, match="empty sandbox.allow_hosts"):
+    with pytest.raises(UsageError, match=r"empty sandbox\.allow_hosts"):
         check_policy(Settings(sandbox=SandboxSettings(network="allowlist")))
     check_policy(Settings(sandbox=SandboxSettings(network="allowlist", allow_hosts=("github.com",))))
     check_policy(Settings(sandbox=SandboxSettings(network="open")))

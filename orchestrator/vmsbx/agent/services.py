@@ -8,6 +8,7 @@ runs' bridge units point at it). Which run may use a service is decided by the s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -15,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vmsbx.config.models import SandboxSettings
 from vmsbx.errors import TransportError
 from vmsbx.runs.record import run_dir
 from vmsbx.sandbox.layout import is_run_id
-from vmsbx.config.models import SandboxSettings
 from vmsbx.transport import Connection
 from vmsbx.transport.ssh import RemoteForward
 
@@ -43,6 +44,11 @@ class HostServices:
     def register_run(self, request: dict[str, Any]) -> dict[str, int]:
         """Admit a run to its host services: the API relay (if it has a credential) and its
         own egress proxy (unless its policy is none). Returns each service's guest port."""
+        # Imported when a run needs them: the agent starts without the services' dependencies.
+        from vmsbx.agent.budget import Budget
+        from vmsbx.agent.credential import Credential
+        from vmsbx.agent.egress.run_proxy import start_run_proxy
+
         run_id = str(request["run_id"])
         if not is_run_id(run_id):
             raise ValueError(f"invalid run id {run_id!r}")
@@ -51,11 +57,12 @@ class HostServices:
             relay_request = request.get("relay")
             if relay_request:
                 relay = self._relay_for(relay_request)
+                wire, cap = relay_request["credential"], relay_request.get("budget")
                 relay.register_run(
                     run_id,
                     str(relay_request["token"]),
-                    Credential.from_wire(relay_request["credential"]),
-                    Budget.from_wire(relay_request.get("budget")),
+                    Credential(wire["kind"], str(wire["secret"]), source="the vmsbx CLI"),
+                    Budget(tokens=cap.get("tokens"), usd=cap.get("usd")) if cap else None,
                 )
                 self._run_relay[run_id] = relay
                 ports["relay"] = self._forward(f"relay:{relay.address[1]}", relay.address[1])
@@ -96,7 +103,7 @@ class HostServices:
 
     def usage(self, run_id: str) -> dict[str, Any] | None:
         relay = self._run_relay.get(run_id)
-        return relay.usage(run_id).to_wire() if relay is not None else None
+        return dataclasses.asdict(relay.usage(run_id)) if relay is not None else None
 
     @property
     def active(self) -> bool:

@@ -12,6 +12,7 @@ import click
 from vmsbx.cli.common import load, name_option
 
 if TYPE_CHECKING:
+    from vmsbx.agent.credential import CredentialKind
     from vmsbx.config.models import Settings
     from vmsbx.runs.lifecycle import RelayAccess
 
@@ -31,7 +32,11 @@ if TYPE_CHECKING:
     "--network", type=click.Choice(["none", "api", "allowlist", "open"]), default=None, help="Network policy."
 )
 @click.option(
-    "--allow", "allow", multiple=True, metavar="HOST", help="Allowlist entry (github.com, *.npmjs.org:443, npm)."
+    "--allow",
+    "allow",
+    multiple=True,
+    metavar="HOST",
+    help="Allowlist entry (github.com, *.npmjs.org:443, npm).",
 )
 @click.option("--score-threshold", type=float, default=None, help="Refuse policies scoring above this.")
 @click.option("--env", "-e", "env", multiple=True, metavar="NAME=VALUE", help="Environment for the command.")
@@ -101,8 +106,8 @@ def command(
         tty = prompt is None
         template = user_config_file().parent / "claude-home"
 
-        def home(token: str) -> dict[str, str]:
-            return agentrun.home_files(token, template)
+        def home(token: str, kind: CredentialKind, workspace: str) -> dict[str, str]:
+            return agentrun.home_files(token, kind, workspace, template)
 
         home_files = home
     else:
@@ -169,19 +174,27 @@ def _relay_access(settings: Settings, budget: str | None, *, required: bool) -> 
                 hint="use --network api (the default): only the API, through the host relay",
             )
         return None
-    from vmsbx.agent.relay import Budget, resolve_credential
+    from vmsbx.agent.budget import parse_budget
+    from vmsbx.agent.credential import resolve_credential
+    from vmsbx.errors import ConfigError
 
-    credential = resolve_credential(settings, dict(os.environ))
-    if credential is None:
+    cap = None
+    if budget:
+        try:
+            cap = parse_budget(budget)
+        except ValueError as exc:
+            raise UsageError(f"--budget: {exc}", hint="e.g. --budget 200k or --budget '$5'") from None
+    try:
+        credential = resolve_credential(settings.agent, os.environ)
+    except ConfigError:
         if required:
-            raise UsageError(
-                "no credential for the model API",
-                hint="set ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN, or agent.credential_command "
-                "in your user config; it stays on this machine",
-            )
-        return None
-    cap = Budget.parse(budget) if budget else None
-    return RelayAccess(credential=credential.to_wire(), budget=cap.to_wire() if cap else None)
+            raise
+        return None  # a plain command without a credential simply gets no relay
+    return RelayAccess(
+        credential={"kind": credential.kind, "secret": credential.reveal()},
+        kind=credential.kind,
+        budget={"tokens": cap.tokens, "usd": cap.usd} if cap else None,
+    )
 
 
 def _report(run_id: str, code: int) -> None:

@@ -7,23 +7,15 @@ the relay swaps for the real credential. Nothing here ever holds the user's cred
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 from pathlib import Path
 
+from vmsbx.agent.claude_env import agent_environment, seeded_home_files
+from vmsbx.agent.credential import CredentialKind
 from vmsbx.errors import UsageError
 from vmsbx.sandbox.layout import BRIDGES, GUEST_LIB
 
-# Everything Claude Code would otherwise do on its own on the network: updates, telemetry,
-# error reports, feedback. The relay would refuse those paths anyway; this keeps it quiet.
-QUIET_ENV = {
-    "DISABLE_AUTOUPDATER": "1",
-    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-    "DISABLE_TELEMETRY": "1",
-    "DISABLE_ERROR_REPORTING": "1",
-    "DISABLE_BUG_COMMAND": "1",
-}
 _TEMPLATE_MAX_BYTES = 1024 * 1024
 
 
@@ -44,28 +36,17 @@ def claude_argv(version: str, prompt: str | None) -> list[str]:
     return argv
 
 
-def agent_env(token: str) -> dict[str, str]:
-    return {
-        "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{BRIDGES['relay']}",
-        "ANTHROPIC_API_KEY": token,
-        **QUIET_ENV,
-    }
+def agent_env(token: str, kind: CredentialKind) -> dict[str, str]:
+    """The run's variables: the relay's loopback port, the token under the name that matches
+    the real credential's kind, and Claude Code's own network chatter switched off."""
+    return agent_environment(token, f"http://127.0.0.1:{BRIDGES['relay']}", kind)
 
 
-def home_files(token: str, template: Path | None) -> dict[str, str]:
-    """The fresh HOME's seed: onboarding done, updates off, the run token accepted, plus the
-    user's own template files (settings, CLAUDE.md …) from their config folder."""
-    claude_json = {
-        "hasCompletedOnboarding": True,
-        "bypassPermissionsModeAccepted": True,
-        "autoUpdates": False,
-        # Claude Code asks before using a key from the environment; the run token is ours.
-        "customApiKeyResponses": {"approved": [token[-20:]], "rejected": []},
-    }
-    files = {
-        ".claude.json": json.dumps(claude_json, indent=2) + "\n",
-        ".claude/settings.json": json.dumps({"autoUpdates": False}, indent=2) + "\n",
-    }
+def home_files(token: str, kind: CredentialKind, workspace: str, template: Path | None) -> dict[str, str]:
+    """The fresh HOME's seed (onboarding, folder trust, the run token and the permission
+    prompt answered, so an interactive run starts at the prompt), plus the user's own template
+    files (settings, CLAUDE.md …) from their config folder, which win."""
+    files = seeded_home_files(workspace, token, kind)
     if template is not None and template.is_dir():
         files.update(_template_files(template))
     return files

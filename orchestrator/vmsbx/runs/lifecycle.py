@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from vmsbx.agent.client import AgentClient, send_resize
+from vmsbx.agent.credential import CredentialKind
+from vmsbx.agent.egress.sandbox_env import env_for_sandbox
 from vmsbx.agent.protocol import FrameWriter
 from vmsbx.config.models import Settings
 from vmsbx.errors import AgentError, TransportError, UsageError, VmsbxError
 from vmsbx.guest import provision_nsjail
 from vmsbx.paths import vm_dir
-from vmsbx.agent.egress.sandbox_env import env_for_sandbox
 from vmsbx.runs import agentrun, gitbundle, review, workspace
 from vmsbx.runs import record as records
 from vmsbx.runs.guestctl import GuestControl, LaunchFailed
@@ -116,7 +117,7 @@ class RelayAccess:
     agent's private socket, never into the guest."""
 
     credential: dict[str, str]
-    kind: str
+    kind: CredentialKind
     budget: dict[str, object] | None = None
 
 
@@ -150,7 +151,7 @@ def start(
     tty: bool,
     env: dict[str, str],
     relay: RelayAccess | None = None,
-    home_files: Callable[[str], dict[str, str]] | None = None,
+    home_files: Callable[[str, CredentialKind, str], dict[str, str]] | None = None,
 ) -> tuple[RunRecord, GuestControl]:
     """Launch a run; returns its record (state running) and the guest control it runs under."""
     check_policy(settings)
@@ -198,7 +199,8 @@ def start(
         if record.relay and relay is not None:
             run_env.update(agentrun.agent_env(token, relay.kind))
             if home_files is not None:
-                spec_extra["home_files"] = home_files(token)
+                workdir = JAIL_WORKSPACE if record.sandbox == "nsjail" else layout.workspace
+                spec_extra["home_files"] = home_files(token, relay.kind, workdir)
         if record.egress:
             run_env.update(env_for_sandbox(settings.sandbox.network, BRIDGES["proxy"]))
         request["spec"] = {
