@@ -23,10 +23,11 @@ def agent_build() -> str:
     """Fingerprint of the agent's code: a CLI replaces an agent started by other code."""
     from pathlib import Path
 
-    here = Path(__file__).resolve().parent
+    # Everything the agent may import (relay, proxy, config, records …): any change counts.
+    package = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
-    for source in (here / "server.py", here / "protocol.py", here.parent / "transport" / "ssh.py"):
-        digest.update(source.read_bytes())
+    for source in sorted(package.rglob("*.py")):
+        digest.update(source.relative_to(package).as_posix().encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()[:16]
 
 
