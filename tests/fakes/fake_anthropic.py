@@ -7,7 +7,8 @@ conversation* (a body that offers `tools`) takes the next turn. Claude Code's si
 (small-model calls for titles and topics, which offer no tools; `count_tokens`) are answered
 with harmless fixed replies and consume nothing. Every request is recorded.
 
-A turn is an object with any of:
+A turn is an object with any of (the text "{cwd}" anywhere in a turn becomes the client's
+working directory, read from its system prompt):
   "text": "..."                          a text block
   "tool_use": {"name": ..., "input": {...}} or a list of them: tool_use blocks (stop_reason
                                          "tool_use"); a turn without tool uses ends the turn
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import ssl
 import sys
@@ -117,6 +119,12 @@ class FakeAnthropic:
     def turns_used(self) -> int:
         with self._state.lock:
             return self._state.next_turn
+
+    def set_script(self, script: list[dict[str, Any]]) -> None:
+        """Replace the turns (and start from the first again)."""
+        with self._state.lock:
+            self._state.script = list(script)
+            self._state.next_turn = 0
 
     def release(self) -> None:
         """Let every stream paused by a `hold` turn go on."""
@@ -244,6 +252,7 @@ class _Handler(BaseHTTPRequestHandler):
     # -- answers -----------------------------------------------------------------------------
 
     def _answer(self, body: dict[str, Any], turn: dict[str, Any]) -> None:
+        turn = _with_cwd(turn, body)
         blocks = _blocks(turn, self._message_id())
         usage = {
             "input_tokens": 0,
@@ -376,6 +385,22 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.messages += 1
             return state.messages
+
+
+_CWD = re.compile(r"Working directory: ([^\s\\\"]+)")
+
+
+def _with_cwd(turn: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """ "{cwd}" in a turn becomes the client's working directory, as its system prompt names it
+    (the sandbox's workspace path differs per run and per sandbox kind)."""
+    text = json.dumps(turn)
+    if "{cwd}" not in text:
+        return turn
+    found = _CWD.search(json.dumps(body))
+    if found is None:
+        return turn
+    replaced: dict[str, Any] = json.loads(text.replace("{cwd}", found.group(1)))
+    return replaced
 
 
 def _blocks(turn: dict[str, Any], number: int) -> list[dict[str, Any]]:

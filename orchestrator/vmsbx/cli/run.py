@@ -203,3 +203,5 @@ def _report(run_id: str, code: int) -> None:
     final = records.load(run_id)
     if code != 0 and final.reason:
         click.echo(f"vmsbx: run {run_id}: {final.reason}", err=True)
+    if final.api and final.api.get("budget_exhausted"):
+        click.echo(f"vmsbx: run {run_id}: the API budget ({final.api.get('budget')}) was used up", err=True)

@@ -291,6 +291,30 @@ def _admit(
     return ports
 
 
+def _record_api_use(record: RunRecord, guest: GuestControl) -> None:
+    """The relay's own account (trusted, host side) of the run's API use, into the record."""
+    if not record.relay:
+        return
+    usage: object = None
+    with contextlib.suppress(VmsbxError, OSError):
+        usage = guest.client.call({"op": "run_usage", "run_id": record.id}).get("usage")
+    events = records.run_dir(record.id) / "relay.jsonl"
+    exhausted: dict[str, object] | None = None
+    requests = 0
+    if events.is_file():
+        for line in events.read_text().splitlines():
+            event = json.loads(line)
+            requests += event.get("event") == "api_request"
+            if event.get("event") == "budget_exhausted":
+                exhausted = event
+    record.api = {"usage": usage, "requests": requests, "budget_exhausted": exhausted is not None}
+    if exhausted is not None:
+        record.api["budget"] = exhausted.get("budget")
+        note = f"the API budget ({exhausted.get('budget')}) was used up: the relay refused further requests"
+        record.warnings.append(note)
+    records.save(record)
+
+
 def _leave_relay(guest: GuestControl, record: RunRecord) -> None:
     """The run's token stops working and its proxy closes (the run ended, or never started)."""
     if record.relay or record.egress:
@@ -385,6 +409,7 @@ def finish(
 ) -> int:
     """Collect systemd's verdict and the journal into the run's record; free the run's space."""
     result = guest.result(record.id, wait=wait)
+    _record_api_use(record, guest)
     _leave_relay(guest, record)
     if result is None:
         record.state, record.exit_code = "lost", SANDBOX_FAILED

@@ -1,0 +1,211 @@
+"""The user's job, end to end: the real Claude Code (from the npm registry) in the real sandbox,
+talking through the real relay to a scripted fake of the Messages API on the host's loopback.
+
+The fake is the only stand-in: it answers from a script of turns (a Write, a Bash call, a
+final text …) so the runs are deterministic and need no internet. The key the user "has" is a
+recognisable fake; the tests then look for it everywhere it must never be.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_anthropic import FakeAnthropic
+from vmcli import Cli
+
+pytestmark = pytest.mark.vm
+
+KEY = "sk-ant-api03-VMSBXCANARY-" + "k3y" * 12  # recognisable, never a real key
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeAnthropic]:
+    api = FakeAnthropic([])
+    api.start()
+    yield api
+    api.stop()
+
+
+def _agent_cli(cli: Cli, project: Path, api: FakeAnthropic) -> Cli:
+    env = dict(cli.env, ANTHROPIC_API_KEY=KEY, VMSBX_AGENT_API_UPSTREAM=api.url)
+    env.pop("CLAUDE_CODE_OAUTH_TOKEN", None)
+    return Cli(env=env, cwd=project)
+
+
+def _script(api: FakeAnthropic, turns: list[dict[str, Any]]) -> None:
+    api.set_script(turns)
+
+
+def _git_project(path: Path) -> Path:
+    path.mkdir()
+    (path / "README.md").write_text("# demo\n")
+    subprocess.run(["git", "init", "-q", str(path)], check=True)
+    subprocess.run(["git", "-C", str(path), "add", "."], check=True)
+    identity = ["-c", "user.email=u@x", "-c", "user.name=u"]
+    subprocess.run(["git", "-C", str(path), *identity, "commit", "-qm", "init"], check=True)
+    return path
+
+
+def _newest_run(cli: Cli) -> dict[str, Any]:
+    runs = cli.json("runs")
+    assert isinstance(runs, list)
+    newest: dict[str, Any] = max(runs, key=lambda run: str(run["started_at"]))
+    return newest
+
+
+WRITE_AND_RUN = [
+    {
+        "tool_use": {
+            "name": "Write",
+            "input": {"file_path": "{cwd}/hello.txt", "content": "hello from claude\n"},
+        }
+    },
+    {
+        "tool_use": {
+            "name": "Bash",
+            "input": {"command": "cat hello.txt && id -u && echo ran > ran.txt", "description": "check"},
+        }
+    },
+    {"text": "Done: wrote hello.txt."},
+]
+
+
+@pytest.mark.parametrize("mode", ["systemd", "nsjail"])
+def test_headless_task_writes_and_applies(
+    cli: Cli, default_vm: dict[str, object], fake_api: FakeAnthropic, tmp_path: Path, mode: str
+) -> None:
+    project = _agent_cli(cli, _git_project(tmp_path / "proj"), fake_api)
+    _script(fake_api, WRITE_AND_RUN)
+    done = project.run("run", "--sandbox", mode, "-p", "write hello.txt, then check it", timeout=900)
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, f"stdout: {out}\nstderr: {err}"
+    assert "→ Write: " in out and "hello.txt" in out
+    assert "→ Bash: cat hello.txt" in out
+    assert "■ done" in out
+    run = _newest_run(project)
+    folder = cli.home / "runs" / run["id"]
+    stream = [json.loads(line) for line in (folder / "stream.jsonl").read_text().splitlines() if line.strip()]
+    assert stream[-1]["type"] == "result" and stream[-1]["is_error"] is False
+    tool_results = [
+        block for event in stream if event.get("type") == "user"
+        for block in event["message"]["content"] if block.get("type") == "tool_result"
+    ]  # fmt: skip
+    uid = re.search(r"hello from claude\\n(\d+)", json.dumps(tool_results))
+    assert uid is not None and int(uid.group(1)) != 0  # the agent never runs as root
+    assert (folder / "journal.jsonl").stat().st_size > 0
+    assert "+ hello.txt" in err and "+ ran.txt" in err
+    diff = project.ok("diff", run["id"]).stdout.decode()
+    assert "+hello from claude" in diff
+    project.ok("apply", "-y", run["id"])
+    assert (project.cwd / "hello.txt").read_text() == "hello from claude\n"
+    # The fake saw the real key on every request; the sandbox only ever had its run token.
+    turns = [request for request in fake_api.requests if request.path == "/v1/messages"]
+    assert len(turns) >= 3
+    assert all(request.headers.get("x-api-key") == KEY for request in turns)
+    record = json.loads((folder / "run.json").read_text())
+    assert record["relay"] is True and record["api"]["requests"] >= 3
+
+
+def test_the_key_never_enters_the_guest(
+    cli: Cli, default_vm: dict[str, object], fake_api: FakeAnthropic, tmp_path: Path
+) -> None:
+    project = _agent_cli(cli, _git_project(tmp_path / "proj"), fake_api)
+    wait = {"command": "sleep 20; env > env.txt", "description": "wait"}
+    _script(fake_api, [{"tool_use": {"name": "Bash", "input": wait}}, {"text": "Done."}])
+    run_id = project.ok("run", "--detach", "-p", "wait a bit").stdout.decode().strip()
+    deadline = time.monotonic() + 300
+    while not fake_api.requests and time.monotonic() < deadline:
+        time.sleep(1)
+    assert fake_api.requests, "the agent never reached the API"
+    key = KEY.encode()
+    # While it runs: every process environment, the unit's properties, the journal, the guest's
+    # files (one batched guest command).
+    probe = (
+        'cat /proc/[0-9]*/environ 2>/dev/null | grep -c -a -F "$1";'
+        " systemctl show 'vmsbx-*' 2>/dev/null | grep -c -F \"$1\";"
+        ' journalctl -o export --no-pager 2>/dev/null | grep -c -a -F "$1";'
+        ' grep -r -l -a -F --exclude=workspace.img "$1" /etc /var /usr/local /root /home /tmp /run /srv /opt'
+        " 2>/dev/null | wc -l;"
+        " cat /proc/[0-9]*/environ 2>/dev/null | grep -c -a -F vmsbx-run-"
+    )
+    seen = cli.ok("ssh", "--", "sh", "-c", probe, "probe", KEY).stdout.decode().split()
+    assert seen[:4] == ["0", "0", "0", "0"], seen
+    assert int(seen[4]) >= 1  # the probe itself works: the run's token is in the agent's env
+    assert project.run("attach", run_id).returncode == 0
+    cli.ok("ssh", "--", "sync")
+    # The guest's disk, as the host stores it; the host's own records and logs.
+    disk = cli.home / "vms" / "default" / "disk.qcow2"
+    assert not _contains(disk, key)
+    for path in cli.home.rglob("*"):
+        if path.is_file() and path != disk and path.suffix not in (".qcow2", ".img"):
+            assert key not in path.read_bytes(), f"the key leaked into {path}"
+    workspace_env = project.ok("diff", run_id).stdout
+    assert b"ANTHROPIC_API_KEY=vmsbx-run-" in workspace_env and key not in workspace_env
+
+
+def _contains(path: Path, needle: bytes) -> bool:
+    """Search a (large) file in chunks that overlap by the needle's length."""
+    tail = b""
+    with path.open("rb") as handle:
+        while chunk := handle.read(64 << 20):
+            if needle in tail + chunk:
+                return True
+            tail = chunk[-len(needle) :]
+    return False
+
+
+def test_budget_cap_stops_an_agent_that_keeps_calling(
+    cli: Cli, default_vm: dict[str, object], fake_api: FakeAnthropic, tmp_path: Path
+) -> None:
+    project = _agent_cli(cli, _git_project(tmp_path / "proj"), fake_api)
+    _script(fake_api, [{
+        "repeat_tool_use": {"name": "Bash", "input": {"command": "echo again", "description": "loop"}},
+        "usage": {"input_tokens": 4000, "output_tokens": 1000},
+    }])  # fmt: skip
+    done = project.run("run", "-p", "loop forever", "--budget", "12k", timeout=900)
+    assert done.returncode != 0
+    assert b"budget" in done.stderr
+    record = _newest_run(project)
+    folder = cli.home / "runs" / record["id"]
+    saved = json.loads((folder / "run.json").read_text())
+    assert saved["api"]["budget_exhausted"] is True
+    events = [json.loads(line) for line in (folder / "relay.jsonl").read_text().splitlines()]
+    assert sum(event["event"] == "budget_exhausted" for event in events) == 1
+    assert 3 <= sum(event["event"] == "api_request" for event in events) <= 4  # 5k tokens each
+
+
+def test_interactive_agent_in_a_pty(
+    cli: Cli, default_vm: dict[str, object], fake_api: FakeAnthropic, tmp_path: Path
+) -> None:
+    import pty
+
+    from vmcli import read_pty_until
+
+    project = _agent_cli(cli, _git_project(tmp_path / "proj"), fake_api)
+    _script(fake_api, [{"text": "PONG-FROM-FAKE"}])
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.chdir(project.cwd)
+        os.execvpe("python3", ["python3", "-m", "vmsbx", "run"], project.env)
+    try:
+        seen = read_pty_until(fd, b"bypass permissions", 300)
+        assert b"bypass permissions" in seen.lower() or b"Bypass" in seen
+        os.write(fd, b"ping\r")
+        seen = read_pty_until(fd, b"PONG-FROM-FAKE", 180)
+        assert b"PONG-FROM-FAKE" in seen
+        for _ in range(2):
+            os.write(fd, b"\x03")
+            time.sleep(1)
+        read_pty_until(fd, None, 120)
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) in (0, 130)
