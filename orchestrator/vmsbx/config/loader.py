@@ -554,6 +554,8 @@ _PROJECT_RULES: dict[str, _Rule] = {
     "agent.credential_command": _TrustedOnly("it is a command vmsbx runs on your host"),
     "agent.api_upstream": _TrustedOnly("it decides where your API key is sent"),
     "agent.claude_version": _TrustedOnly("it chooses which agent build runs with your API key"),
+    "agent.install": _TrustedOnly("it decides how the agent program reaches the VM"),
+    "agent.registry": _TrustedOnly("it decides where the agent program is downloaded from"),
     "extra_host_paths": _TrustedOnly("it shares host folders into the VM"),
 }
 # A setting added later without a rule here is trusted-only until someone decides otherwise.

@@ -288,6 +288,19 @@ class AgentSettings(_Section):
         description="Exact Claude Code version installed in the guest.",
         json_schema_extra={"allowed": 'an exact version such as "2.1.332"'},
     )
+    install: Literal["auto", "push", "guest-fetch"] = Field(
+        default="auto",
+        description="How Claude Code reaches the guest: push (the host fetches and verifies it, then "
+        "copies it over SSH), guest-fetch (the guest downloads it, checked against the host's "
+        "pinned hash) or auto (push unless the guest has its own network).",
+    )
+    registry: str = Field(
+        default="https://registry.npmjs.org",
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="npm registry Claude Code is fetched from (as the fetching side sees it; "
+        "integrity is always checked against vmsbx's pin).",
+        json_schema_extra={"allowed": 'an http(s) URL such as "https://registry.npmjs.org"'},
+    )
 
 
 class Settings(BaseModel):
