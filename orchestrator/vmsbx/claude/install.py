@@ -221,9 +221,8 @@ def _tick(
             continue
         shown = step
         rate = sent[0] / _MiB / max(time.monotonic() - started, 0.1)
-        report(
-            f"pushing Claude Code {version} to the guest: {step * 5} % of {size // _MiB} MiB ({rate:.1f} MiB/s)"
-        )
+        total = size // _MiB
+        report(f"pushing Claude Code {version} to the guest: {step * 5} % of {total} MiB ({rate:.1f} MiB/s)")
 
 
 def _download_report(report: Callable[[str], None]) -> Callable[[int, int], None]:
