@@ -189,7 +189,7 @@ def test_corrupted_cache_is_refused_with_the_command_that_clears_it(
 
 def test_tampered_download_is_refused_and_not_cached(registry: FakeRegistry, tmp_path: Path) -> None:
     registry.served = make_tarball({"package/claude": b"evil"})
-    with pytest.raises(ClaudePackageError, match="download .* does not match"):
+    with pytest.raises(ClaudePackageError, match=r"download .* does not match"):
         fetch(registry, tmp_path)
     assert list((tmp_path / VERSION / "linux-x64").iterdir()) == []
 
