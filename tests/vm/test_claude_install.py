@@ -70,6 +70,9 @@ def test_second_up_does_not_push_again(cli: Cli, default_vm: dict[str, object]) 
     assert isinstance(again, dict)
     assert again["claude"] == "present"
     assert _probe(cli)["stat"] == before  # same inode and mtime: nothing was rewritten
+    rows = cli.json("status")
+    assert isinstance(rows, list)
+    assert next(row for row in rows if row["name"] == "default")["claude"] == VERSION
 
 
 def test_corrupted_cache_stops_up(cli: Cli, default_vm: dict[str, object], tmp_path: Path) -> None:
