@@ -105,6 +105,7 @@ def command(
         "seconds": round(time.monotonic() - started, 1),
         "claude": claude.state,
         "claude_version": claude.version,
+        "claude_seconds": claude.seconds,
     }
     if as_json:
         print_json(summary)
