@@ -218,7 +218,7 @@ def fetch(version: str, platform: str, integrity: str, registry: str) -> dict[st
                         raise InstallError(f"{MEMBER} is not a plain file of sane size")
                     source = archive.extractfile(member)
                     if source is None:
-                        break
+                        raise InstallError(f"{MEMBER} cannot be read from the tarball")
                     _copy(source, fd, member.size, BINARY_MAX)
                     break
                 else:
