@@ -11,5 +11,8 @@ system_state=$(systemctl is-system-running 2>/dev/null || true)
 userns_max=$(cat /proc/sys/user/max_user_namespaces 2>/dev/null || echo 0)
 guest_version=$(cat /usr/local/lib/vmsbx/VERSION 2>/dev/null || true)
 nsjail_version=$(cat /usr/local/lib/vmsbx/nsjail/VERSION 2>/dev/null || true)
-printf '{"pid1":"%s","systemd_version":"%s","cgroup_fs":"%s","arch":"%s","kernel":"%s","system_state":"%s","max_user_namespaces":"%s","guest_version":"%s","nsjail_version":"%s"}\n' \
-  "$pid1" "${systemd_version:-}" "$cgroup_fs" "$arch" "$kernel" "$system_state" "$userns_max" "$guest_version" "$nsjail_version"
+# "VERSION PLATFORM INTEGRITY" of the installed Claude Code; empty if its program is missing.
+claude_installed=$(head -c 200 /usr/local/lib/vmsbx/claude/INSTALLED 2>/dev/null | tr -cd '0-9A-Za-z.+/= -' || true)
+[ -x "/usr/local/lib/vmsbx/claude/${claude_installed%% *}/claude" ] || claude_installed=
+printf '{"pid1":"%s","systemd_version":"%s","cgroup_fs":"%s","arch":"%s","kernel":"%s","system_state":"%s","max_user_namespaces":"%s","guest_version":"%s","nsjail_version":"%s","claude_installed":"%s"}\n' \
+  "$pid1" "${systemd_version:-}" "$cgroup_fs" "$arch" "$kernel" "$system_state" "$userns_max" "$guest_version" "$nsjail_version" "$claude_installed"

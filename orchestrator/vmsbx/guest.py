@@ -32,6 +32,9 @@ class GuestFacts(BaseModel):
     nsjail_version: str = Field(
         default="", max_length=80, description="Digest of the installed nsjail bundle."
     )
+    claude_installed: str = Field(
+        default="", max_length=200, description="Marker of the installed Claude Code build, '' if none."
+    )
 
     @property
     def systemd_major(self) -> int:

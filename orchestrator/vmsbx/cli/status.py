@@ -34,6 +34,7 @@ def command(as_json: bool) -> None:
             "state": state.value,
             "ssh": f"{ssh.user}@{ssh.host}:{ssh.port}" if ssh else None,
             "agent": AgentClient(vm).ping() if ssh else False,
+            "claude": _claude_version(vm),
         })  # fmt: skip
     if as_json:
         print_json(rows)
@@ -44,7 +45,7 @@ def command(as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("NAME", "PROVIDER", "STATE", "SSH", "AGENT", box=None)
+    table = Table("NAME", "PROVIDER", "STATE", "SSH", "AGENT", "CLAUDE", box=None)
     for row in rows:
         agent = "up" if row.get("agent") else "-"
         table.add_row(
@@ -53,5 +54,18 @@ def command(as_json: bool) -> None:
             str(row["state"]),
             str(row.get("ssh") or "-"),
             agent,
+            str(row.get("claude") or "-"),
         )
     Console().print(table)
+
+
+def _claude_version(vm: str) -> str | None:
+    """The Claude Code version `vmsbx up` last installed or found in the guest (no guest call)."""
+    from vmsbx.guest import GuestFacts
+    from vmsbx.paths import vm_dir
+
+    try:
+        facts = GuestFacts.model_validate_json((vm_dir(vm) / "guest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return facts.claude_installed.split(" ", 1)[0] or None

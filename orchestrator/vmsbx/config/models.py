@@ -301,6 +301,19 @@ class AgentSettings(_Section):
         "proxies); the system's CAs stay trusted. None: system CAs only.",
         json_schema_extra={"allowed": 'an absolute path such as "/etc/ssl/my-ca.pem"'},
     )
+    install: Literal["auto", "push", "guest-fetch"] = Field(
+        default="auto",
+        description="How Claude Code reaches the guest: push (the host fetches and verifies it, then "
+        "copies it over SSH), guest-fetch (the guest downloads it, checked against the host's "
+        "pinned hash) or auto (push unless the guest has its own network).",
+    )
+    registry: str = Field(
+        default="https://registry.npmjs.org",
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="npm registry Claude Code is fetched from (as the fetching side sees it; "
+        "integrity is always checked against vmsbx's pin).",
+        json_schema_extra={"allowed": 'an http(s) URL such as "https://registry.npmjs.org"'},
+    )
 
 
 # A sync pattern: gitignore-like, one line, no NUL (see vmsbx.sync.rules).

@@ -1,0 +1,1 @@
+"""Claude Code in the guest: the pinned npm package, the host cache, and installing it."""
