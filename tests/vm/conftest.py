@@ -8,9 +8,15 @@ end of the session whatever happened.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+# The scripted fake of the Messages API (tests/fakes) for the agent tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fakes"))
+
 from vmcli import Cli
 
 
