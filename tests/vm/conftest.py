@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
-# The scripted fake of the Messages API (tests/fakes) for the agent tests.
+# The scripted fake of the Messages API (tests/fakes) and the egress test servers (tests/host).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fakes"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host"))
 
 from vmcli import Cli
+
+TEST_NAMES = ("allowed.test", "not-listed.test", "sub.wild.test", "wild.test", "evil-wild.test")
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +33,12 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
         VMSBX_CONFIG=str(home / "no-user-config.toml"),
         # Tests never give a guest NAT: nothing may leave the machine.
         VMSBX_VM_GUEST_NETWORK="restricted",
+        # Names the egress tests use, all mapped to their loopback server (the proxy still
+        # refuses 127.0.0.1 unless a run lists it by IP, as a user would have to).
+        VMSBX_TEST_RESOLVE=",".join(
+            f"{name}=127.0.0.1"
+            for name in ("allowed.test", "not-listed.test", "sub.wild.test", "wild.test", "evil-wild.test")
+        ),
     )
     runner = Cli(env=env, cwd=project)
     yield runner
