@@ -332,7 +332,6 @@ def cmd_apply(root: str, owner: tuple[int, int] | None) -> int:
             raise Refused(f"stream ended after {written} of {len(files)} files")
         for path, mode in header["modes"]:
             apply_mode(root_fd, path, mode)
-        os.sync()
     finally:
         os.close(root_fd)
     json.dump({"ok": True, "written": written}, sys.stdout)

@@ -48,6 +48,8 @@ class ApplyReport:
     """Sensitive paths left out because --include-sensitive was not given."""
     git: tuple[str, ...] = ()
     """Paths under .git/: never written as files."""
+    already: tuple[str, ...] = ()
+    """Paths the host already has as the changeset wants them (an earlier apply): left alone."""
 
 
 class _Unsafe(Exception):
@@ -101,6 +103,7 @@ def apply(
         refused=tuple(sorted(plan.refused.items())),
         held_back=tuple(plan.held_back),
         git=tuple(plan.git),
+        already=tuple(sorted(plan.already)),
     )
 
 
@@ -198,6 +201,18 @@ def _state(tree: _Tree, path: str) -> _State | None:
         os.close(fd)
 
 
+def _matches_new(entry: ChangeEntry, current: _State | None) -> bool:
+    if entry.change == "deleted":
+        return current is None
+    if current is None or current.kind != entry.kind:
+        return False
+    if current.kind == "file":
+        return current.sha256 == entry.new_sha256 and current.mode == entry.new_mode
+    if current.kind == "symlink":
+        return current.target == entry.target
+    return current.mode == entry.new_mode if entry.change == "mode" else True
+
+
 def _matches_base(entry: ChangeEntry, current: _State | None) -> bool:
     if entry.old_kind is None:
         return current is None
@@ -220,6 +235,7 @@ class _Decision:
     refused: dict[str, str] = field(default_factory=dict)
     held_back: list[str] = field(default_factory=list)
     git: list[str] = field(default_factory=list)
+    already: set[str] = field(default_factory=set)
 
 
 def _decide(tree: _Tree, changeset: Changeset, blobs: BlobStore, *, include_sensitive: bool) -> _Decision:
@@ -234,7 +250,9 @@ def _decide(tree: _Tree, changeset: Changeset, blobs: BlobStore, *, include_sens
             decision.held_back.append(entry.path)
         else:
             problem = _host_problem(tree, entry, by_path, blobs)
-            if problem is None:
+            if problem is _ALREADY:
+                decision.already.add(entry.path)
+            elif problem is None:
                 decision.accepted.add(entry.path)
             else:
                 decision.conflicts[entry.path] = problem
@@ -244,7 +262,7 @@ def _decide(tree: _Tree, changeset: Changeset, blobs: BlobStore, *, include_sens
     while changed:
         changed = False
         for path in sorted(decision.accepted, key=sort_key):
-            blocker = _blocker(by_path[path], by_path, decision.accepted)
+            blocker = _blocker(by_path[path], by_path, decision.accepted | decision.already)
             if blocker is not None:
                 decision.accepted.discard(path)
                 decision.conflicts[path] = f"depends on {blocker!r}, which is not applied"
@@ -282,6 +300,8 @@ def _host_problem(
     parent_created = (
         parent_entry is not None and parent_entry.change != "deleted" and parent_entry.kind == "dir"
     )
+    if _matches_new(entry, current):
+        return _ALREADY
     if not _matches_base(entry, current):
         if current is None and entry.old_kind is None and parent_created:
             pass  # the folder is created by this apply
@@ -317,6 +337,10 @@ def _host_problem(
     if entry.kind not in {"file", "dir", "symlink"}:
         return "special file"
     return None
+
+
+# A marker from _host_problem: the host already holds the new state.
+_ALREADY = "already applied"
 
 
 # --- doing ------------------------------------------------------------------------------------
@@ -406,21 +430,19 @@ def _move_aside(tree: _Tree, entry: ChangeEntry, journal: _Journal) -> None:
 
 
 def _chmod(parent: int, name: str, entry: ChangeEntry, journal: _Journal) -> None:
-    fd = os.open(name, _FILE_FLAGS, dir_fd=parent)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise SyncError(f"{entry.path} is no longer a regular file")
-        os.fchmod(fd, entry.new_mode or 0o644)
-    finally:
-        os.close(fd)
+    _set_mode(parent, name, entry.kind, entry.new_mode or 0o644)
     journal.did(
-        f"changed the mode of {entry.path}", lambda: _restore_mode(parent, name, entry.old_mode or 0o644)
+        f"changed the mode of {entry.path}",
+        functools.partial(_set_mode, parent, name, entry.kind, entry.old_mode or 0o644),
     )
 
 
-def _restore_mode(parent: int, name: str, mode: int) -> None:
-    fd = os.open(name, _FILE_FLAGS, dir_fd=parent)
+def _set_mode(parent: int, name: str, kind: str, mode: int) -> None:
+    fd = os.open(name, _DIR_FLAGS if kind == "dir" else _FILE_FLAGS, dir_fd=parent)
     try:
+        wanted = stat.S_ISDIR if kind == "dir" else stat.S_ISREG
+        if not wanted(os.fstat(fd).st_mode):
+            raise SyncError(f"{name} changed kind during apply")
         os.fchmod(fd, mode)
     finally:
         os.close(fd)
