@@ -42,13 +42,20 @@ class Synced:
     stream_bytes: int
 
 
-def sync(project: Path, workspace: Path, rules: ExcludeRules | None = None) -> Synced:
+def sync(
+    project: Path,
+    workspace: Path,
+    rules: ExcludeRules | None = None,
+    *,
+    caches: Path | None = None,
+    owner: str | None = None,
+) -> Synced:
     """One sync-in: host scan, guest manifest, plan, stream into `wsync.py apply`."""
-    host = scan(project, rules or ExcludeRules())
-    plan = plan_sync(host.manifest, guest_manifest(workspace))
+    host = scan(project, rules or ExcludeRules(), cache_file=caches / "host.json" if caches else None)
+    plan = plan_sync(host.manifest, guest_manifest(workspace, caches / "guest.json" if caches else None))
     buffer = io.BytesIO()
     write_stream(host, plan, buffer)
-    done = wsync("apply", str(workspace), stdin=buffer.getvalue())
+    done = wsync("apply", str(workspace), *(["--owner", owner] if owner else []), stdin=buffer.getvalue())
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["ok"] is True
     return Synced(host, plan, len(buffer.getvalue()))
