@@ -8,7 +8,10 @@ O_NOFOLLOW, and every file is opened relative to its parent's descriptor with O_
 Standard library only (the guest's python3 is 3.11: no tarfile extraction filters, and none
 needed: members are written by hand, never extracted).
 
-  wsync.py manifest ROOT [--cache FILE]   -> manifest JSON on stdout
+  wsync.py manifest ROOT [--cache FILE] [--purge-bad-names]
+                                          -> manifest JSON on stdout (names that are not
+                                             UTF-8 are listed as "special" with backslash
+                                             escapes, or removed with --purge-bad-names)
   wsync.py apply ROOT [--owner UID:GID]   <- one JSON header line, then a tar of files, on stdin
   wsync.py pack ROOT                      <- JSON list of paths on stdin; -> tar on stdout,
                                              one JSON line of problems on stderr
@@ -120,7 +123,7 @@ def hash_file(dir_fd: int, name: str, st: os.stat_result) -> str | None:
 
 
 def scan(
-    root_fd: int, cache: dict[str, list[object]]
+    root_fd: int, cache: dict[str, list[object]], purge: bool = False
 ) -> tuple[list[dict[str, object]], dict[str, list[object]]]:
     entries: list[dict[str, object]] = []
     fresh: dict[str, list[object]] = {}
@@ -129,6 +132,16 @@ def scan(
         with os.scandir(dir_fd) as listing:
             items = sorted(listing, key=lambda item: item.name)
         for item in items:
+            try:
+                item.name.encode("utf-8")
+            except UnicodeEncodeError:
+                # Not valid UTF-8: no host file can have this name, and JSON cannot carry it.
+                if purge:
+                    remove(dir_fd, item.name)
+                else:
+                    shown = item.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                    entries.append({"path": prefix + shown, "kind": "special"})
+                continue
             path = prefix + item.name
             st = item.stat(follow_symlinks=False)
             mode = stat.S_IMODE(st.st_mode)
@@ -182,10 +195,10 @@ def save_cache(path: str | None, cache: dict[str, list[object]]) -> None:
     os.replace(temp, path)
 
 
-def cmd_manifest(root: str, cache_path: str | None) -> int:
+def cmd_manifest(root: str, cache_path: str | None, purge: bool) -> int:
     root_fd = open_root(root)
     try:
-        entries, fresh = scan(root_fd, load_cache(cache_path))
+        entries, fresh = scan(root_fd, load_cache(cache_path), purge)
     finally:
         os.close(root_fd)
     save_cache(cache_path, fresh)
@@ -255,12 +268,35 @@ def apply_mode(root_fd: int, path: str, mode: int) -> None:
     try:
         fd = os.open(name, FILE_FLAGS, dir_fd=parent)
         try:
-            if stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise Refused(f"{path}: not a regular file")
+            if st.st_nlink > 1:
+                # A hard link the agent made may share its inode with a file outside ROOT:
+                # give the path its own copy instead of changing the shared inode.
+                copy_over(parent, name, fd, mode, (st.st_uid, st.st_gid))
+            else:
                 os.fchmod(fd, mode & 0o7777)
         finally:
             os.close(fd)
     finally:
         os.close(parent)
+
+
+def copy_over(parent: int, name: str, source_fd: int, mode: int, owner: tuple[int, int]) -> None:
+    temp = f".wsync-{os.getpid()}-copy"
+    remove(parent, temp)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+    try:
+        while chunk := os.read(source_fd, CHUNK):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+        os.fchown(fd, *owner)
+        os.fchmod(fd, mode & 0o7777)
+    finally:
+        os.close(fd)
+    os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
 
 
 def apply_file(
@@ -387,6 +423,7 @@ def main(argv: list[str]) -> int:
     manifest = sub.add_parser("manifest")
     manifest.add_argument("root")
     manifest.add_argument("--cache")
+    manifest.add_argument("--purge-bad-names", action="store_true")
     apply = sub.add_parser("apply")
     apply.add_argument("root")
     apply.add_argument("--owner")
@@ -395,7 +432,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "manifest":
-            return cmd_manifest(args.root, args.cache)
+            return cmd_manifest(args.root, args.cache, args.purge_bad_names)
         if args.command == "apply":
             return cmd_apply(args.root, parse_owner(args.owner))
         return cmd_pack(args.root)

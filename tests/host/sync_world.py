@@ -28,8 +28,8 @@ def wsync(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     )
 
 
-def guest_manifest(workspace: Path, cache: Path | None = None) -> Manifest:
-    extra = ["--cache", str(cache)] if cache else []
+def guest_manifest(workspace: Path, cache: Path | None = None, *, purge: bool = False) -> Manifest:
+    extra = (["--cache", str(cache)] if cache else []) + (["--purge-bad-names"] if purge else [])
     done = wsync("manifest", str(workspace), *extra)
     assert done.returncode == 0, done.stderr
     return Manifest.from_json(done.stdout)
@@ -52,7 +52,8 @@ def sync(
 ) -> Synced:
     """One sync-in: host scan, guest manifest, plan, stream into `wsync.py apply`."""
     host = scan(project, rules or ExcludeRules(), cache_file=caches / "host.json" if caches else None)
-    plan = plan_sync(host.manifest, guest_manifest(workspace, caches / "guest.json" if caches else None))
+    guest = guest_manifest(workspace, caches / "guest.json" if caches else None, purge=True)
+    plan = plan_sync(host.manifest, guest)
     buffer = io.BytesIO()
     write_stream(host, plan, buffer)
     done = wsync("apply", str(workspace), *(["--owner", owner] if owner else []), stdin=buffer.getvalue())

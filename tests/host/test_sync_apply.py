@@ -283,3 +283,19 @@ def test_blob_with_the_wrong_content_is_not_kept(
     assert json.loads(done.stderr)["problems"][0][0] == "../../etc/shadow"
     received = receive(io.BytesIO(done.stdout), changeset, BlobStore(tmp_path / "blobs"))
     assert received.stored == () and received.rejected[0][1].startswith("content does not match")
+
+
+def test_a_read_only_new_folder_still_receives_its_files(
+    world: tuple[Path, Path, Path, Manifest], tmp_path: Path
+) -> None:
+    project, workspace, _outside, base = world
+    (workspace / "ro").mkdir()
+    (workspace / "ro" / "inside.txt").write_text("in a read-only folder\n")
+    (workspace / "ro").chmod(0o555)
+    changeset, store = collect(base, workspace, tmp_path / "blobs")
+    report = apply(
+        project, changeset, store, base=base, shown_digest=changeset.digest, include_sensitive=False
+    )
+    assert report.applied == ("ro", "ro/inside.txt")
+    assert (project / "ro").stat().st_mode & 0o777 == 0o555
+    assert (project / "ro" / "inside.txt").read_text() == "in a read-only folder\n"

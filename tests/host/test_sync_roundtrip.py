@@ -189,3 +189,32 @@ def test_owner_is_applied_to_everything_written(tmp_path: Path) -> None:
     for path in [*workspace.rglob("*")]:
         info = path.lstat()
         assert (info.st_uid, info.st_gid) == (4242, 4343), path
+
+
+def test_names_that_are_not_utf8_are_reported_then_purged_at_sync_in(tmp_path: Path) -> None:
+    project, workspace = _project(tmp_path / "project"), tmp_path / "ws"
+    workspace.mkdir()
+    sync(project, workspace)
+    os.mkdir(os.path.join(os.fsencode(workspace), b"bad\xffdir"))
+    Path(os.fsdecode(os.path.join(os.fsencode(workspace), b"bad\xffdir", b"x"))).write_text("x")
+    after = guest_manifest(workspace)
+    assert [(e.path, e.kind) for e in after.entries if "bad" in e.path] == [("bad\\xffdir", "special")]
+    synced = sync(project, workspace)
+    assert guest_manifest(workspace) == synced.scan.manifest
+    assert not any(b"bad" in name for name in os.listdir(os.fsencode(workspace)))
+
+
+def test_a_mode_change_never_reaches_an_inode_shared_with_a_file_outside(tmp_path: Path) -> None:
+    project, workspace, outside = tmp_path / "project", tmp_path / "ws", tmp_path / "outside"
+    for folder in (project, workspace, outside):
+        folder.mkdir()
+    (project / "f").write_text("same\n")
+    (project / "f").chmod(0o600)
+    (outside / "f").write_text("same\n")
+    (outside / "f").chmod(0o644)
+    os.link(outside / "f", workspace / "f")  # the agent hard-linked it in an earlier run
+    synced = sync(project, workspace)
+    assert synced.plan.modes == (("f", 0o600),)
+    assert (outside / "f").stat().st_mode & 0o777 == 0o644
+    assert (workspace / "f").stat().st_mode & 0o777 == 0o600
+    assert (workspace / "f").stat().st_ino != (outside / "f").stat().st_ino

@@ -394,6 +394,7 @@ def _execute(tree: _Tree, accepted: list[ChangeEntry], blobs: BlobStore, journal
         if entry.change == "deleted" or (entry.change == "modified" and entry.old_kind != entry.kind):
             _move_aside(tree, entry, journal)
     touched: set[int] = set()
+    modes_last: list[tuple[int, str, ChangeEntry]] = []
     for entry in accepted:
         if entry.change == "deleted":
             continue
@@ -403,13 +404,23 @@ def _execute(tree: _Tree, accepted: list[ChangeEntry], blobs: BlobStore, journal
             raise SyncError(f"{parent_path} vanished during apply")
         touched.add(parent)
         if entry.change == "mode":
-            _chmod(parent, name, entry, journal)
+            modes_last.append((parent, name, entry))
         elif entry.kind == "dir":
             os.mkdir(name, 0o700, dir_fd=parent)
             journal.did(f"created {entry.path}", functools.partial(os.rmdir, name, dir_fd=parent))
-            os.chmod(name, entry.new_mode or 0o755, dir_fd=parent)
+            modes_last.append((parent, name, entry))
         else:
             _put(parent, name, entry, blobs, journal)
+    # Modes last and deepest first, so that a read-only folder cannot stop a write into it
+    # (and, undone first, cannot stop the undo either).
+    for parent, name, entry in reversed(modes_last):
+        if entry.change == "mode":
+            _chmod(parent, name, entry, journal)
+        else:
+            _set_mode(parent, name, "dir", entry.new_mode if entry.new_mode is not None else 0o755)
+            journal.did(
+                f"set the mode of {entry.path}", functools.partial(_set_mode, parent, name, "dir", 0o700)
+            )
     for fd in touched:
         _fsync(fd)
 

@@ -62,11 +62,21 @@ class Collected:
 
 
 def guest_manifest(
-    channel: ExecChannel, workspace: str, *, cache: str | None = None, wsync: Sequence[str] = WSYNC_ARGV
+    channel: ExecChannel,
+    workspace: str,
+    *,
+    cache: str | None = None,
+    purge_bad_names: bool = False,
+    wsync: Sequence[str] = WSYNC_ARGV,
 ) -> Manifest:
-    """The guest workspace's manifest (`wsync.py manifest`, with its hash cache if named)."""
+    """The guest workspace's manifest (`wsync.py manifest`, with its hash cache if named).
+
+    With `purge_bad_names` (sync-in), entries whose names are not UTF-8 are removed first: no
+    host file has such a name and the manifest could not name them for deletion.
+    """
     out, err = io.BytesIO(), io.BytesIO()
     argv = [*wsync, "manifest", workspace, *(["--cache", cache] if cache else [])]
+    argv += ["--purge-bad-names"] if purge_bad_names else []
     code = channel.exec(argv, stdin=None, stdout=out, stderr=err)
     _check(code, err, "list the guest workspace")
     return Manifest.from_json(out.getvalue())
@@ -90,7 +100,10 @@ def sync_in(
     """
     started = time.monotonic()
     host = scan(project, rules, cache_file=host_cache)
-    plan = plan_sync(host.manifest, guest_manifest(channel, workspace, cache=guest_cache, wsync=wsync))
+    plan = plan_sync(
+        host.manifest,
+        guest_manifest(channel, workspace, cache=guest_cache, purge_bad_names=True, wsync=wsync),
+    )
     read_fd, write_fd = os.pipe()
     failure: list[BaseException] = []
 
