@@ -12,7 +12,7 @@ from vmsbx.errors import SyncError
 from vmsbx.sync import changeset as changeset_module
 from vmsbx.sync.blobs import BlobStore
 from vmsbx.sync.changeset import Changeset, compute, entries_digest
-from vmsbx.sync.diff import render_diff
+from vmsbx.sync.diff import render_diff, render_summary
 from vmsbx.sync.manifest import Manifest, ManifestEntry
 
 
@@ -179,3 +179,17 @@ def test_diff_against_a_host_file_that_changed_says_so(tmp_path: Path) -> None:
     (store.folder / sha(b"agent\n")).write_bytes(b"agent\n")
     text = render_diff(compute(m(f("a.txt", b"base\n")), m(f("a.txt", b"agent\n"))), store, tmp_path)
     assert "changed since the run started" in text and "+agent" in text
+
+
+def test_summary_groups_paths_by_what_apply_will_do() -> None:
+    base = m(f("a.py"), f("run.sh"))
+    after = m(
+        f("a.py", b"2"), f("run.sh", mode=0o755), f("vmsbx.toml"), ln("x", "/etc"), d(".git"), f(".git/HEAD")
+    )
+    text = render_summary(compute(base, after))
+    assert text.index("Changes `vmsbx apply` brings back: 2") < text.index("  M a.py")
+    assert "  m run.sh (mode 644 -> 755)" in text
+    assert "--include-sensitive): 1\n  A vmsbx.toml" in text
+    assert "Git metadata" in text and "  A .git/" in text
+    assert "Refused (never applied): 1\n  A x - symlink pointing outside the project" in text
+    assert render_summary(compute(base, base)) == "No changes.\n"

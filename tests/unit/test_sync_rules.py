@@ -122,3 +122,17 @@ def test_user_config_sets_secret_patterns_and_env_splits_lists(tmp_path: Path) -
     )
     assert settings.sync.secret_patterns == (".env",)
     assert settings.sync.exclude == ("a", "b/c")
+
+
+def test_submodule_configs_are_sanitized_too(tmp_path: Path) -> None:
+    from vmsbx.sync.manifest import scan
+
+    module = tmp_path / ".git" / "modules" / "lib"
+    module.mkdir(parents=True)
+    (module / "config").write_text("[remote]\n\turl = https://u:secret@example.org/lib.git\n")
+    (tmp_path / ".git" / "config").write_text("[remote]\n\turl = https://u:secret2@example.org/x.git\n")
+    result = scan(tmp_path, ExcludeRules())
+    assert set(result.overrides) == {".git/config", ".git/modules/lib/config"}
+    assert all(b"secret" not in data for data in result.overrides.values())
+    sizes = {e.path: e.size for e in result.manifest.entries}
+    assert sizes[".git/config"] == len(result.overrides[".git/config"])

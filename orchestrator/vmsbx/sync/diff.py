@@ -28,6 +28,35 @@ def render_diff(changeset: Changeset, blobs: BlobStore, project: Path, *, contex
     return strip_control("".join(parts))
 
 
+_SECTIONS = (
+    ("apply", "Changes `vmsbx apply` brings back"),
+    ("sensitive", "Held back: can run code on your machine (apply with --include-sensitive)"),
+    ("git", "Git metadata (never applied as files; commits come back as a branch)"),
+    ("refused", "Refused (never applied)"),
+)
+_LETTER = {"added": "A", "modified": "M", "deleted": "D", "mode": "m"}
+
+
+def render_summary(changeset: Changeset) -> str:
+    """A short listing, one line per path, grouped by what apply will do with it."""
+    out: list[str] = []
+    for classification, title in _SECTIONS:
+        rows = [entry for entry in changeset.entries if entry.classification == classification]
+        if not rows:
+            continue
+        out.append(f"{title}: {len(rows)}\n")
+        for entry in rows:
+            line = f"  {_LETTER[entry.change]} {_show_path(entry.path)}"
+            if entry.kind == "dir":
+                line += "/"
+            if entry.change == "mode" and entry.old_mode is not None and entry.new_mode is not None:
+                line += f" (mode {entry.old_mode:o} -> {entry.new_mode:o})"
+            if entry.classification == "refused":
+                line += f" - {entry.reason}"
+            out.append(line + "\n")
+    return strip_control("".join(out)) if out else "No changes.\n"
+
+
 def render_entry(entry: ChangeEntry, blobs: BlobStore, project: Path, *, context: int = 3) -> str:
     """One entry as text (not yet stripped of control sequences)."""
     label = {"apply": "", "sensitive": " [sensitive]", "git": " [git]", "refused": " [refused]"}
