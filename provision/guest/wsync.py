@@ -255,12 +255,15 @@ def apply_link(root_fd: int, path: str, target: str, owner: tuple[int, int] | No
 def replace(parent: int, temp: str, name: str) -> None:
     """Rename temp over name; a directory in the way (a kind change) is removed first."""
     try:
-        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-    except FileNotFoundError:
-        st = None
-    if st is not None and stat.S_ISDIR(st.st_mode):
+        os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+    except IsADirectoryError:
         shutil.rmtree(name, dir_fd=parent)
-    os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+        os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+    except OSError as error:
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        shutil.rmtree(name, dir_fd=parent)
+        os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
 
 
 def apply_mode(root_fd: int, path: str, mode: int) -> None:
@@ -286,7 +289,9 @@ def apply_mode(root_fd: int, path: str, mode: int) -> None:
 def copy_over(parent: int, name: str, source_fd: int, mode: int, owner: tuple[int, int]) -> None:
     temp = f".wsync-{os.getpid()}-copy"
     remove(parent, temp)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+    fd = os.open(
+        temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent
+    )
     try:
         while chunk := os.read(source_fd, CHUNK):
             view = memoryview(chunk)
@@ -305,34 +310,43 @@ def apply_file(
     source: object,
     spec: dict[str, object],
     owner: tuple[int, int] | None,
+    parents: dict[str, int],
 ) -> None:
-    parent, name = in_parent(root_fd, member.name, owner)
+    parts = check_path(member.name)
+    folder, name = "/".join(parts[:-1]), parts[-1]
+    parent = parents.get(folder)
+    if parent is None:
+        # Files arrive grouped by folder: keep the last few folders open (nothing else writes
+        # the workspace during a sync, so a descriptor stays valid).
+        if len(parents) > 64:
+            for fd in parents.values():
+                os.close(fd)
+            parents.clear()
+        parent = parents[folder] = open_dir(root_fd, parts[:-1], create=True, owner=owner)
+    # Guest-only names (planted ones included) were deleted above, and nothing else writes the
+    # workspace during a sync; should the name exist anyway, O_EXCL fails the sync closed.
+    temp = f".wsync-{os.getpid()}-{member.offset}"
+    fd = os.open(
+        temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent
+    )
+    digest = hashlib.sha256()
     try:
-        temp = f".wsync-{os.getpid()}-file"
-        remove(parent, temp)
-        fd = os.open(
-            temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent
-        )
-        digest = hashlib.sha256()
-        try:
-            while chunk := source.read(CHUNK):  # type: ignore[attr-defined]
-                digest.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
-            if digest.hexdigest() != spec["sha256"]:
-                raise Refused(f"{member.name}: content does not match its hash")
-            if owner is not None:
-                os.fchown(fd, *owner)
-            os.fchmod(fd, int(spec["mode"]) & 0o7777)  # type: ignore[call-overload]
-        except BaseException:
-            os.close(fd)
-            os.unlink(temp, dir_fd=parent)
-            raise
+        while chunk := source.read(CHUNK):  # type: ignore[attr-defined]
+            digest.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+        if digest.hexdigest() != spec["sha256"]:
+            raise Refused(f"{member.name}: content does not match its hash")
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, int(spec["mode"]) & 0o7777)  # type: ignore[call-overload]
+    except BaseException:
         os.close(fd)
-        replace(parent, temp, name)
-    finally:
-        os.close(parent)
+        os.unlink(temp, dir_fd=parent)
+        raise
+    os.close(fd)
+    replace(parent, temp, name)
 
 
 def parse_owner(text: str | None) -> tuple[int, int] | None:
@@ -357,13 +371,18 @@ def cmd_apply(root: str, owner: tuple[int, int] | None) -> int:
             apply_link(root_fd, path, target, owner)
         files = {spec["path"]: spec for spec in header["files"]}
         written = 0
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                spec = files.get(member.name)
-                if not member.isreg() or spec is None or member.size != spec["size"]:
-                    raise Refused(f"unexpected stream member {member.name!r}")
-                apply_file(root_fd, member, tar.extractfile(member), spec, owner)
-                written += 1
+        parents: dict[str, int] = {}
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for member in tar:
+                    spec = files.get(member.name)
+                    if not member.isreg() or spec is None or member.size != spec["size"]:
+                        raise Refused(f"unexpected stream member {member.name!r}")
+                    apply_file(root_fd, member, tar.extractfile(member), spec, owner, parents)
+                    written += 1
+        finally:
+            for fd in parents.values():
+                os.close(fd)
         if written != len(files):
             raise Refused(f"stream ended after {written} of {len(files)} files")
         for path, mode in header["modes"]:
