@@ -299,3 +299,23 @@ def test_a_read_only_new_folder_still_receives_its_files(
     assert report.applied == ("ro", "ro/inside.txt")
     assert (project / "ro").stat().st_mode & 0o777 == 0o555
     assert (project / "ro" / "inside.txt").read_text() == "in a read-only folder\n"
+
+
+def test_a_host_link_the_agent_turned_into_a_folder_comes_back_as_a_folder(
+    world: tuple[Path, Path, Path, Manifest], tmp_path: Path
+) -> None:
+    project, workspace, outside, _base = world
+    (project / "assets").symlink_to(outside)
+    base = sync(project, workspace).scan.manifest
+    outside_before = snapshot(outside)
+    (workspace / "assets").unlink()
+    (workspace / "assets").mkdir()
+    (workspace / "assets" / "logo.svg").write_text("<svg/>\n")
+    changeset, store = collect(base, workspace, tmp_path / "blobs")
+    report = apply(
+        project, changeset, store, base=base, shown_digest=changeset.digest, include_sensitive=False
+    )
+    assert report.applied == ("assets", "assets/logo.svg")
+    assert not (project / "assets").is_symlink()
+    assert (project / "assets" / "logo.svg").read_text() == "<svg/>\n"
+    assert snapshot(outside) == outside_before

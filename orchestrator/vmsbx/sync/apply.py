@@ -272,7 +272,7 @@ def _decide(tree: _Tree, changeset: Changeset, blobs: BlobStore, *, include_sens
 
 def _blocker(entry: ChangeEntry, by_path: dict[str, ChangeEntry], accepted: set[str]) -> str | None:
     parent = entry.path.rpartition("/")[0]
-    if entry.change != "deleted" and parent in by_path and parent not in accepted:
+    if entry.change != "deleted" and _creates_dir(by_path.get(parent)) and parent not in accepted:
         return parent
     if _removes_dir(entry):
         prefix = entry.path + "/"
@@ -282,6 +282,10 @@ def _blocker(entry: ChangeEntry, by_path: dict[str, ChangeEntry], accepted: set[
     return None
 
 
+def _creates_dir(entry: ChangeEntry | None) -> bool:
+    return entry is not None and entry.kind == "dir" and entry.change in {"added", "modified"}
+
+
 def _removes_dir(entry: ChangeEntry) -> bool:
     return entry.old_kind == "dir" and (entry.change == "deleted" or entry.kind != "dir")
 
@@ -289,24 +293,21 @@ def _removes_dir(entry: ChangeEntry) -> bool:
 def _host_problem(
     tree: _Tree, entry: ChangeEntry, by_path: dict[str, ChangeEntry], blobs: BlobStore
 ) -> str | None:
+    parent_path, _, name = entry.path.rpartition("/")
+    parent_created = _creates_dir(by_path.get(parent_path))
     try:
         current = _state(tree, entry.path)
     except _Unsafe as error:
-        return str(error)
+        if not parent_created:
+            return str(error)
+        # The folder replaces a link (checked by the folder's own entry): nothing is in it yet.
+        current = None
     except OSError as error:
         return f"cannot read it on the host: {error.strerror or error}"
-    parent_path, _, name = entry.path.rpartition("/")
-    parent_entry = by_path.get(parent_path)
-    parent_created = (
-        parent_entry is not None and parent_entry.change != "deleted" and parent_entry.kind == "dir"
-    )
     if _matches_new(entry, current):
         return _ALREADY
     if not _matches_base(entry, current):
-        if current is None and entry.old_kind is None and parent_created:
-            pass  # the folder is created by this apply
-        else:
-            return "changed on the host since the run started"
+        return "changed on the host since the run started"
     if entry.change != "deleted" and not parent_created:
         try:
             parent = tree.dir(parent_path)
