@@ -319,3 +319,20 @@ def test_a_host_link_the_agent_turned_into_a_folder_comes_back_as_a_folder(
     assert not (project / "assets").is_symlink()
     assert (project / "assets" / "logo.svg").read_text() == "<svg/>\n"
     assert snapshot(outside) == outside_before
+
+
+def test_a_new_name_that_collides_with_an_unsynced_host_file_is_not_applied(tmp_path: Path) -> None:
+    from vmsbx.sync.rules import exclude_rules
+
+    project, workspace = tmp_path / "project", tmp_path / "ws"
+    project.mkdir()
+    workspace.mkdir()
+    (project / "Notes.md").write_text("private notes, excluded from sync\n")
+    base = sync(project, workspace, exclude_rules(None, ("Notes.md",))).scan.manifest
+    (workspace / "notes.md").write_text("agent notes\n")
+    changeset, store = collect(base, workspace, tmp_path / "blobs")
+    report = apply(
+        project, changeset, store, base=base, shown_digest=changeset.digest, include_sensitive=False
+    )
+    assert "collides with the host's 'Notes.md'" in dict(report.conflicts)["notes.md"]
+    assert sorted(os.listdir(project)) == ["Notes.md"]
