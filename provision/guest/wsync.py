@@ -8,7 +8,10 @@ O_NOFOLLOW, and every file is opened relative to its parent's descriptor with O_
 Standard library only (the guest's python3 is 3.11: no tarfile extraction filters, and none
 needed: members are written by hand, never extracted).
 
-  wsync.py manifest ROOT [--cache FILE]   -> manifest JSON on stdout
+  wsync.py manifest ROOT [--cache FILE] [--purge-bad-names]
+                                          -> manifest JSON on stdout (names that are not
+                                             UTF-8 are listed as "special" with backslash
+                                             escapes, or removed with --purge-bad-names)
   wsync.py apply ROOT [--owner UID:GID]   <- one JSON header line, then a tar of files, on stdin
   wsync.py pack ROOT                      <- JSON list of paths on stdin; -> tar on stdout,
                                              one JSON line of problems on stderr
@@ -120,7 +123,7 @@ def hash_file(dir_fd: int, name: str, st: os.stat_result) -> str | None:
 
 
 def scan(
-    root_fd: int, cache: dict[str, list[object]]
+    root_fd: int, cache: dict[str, list[object]], purge: bool = False
 ) -> tuple[list[dict[str, object]], dict[str, list[object]]]:
     entries: list[dict[str, object]] = []
     fresh: dict[str, list[object]] = {}
@@ -129,6 +132,16 @@ def scan(
         with os.scandir(dir_fd) as listing:
             items = sorted(listing, key=lambda item: item.name)
         for item in items:
+            try:
+                item.name.encode("utf-8")
+            except UnicodeEncodeError:
+                # Not valid UTF-8: no host file can have this name, and JSON cannot carry it.
+                if purge:
+                    remove(dir_fd, item.name)
+                else:
+                    shown = item.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                    entries.append({"path": prefix + shown, "kind": "special"})
+                continue
             path = prefix + item.name
             st = item.stat(follow_symlinks=False)
             mode = stat.S_IMODE(st.st_mode)
@@ -182,10 +195,10 @@ def save_cache(path: str | None, cache: dict[str, list[object]]) -> None:
     os.replace(temp, path)
 
 
-def cmd_manifest(root: str, cache_path: str | None) -> int:
+def cmd_manifest(root: str, cache_path: str | None, purge: bool) -> int:
     root_fd = open_root(root)
     try:
-        entries, fresh = scan(root_fd, load_cache(cache_path))
+        entries, fresh = scan(root_fd, load_cache(cache_path), purge)
     finally:
         os.close(root_fd)
     save_cache(cache_path, fresh)
@@ -242,12 +255,15 @@ def apply_link(root_fd: int, path: str, target: str, owner: tuple[int, int] | No
 def replace(parent: int, temp: str, name: str) -> None:
     """Rename temp over name; a directory in the way (a kind change) is removed first."""
     try:
-        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-    except FileNotFoundError:
-        st = None
-    if st is not None and stat.S_ISDIR(st.st_mode):
+        os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+    except IsADirectoryError:
         shutil.rmtree(name, dir_fd=parent)
-    os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+        os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+    except OSError as error:
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        shutil.rmtree(name, dir_fd=parent)
+        os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
 
 
 def apply_mode(root_fd: int, path: str, mode: int) -> None:
@@ -255,12 +271,37 @@ def apply_mode(root_fd: int, path: str, mode: int) -> None:
     try:
         fd = os.open(name, FILE_FLAGS, dir_fd=parent)
         try:
-            if stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise Refused(f"{path}: not a regular file")
+            if st.st_nlink > 1:
+                # A hard link the agent made may share its inode with a file outside ROOT:
+                # give the path its own copy instead of changing the shared inode.
+                copy_over(parent, name, fd, mode, (st.st_uid, st.st_gid))
+            else:
                 os.fchmod(fd, mode & 0o7777)
         finally:
             os.close(fd)
     finally:
         os.close(parent)
+
+
+def copy_over(parent: int, name: str, source_fd: int, mode: int, owner: tuple[int, int]) -> None:
+    temp = f".wsync-{os.getpid()}-copy"
+    remove(parent, temp)
+    fd = os.open(
+        temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent
+    )
+    try:
+        while chunk := os.read(source_fd, CHUNK):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+        os.fchown(fd, *owner)
+        os.fchmod(fd, mode & 0o7777)
+    finally:
+        os.close(fd)
+    os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
 
 
 def apply_file(
@@ -269,34 +310,43 @@ def apply_file(
     source: object,
     spec: dict[str, object],
     owner: tuple[int, int] | None,
+    parents: dict[str, int],
 ) -> None:
-    parent, name = in_parent(root_fd, member.name, owner)
+    parts = check_path(member.name)
+    folder, name = "/".join(parts[:-1]), parts[-1]
+    parent = parents.get(folder)
+    if parent is None:
+        # Files arrive grouped by folder: keep the last few folders open (nothing else writes
+        # the workspace during a sync, so a descriptor stays valid).
+        if len(parents) > 64:
+            for fd in parents.values():
+                os.close(fd)
+            parents.clear()
+        parent = parents[folder] = open_dir(root_fd, parts[:-1], create=True, owner=owner)
+    # Guest-only names (planted ones included) were deleted above, and nothing else writes the
+    # workspace during a sync; should the name exist anyway, O_EXCL fails the sync closed.
+    temp = f".wsync-{os.getpid()}-{member.offset}"
+    fd = os.open(
+        temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent
+    )
+    digest = hashlib.sha256()
     try:
-        temp = f".wsync-{os.getpid()}-file"
-        remove(parent, temp)
-        fd = os.open(
-            temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent
-        )
-        digest = hashlib.sha256()
-        try:
-            while chunk := source.read(CHUNK):  # type: ignore[attr-defined]
-                digest.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
-            if digest.hexdigest() != spec["sha256"]:
-                raise Refused(f"{member.name}: content does not match its hash")
-            if owner is not None:
-                os.fchown(fd, *owner)
-            os.fchmod(fd, int(spec["mode"]) & 0o7777)  # type: ignore[call-overload]
-        except BaseException:
-            os.close(fd)
-            os.unlink(temp, dir_fd=parent)
-            raise
+        while chunk := source.read(CHUNK):  # type: ignore[attr-defined]
+            digest.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+        if digest.hexdigest() != spec["sha256"]:
+            raise Refused(f"{member.name}: content does not match its hash")
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, int(spec["mode"]) & 0o7777)  # type: ignore[call-overload]
+    except BaseException:
         os.close(fd)
-        replace(parent, temp, name)
-    finally:
-        os.close(parent)
+        os.unlink(temp, dir_fd=parent)
+        raise
+    os.close(fd)
+    replace(parent, temp, name)
 
 
 def parse_owner(text: str | None) -> tuple[int, int] | None:
@@ -321,18 +371,22 @@ def cmd_apply(root: str, owner: tuple[int, int] | None) -> int:
             apply_link(root_fd, path, target, owner)
         files = {spec["path"]: spec for spec in header["files"]}
         written = 0
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                spec = files.get(member.name)
-                if not member.isreg() or spec is None or member.size != spec["size"]:
-                    raise Refused(f"unexpected stream member {member.name!r}")
-                apply_file(root_fd, member, tar.extractfile(member), spec, owner)
-                written += 1
+        parents: dict[str, int] = {}
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for member in tar:
+                    spec = files.get(member.name)
+                    if not member.isreg() or spec is None or member.size != spec["size"]:
+                        raise Refused(f"unexpected stream member {member.name!r}")
+                    apply_file(root_fd, member, tar.extractfile(member), spec, owner, parents)
+                    written += 1
+        finally:
+            for fd in parents.values():
+                os.close(fd)
         if written != len(files):
             raise Refused(f"stream ended after {written} of {len(files)} files")
         for path, mode in header["modes"]:
             apply_mode(root_fd, path, mode)
-        os.sync()
     finally:
         os.close(root_fd)
     json.dump({"ok": True, "written": written}, sys.stdout)
@@ -388,6 +442,7 @@ def main(argv: list[str]) -> int:
     manifest = sub.add_parser("manifest")
     manifest.add_argument("root")
     manifest.add_argument("--cache")
+    manifest.add_argument("--purge-bad-names", action="store_true")
     apply = sub.add_parser("apply")
     apply.add_argument("root")
     apply.add_argument("--owner")
@@ -396,7 +451,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "manifest":
-            return cmd_manifest(args.root, args.cache)
+            return cmd_manifest(args.root, args.cache, args.purge_bad_names)
         if args.command == "apply":
             return cmd_apply(args.root, parse_owner(args.owner))
         return cmd_pack(args.root)

@@ -48,6 +48,8 @@ class ApplyReport:
     """Sensitive paths left out because --include-sensitive was not given."""
     git: tuple[str, ...] = ()
     """Paths under .git/: never written as files."""
+    already: tuple[str, ...] = ()
+    """Paths the host already has as the changeset wants them (an earlier apply): left alone."""
 
 
 class _Unsafe(Exception):
@@ -101,6 +103,7 @@ def apply(
         refused=tuple(sorted(plan.refused.items())),
         held_back=tuple(plan.held_back),
         git=tuple(plan.git),
+        already=tuple(sorted(plan.already)),
     )
 
 
@@ -198,6 +201,18 @@ def _state(tree: _Tree, path: str) -> _State | None:
         os.close(fd)
 
 
+def _matches_new(entry: ChangeEntry, current: _State | None) -> bool:
+    if entry.change == "deleted":
+        return current is None
+    if current is None or current.kind != entry.kind:
+        return False
+    if current.kind == "file":
+        return current.sha256 == entry.new_sha256 and current.mode == entry.new_mode
+    if current.kind == "symlink":
+        return current.target == entry.target
+    return current.mode == entry.new_mode if entry.change == "mode" else True
+
+
 def _matches_base(entry: ChangeEntry, current: _State | None) -> bool:
     if entry.old_kind is None:
         return current is None
@@ -220,6 +235,7 @@ class _Decision:
     refused: dict[str, str] = field(default_factory=dict)
     held_back: list[str] = field(default_factory=list)
     git: list[str] = field(default_factory=list)
+    already: set[str] = field(default_factory=set)
 
 
 def _decide(tree: _Tree, changeset: Changeset, blobs: BlobStore, *, include_sensitive: bool) -> _Decision:
@@ -234,7 +250,9 @@ def _decide(tree: _Tree, changeset: Changeset, blobs: BlobStore, *, include_sens
             decision.held_back.append(entry.path)
         else:
             problem = _host_problem(tree, entry, by_path, blobs)
-            if problem is None:
+            if problem is _ALREADY:
+                decision.already.add(entry.path)
+            elif problem is None:
                 decision.accepted.add(entry.path)
             else:
                 decision.conflicts[entry.path] = problem
@@ -244,7 +262,7 @@ def _decide(tree: _Tree, changeset: Changeset, blobs: BlobStore, *, include_sens
     while changed:
         changed = False
         for path in sorted(decision.accepted, key=sort_key):
-            blocker = _blocker(by_path[path], by_path, decision.accepted)
+            blocker = _blocker(by_path[path], by_path, decision.accepted | decision.already)
             if blocker is not None:
                 decision.accepted.discard(path)
                 decision.conflicts[path] = f"depends on {blocker!r}, which is not applied"
@@ -254,7 +272,7 @@ def _decide(tree: _Tree, changeset: Changeset, blobs: BlobStore, *, include_sens
 
 def _blocker(entry: ChangeEntry, by_path: dict[str, ChangeEntry], accepted: set[str]) -> str | None:
     parent = entry.path.rpartition("/")[0]
-    if entry.change != "deleted" and parent in by_path and parent not in accepted:
+    if entry.change != "deleted" and _creates_dir(by_path.get(parent)) and parent not in accepted:
         return parent
     if _removes_dir(entry):
         prefix = entry.path + "/"
@@ -264,6 +282,10 @@ def _blocker(entry: ChangeEntry, by_path: dict[str, ChangeEntry], accepted: set[
     return None
 
 
+def _creates_dir(entry: ChangeEntry | None) -> bool:
+    return entry is not None and entry.kind == "dir" and entry.change in {"added", "modified"}
+
+
 def _removes_dir(entry: ChangeEntry) -> bool:
     return entry.old_kind == "dir" and (entry.change == "deleted" or entry.kind != "dir")
 
@@ -271,22 +293,21 @@ def _removes_dir(entry: ChangeEntry) -> bool:
 def _host_problem(
     tree: _Tree, entry: ChangeEntry, by_path: dict[str, ChangeEntry], blobs: BlobStore
 ) -> str | None:
+    parent_path, _, name = entry.path.rpartition("/")
+    parent_created = _creates_dir(by_path.get(parent_path))
     try:
         current = _state(tree, entry.path)
     except _Unsafe as error:
-        return str(error)
+        if not parent_created:
+            return str(error)
+        # The folder replaces a link (checked by the folder's own entry): nothing is in it yet.
+        current = None
     except OSError as error:
         return f"cannot read it on the host: {error.strerror or error}"
-    parent_path, _, name = entry.path.rpartition("/")
-    parent_entry = by_path.get(parent_path)
-    parent_created = (
-        parent_entry is not None and parent_entry.change != "deleted" and parent_entry.kind == "dir"
-    )
+    if _matches_new(entry, current):
+        return _ALREADY
     if not _matches_base(entry, current):
-        if current is None and entry.old_kind is None and parent_created:
-            pass  # the folder is created by this apply
-        else:
-            return "changed on the host since the run started"
+        return "changed on the host since the run started"
     if entry.change != "deleted" and not parent_created:
         try:
             parent = tree.dir(parent_path)
@@ -317,6 +338,10 @@ def _host_problem(
     if entry.kind not in {"file", "dir", "symlink"}:
         return "special file"
     return None
+
+
+# A marker from _host_problem: the host already holds the new state.
+_ALREADY = "already applied"
 
 
 # --- doing ------------------------------------------------------------------------------------
@@ -370,6 +395,7 @@ def _execute(tree: _Tree, accepted: list[ChangeEntry], blobs: BlobStore, journal
         if entry.change == "deleted" or (entry.change == "modified" and entry.old_kind != entry.kind):
             _move_aside(tree, entry, journal)
     touched: set[int] = set()
+    modes_last: list[tuple[int, str, ChangeEntry]] = []
     for entry in accepted:
         if entry.change == "deleted":
             continue
@@ -379,13 +405,23 @@ def _execute(tree: _Tree, accepted: list[ChangeEntry], blobs: BlobStore, journal
             raise SyncError(f"{parent_path} vanished during apply")
         touched.add(parent)
         if entry.change == "mode":
-            _chmod(parent, name, entry, journal)
+            modes_last.append((parent, name, entry))
         elif entry.kind == "dir":
             os.mkdir(name, 0o700, dir_fd=parent)
             journal.did(f"created {entry.path}", functools.partial(os.rmdir, name, dir_fd=parent))
-            os.chmod(name, entry.new_mode or 0o755, dir_fd=parent)
+            modes_last.append((parent, name, entry))
         else:
             _put(parent, name, entry, blobs, journal)
+    # Modes last and deepest first, so that a read-only folder cannot stop a write into it
+    # (and, undone first, cannot stop the undo either).
+    for parent, name, entry in reversed(modes_last):
+        if entry.change == "mode":
+            _chmod(parent, name, entry, journal)
+        else:
+            _set_mode(parent, name, "dir", entry.new_mode if entry.new_mode is not None else 0o755)
+            journal.did(
+                f"set the mode of {entry.path}", functools.partial(_set_mode, parent, name, "dir", 0o700)
+            )
     for fd in touched:
         _fsync(fd)
 
@@ -406,21 +442,19 @@ def _move_aside(tree: _Tree, entry: ChangeEntry, journal: _Journal) -> None:
 
 
 def _chmod(parent: int, name: str, entry: ChangeEntry, journal: _Journal) -> None:
-    fd = os.open(name, _FILE_FLAGS, dir_fd=parent)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise SyncError(f"{entry.path} is no longer a regular file")
-        os.fchmod(fd, entry.new_mode or 0o644)
-    finally:
-        os.close(fd)
+    _set_mode(parent, name, entry.kind, entry.new_mode or 0o644)
     journal.did(
-        f"changed the mode of {entry.path}", lambda: _restore_mode(parent, name, entry.old_mode or 0o644)
+        f"changed the mode of {entry.path}",
+        functools.partial(_set_mode, parent, name, entry.kind, entry.old_mode or 0o644),
     )
 
 
-def _restore_mode(parent: int, name: str, mode: int) -> None:
-    fd = os.open(name, _FILE_FLAGS, dir_fd=parent)
+def _set_mode(parent: int, name: str, kind: str, mode: int) -> None:
+    fd = os.open(name, _DIR_FLAGS if kind == "dir" else _FILE_FLAGS, dir_fd=parent)
     try:
+        wanted = stat.S_ISDIR if kind == "dir" else stat.S_ISREG
+        if not wanted(os.fstat(fd).st_mode):
+            raise SyncError(f"{name} changed kind during apply")
         os.fchmod(fd, mode)
     finally:
         os.close(fd)

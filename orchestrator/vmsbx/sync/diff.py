@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import os
 from pathlib import Path
 
 from vmsbx.sync.blobs import BlobStore
 from vmsbx.sync.changeset import ChangeEntry, Changeset
+from vmsbx.sync.names import path_problem
 from vmsbx.textsafe import strip_control
 
 _MAX_TEXT_BYTES = 2 * 1024 * 1024
@@ -26,10 +28,40 @@ def render_diff(changeset: Changeset, blobs: BlobStore, project: Path, *, contex
     return strip_control("".join(parts))
 
 
+_SECTIONS = (
+    ("apply", "Changes `vmsbx apply` brings back"),
+    ("sensitive", "Held back: can run code on your machine (apply with --include-sensitive)"),
+    ("git", "Git metadata (never applied as files; commits come back as a branch)"),
+    ("refused", "Refused (never applied)"),
+)
+_LETTER = {"added": "A", "modified": "M", "deleted": "D", "mode": "m"}
+
+
+def render_summary(changeset: Changeset) -> str:
+    """A short listing, one line per path, grouped by what apply will do with it."""
+    out: list[str] = []
+    for classification, title in _SECTIONS:
+        rows = [entry for entry in changeset.entries if entry.classification == classification]
+        if not rows:
+            continue
+        out.append(f"{title}: {len(rows)}\n")
+        for entry in rows:
+            line = f"  {_LETTER[entry.change]} {_show_path(entry.path)}"
+            if entry.kind == "dir":
+                line += "/"
+            if entry.change == "mode" and entry.old_mode is not None and entry.new_mode is not None:
+                line += f" (mode {entry.old_mode:o} -> {entry.new_mode:o})"
+            if entry.classification == "refused":
+                line += f" - {entry.reason}"
+            out.append(line + "\n")
+    return strip_control("".join(out)) if out else "No changes.\n"
+
+
 def render_entry(entry: ChangeEntry, blobs: BlobStore, project: Path, *, context: int = 3) -> str:
     """One entry as text (not yet stripped of control sequences)."""
     label = {"apply": "", "sensitive": " [sensitive]", "git": " [git]", "refused": " [refused]"}
-    head = f"{entry.change} {entry.kind} {entry.path}{label[entry.classification]}"
+    shown = _show_path(entry.path)
+    head = f"{entry.change} {entry.kind} {shown}{label[entry.classification]}"
     if entry.reason:
         head += f" ({entry.reason})"
     lines = [head + "\n"]
@@ -42,6 +74,11 @@ def render_entry(entry: ChangeEntry, blobs: BlobStore, project: Path, *, context
     if entry.change in {"added", "modified", "deleted"} and "file" in {entry.kind, entry.old_kind}:
         lines.append(_content_diff(entry, blobs, project, context))
     return "".join(lines) + "\n"
+
+
+def _show_path(path: str) -> str:
+    """A name from the guest, quoted when it holds characters that could forge diff lines."""
+    return json.dumps(path) if path_problem(path) is not None or '"' in path else path
 
 
 def _content_diff(entry: ChangeEntry, blobs: BlobStore, project: Path, context: int) -> str:
@@ -57,8 +94,8 @@ def _content_diff(entry: ChangeEntry, blobs: BlobStore, project: Path, context: 
     diff = difflib.unified_diff(
         old_text.splitlines(keepends=True),
         new_text.splitlines(keepends=True),
-        fromfile=f"a/{entry.path}",
-        tofile=f"b/{entry.path}",
+        fromfile=f"a/{_show_path(entry.path)}",
+        tofile=f"b/{_show_path(entry.path)}",
         n=context,
     )
     body = "".join(

@@ -99,7 +99,7 @@ class Scan:
     manifest: Manifest
     excluded: tuple[ExcludedItem, ...]
     overrides: Mapping[str, bytes] = field(default_factory=dict)
-    """Content sent instead of the file's own: the sanitized `.git/config`."""
+    """Content sent instead of the file's own: the sanitized `.git/config` (and submodules')."""
 
 
 # --- .git/config ------------------------------------------------------------------------------
@@ -117,6 +117,11 @@ def sanitize_git_config(data: bytes) -> bytes:
             continue
         lines.append(_URL_CREDENTIALS.sub(lambda match: match["scheme"], line))
     return "".join(lines).encode("utf-8", errors="surrogateescape")
+
+
+def _is_git_config(path: str) -> bool:
+    # The repository's own config and its submodules' (.git/modules/<name>/config).
+    return path == GIT_CONFIG or (path.startswith(".git/modules/") and path.endswith("/config"))
 
 
 # --- scanning ---------------------------------------------------------------------------------
@@ -167,7 +172,7 @@ def scan(root: Path, rules: ExcludeRules, *, cache_file: Path | None = None) -> 
                 target = os.readlink(item.path)  # noqa: PTH115 (str in, str out)
                 entries.append(ManifestEntry(path=path, kind="symlink", target=target))
             elif stat.S_ISREG(info.st_mode):
-                if path == GIT_CONFIG:
+                if _is_git_config(path):
                     data = sanitize_git_config(_read_file(Path(item.path)))
                     overrides[path] = data
                     digest, size = hashlib.sha256(data).hexdigest(), len(data)

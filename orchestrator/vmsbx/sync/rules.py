@@ -64,6 +64,8 @@ class ExcludeRules:
         Each list decides on its own, so a "!" in the extra patterns (which the project file
         may add to) can never take back a secret pattern.
         """
+        if not _any_of(self.secret_patterns + self.extra_patterns).search(path):
+            return None  # the common case, in one regex search
         for label, patterns in (("secret pattern", self.secret_patterns), ("exclude", self.extra_patterns)):
             reason: str | None = None
             for pattern in patterns:
@@ -79,6 +81,12 @@ def exclude_rules(secret_patterns: tuple[str, ...] | None, exclude: tuple[str, .
     """Rules from settings: `secret_patterns` None keeps the defaults."""
     secrets = DEFAULT_SECRET_PATTERNS if secret_patterns is None else secret_patterns
     return ExcludeRules(secret_patterns=secrets, extra_patterns=exclude)
+
+
+@lru_cache(maxsize=16)
+def _any_of(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    positive = [_compiled(pattern).pattern for pattern in patterns if not pattern.startswith("!")]
+    return re.compile("|".join(f"(?:{regex})" for regex in positive) or "(?!)", re.DOTALL)
 
 
 @lru_cache(maxsize=512)

@@ -1,0 +1,91 @@
+"""Drives the real guest-side wsync.py as a local subprocess, the way the host drives it over
+the agent's exec channel: a manifest on stdout, the sync stream on stdin, a tar from `pack`."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmsbx.sync import blobs as blobs_module
+from vmsbx.sync.changeset import Changeset, compute
+from vmsbx.sync.delta import SyncPlan, plan_sync
+from vmsbx.sync.manifest import Manifest, Scan, scan
+from vmsbx.sync.rules import ExcludeRules
+from vmsbx.sync.stream import write_stream
+
+WSYNC = Path(__file__).resolve().parents[2] / "provision" / "guest" / "wsync.py"
+
+
+def wsync(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, str(WSYNC), *args], input=stdin, capture_output=True, check=False, timeout=600
+    )
+
+
+def guest_manifest(workspace: Path, cache: Path | None = None, *, purge: bool = False) -> Manifest:
+    extra = (["--cache", str(cache)] if cache else []) + (["--purge-bad-names"] if purge else [])
+    done = wsync("manifest", str(workspace), *extra)
+    assert done.returncode == 0, done.stderr
+    return Manifest.from_json(done.stdout)
+
+
+@dataclass
+class Synced:
+    scan: Scan
+    plan: SyncPlan
+    stream_bytes: int
+
+
+def sync(
+    project: Path,
+    workspace: Path,
+    rules: ExcludeRules | None = None,
+    *,
+    caches: Path | None = None,
+    owner: str | None = None,
+) -> Synced:
+    """One sync-in: host scan, guest manifest, plan, stream into `wsync.py apply`."""
+    host = scan(project, rules or ExcludeRules(), cache_file=caches / "host.json" if caches else None)
+    guest = guest_manifest(workspace, caches / "guest.json" if caches else None, purge=True)
+    plan = plan_sync(host.manifest, guest)
+    buffer = io.BytesIO()
+    write_stream(host, plan, buffer)
+    done = wsync("apply", str(workspace), *(["--owner", owner] if owner else []), stdin=buffer.getvalue())
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["ok"] is True
+    return Synced(host, plan, len(buffer.getvalue()))
+
+
+def collect(base: Manifest, workspace: Path, store_dir: Path) -> tuple[Changeset, blobs_module.BlobStore]:
+    """After a run: guest manifest, changeset, `wsync.py pack` of the wanted files, blob store."""
+    changeset = compute(base, guest_manifest(workspace))
+    wanted = sorted(blobs_module.wanted_paths(changeset))
+    done = wsync("pack", str(workspace), stdin=json.dumps(wanted).encode())
+    assert done.returncode == 0, done.stderr
+    store = blobs_module.BlobStore(store_dir)
+    report = blobs_module.receive(io.BytesIO(done.stdout), changeset, store)
+    assert report.rejected == () and report.missing == (), report
+    return changeset, store
+
+
+def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
+    """Every path under root (root included, links not followed): kind, mode, content or target."""
+    tree: dict[str, tuple[object, ...]] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in [".", *dirs, *files]:
+            path = Path(folder) / name if name != "." else Path(folder)
+            info = path.lstat()
+            key = str(path.relative_to(root))
+            if stat.S_ISLNK(info.st_mode):
+                tree[key] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(info.st_mode):
+                tree[key] = ("dir", stat.S_IMODE(info.st_mode))
+            else:
+                tree[key] = ("file", stat.S_IMODE(info.st_mode), path.read_bytes())
+    return tree
