@@ -13,9 +13,9 @@
   score-live ID     the exposure score of the running unit.
   release ID        after the host recorded an ended run: frees its tmpfs and its hold on the
                     project's workspace.
-  changes ID manifest|pack
-                    after the run: the workspace's manifest, or a tar of the paths on stdin.
-  workspace-manifest PROJECT
+  wsync run ID manifest|pack @ws …
+                    after the run: its workspace's manifest, or a tar of the paths on stdin.
+  wsync project ID manifest @ws …
                     the project's mirror as it is now (what the next sync starts from).
   bundle ID BASE…   a git bundle of the run's workspace HEAD minus the host's commits (stdout),
                     made by an unprivileged throw-away user (the repository is the agent's).
@@ -568,20 +568,35 @@ def release(run_id: str) -> int:
     return 0
 
 
-def changes(run_id: str, action: str) -> int:
-    """After the run: the workspace's manifest (`manifest`), or a tar of the paths listed on
-    stdin (`pack`), for the host to work out and fetch what the agent changed."""
-    p = paths(run_id)
-    if not os.path.exists(p["result"]):
-        return fail(f"run {run_id} has not ended", 3)
-    try:
-        root = workspace_root(run_id)
-    except RuntimeError as exc:
-        return fail(str(exc), 4)
-    cache = f"{project_paths(_run_project(run_id))['dir']}/manifest-cache.json"
-    if action == "manifest":
-        return wsync.main(["manifest", root, "--cache", cache])
-    return wsync.main(["pack", root])
+def wsync_for(kind: str, ident: str, args: list[str]) -> int:
+    """wsync.py on a workspace named by the run (after it ended) or by the project (before a
+    sync): `wsync run ID manifest|pack @ws …` / `wsync project ID manifest @ws …`. The host
+    never names a guest path: "@ws" is resolved here, and the hash cache is the guest's own."""
+    if len(args) < 2 or args[1] != "@ws" or args[0] not in ("manifest", "pack"):
+        return fail(f"bad wsync arguments: {args!r}", 2)
+    if kind == "run":
+        p = paths(ident)
+        if not os.path.exists(p["result"]):
+            return fail(f"run {ident} has not ended", 3)
+        try:
+            root = workspace_root(ident)
+        except RuntimeError as exc:
+            return fail(str(exc), 4)
+        project = _run_project(ident)
+    elif kind == "project" and PROJECT_ID.fullmatch(ident) and args[0] == "manifest":
+        project = ident
+        proj = project_paths(project)
+        if not os.path.exists(proj["image"]):
+            print(json.dumps({"version": wsync.VERSION, "entries": []}))
+            return 0
+        _ensure_project(proj, 0)
+        root = proj["mnt"]
+    else:
+        return fail(f"bad wsync target {kind} {ident!r}", 2)
+    rest = [arg for arg in args[2:] if arg == "--purge-bad-names"]
+    if args[0] == "manifest":
+        rest += ["--cache", f"{project_paths(project)['dir']}/manifest-cache.json"]
+    return wsync.main([args[0], root, *rest])
 
 
 # git runs on a repository the agent controlled: its config could name programs to run
@@ -646,17 +661,8 @@ def main(argv: list[str]) -> int:
         return score_live(rest[0])
     if verb == "release" and len(rest) == 1:
         return release(rest[0])
-    if verb == "changes" and len(rest) == 2 and rest[1] in ("manifest", "pack"):
-        return changes(rest[0], rest[1])
-    if verb == "workspace-manifest" and len(rest) == 1:
-        proj = project_paths(rest[0]) if PROJECT_ID.fullmatch(rest[0]) else None
-        if proj is None:
-            return fail("invalid project id", 2)
-        if not os.path.exists(proj["image"]):
-            print(json.dumps({"version": wsync.VERSION, "entries": []}))
-            return 0
-        _ensure_project(proj, 0)
-        return wsync.main(["manifest", proj["mnt"], "--cache", f"{proj['dir']}/manifest-cache.json"])
+    if verb == "wsync" and len(rest) >= 2:
+        return wsync_for(rest[0], rest[1], rest[2:])
     if verb == "bundle" and rest:
         return bundle(rest[0], rest[1:])
     if verb == "cleanup" and len(rest) == 1:

@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,15 +22,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from vmsbx.config.models import Settings
-from vmsbx.errors import SyncError, TransportError
 from vmsbx.paths import ensure_private_dir, vm_dir
 from vmsbx.runs import gitbundle
 from vmsbx.runs.guestctl import GUEST, GuestControl
-from vmsbx.sync import changeset as changesets
-from vmsbx.sync.blobs import BlobStore, receive, wanted_paths
 from vmsbx.sync.changeset import Changeset
 from vmsbx.sync.delta import SyncPlan, plan_sync
-from vmsbx.sync.manifest import ExcludedItem, Manifest, Scan, scan
+from vmsbx.sync.driver import collect as driver_collect
+from vmsbx.sync.driver import guest_manifest, load_manifest, save_manifest
+from vmsbx.sync.manifest import ExcludedItem, Scan, scan
 from vmsbx.sync.rules import exclude_rules
 from vmsbx.sync.stream import write_stream
 from vmsbx.textsafe import strip_control
@@ -70,12 +68,10 @@ def plan_sync_in(settings: Settings, project: Path, guest: GuestControl, vm: str
     rules = exclude_rules(settings.sync.secret_patterns, settings.sync.exclude)
     cache = ensure_private_dir(vm_dir(vm) / "sync-cache") / f"{key}.json"
     host = scan(project, rules, cache_file=cache)
-    code, out, err = guest.client.run([*GUEST, "workspace-manifest", key])
-    if code != 0:
-        raise TransportError(
-            "could not read the guest's copy of the project: " + _text(err), hint="`vmsbx up` re-provisions"
-        )
-    return SyncIn(key=key, scan=host, plan=plan_sync(host.manifest, Manifest.from_json(out.strip())))
+    mirror = guest_manifest(
+        guest.client, "@ws", purge_bad_names=True, wsync=[*GUEST, "wsync", "project", key]
+    )
+    return SyncIn(key=key, scan=host, plan=plan_sync(host.manifest, mirror))
 
 
 @contextlib.contextmanager
@@ -106,7 +102,7 @@ def launch_stream(request: dict[str, object], sync: SyncIn) -> Iterator[BinaryIO
 
 def save_base(run_folder: Path, sync: SyncIn, bases: list[str]) -> None:
     changes = ensure_private_dir(run_folder / "changes")
-    (changes / "base.json").write_bytes(sync.scan.manifest.to_json())
+    save_manifest(sync.scan.manifest, changes / "base.json")
     (changes / "base-commits.json").write_text(json.dumps(bases))
     (run_folder / "sync.json").write_text(json.dumps(sync.summary(), indent=1))
 
@@ -121,30 +117,12 @@ class Collected:
 def collect(run_id: str, run_folder: Path, guest: GuestControl, project: Path) -> Collected:
     """After the run: the changeset, the new contents and the agent's commits, on the host."""
     changes = ensure_private_dir(run_folder / "changes")
-    base = Manifest.from_json((changes / "base.json").read_bytes())
-    code, out, err = guest.client.run([*GUEST, "changes", run_id, "manifest"])
-    if code != 0:
-        raise SyncError("could not list the run's workspace: " + _text(err), hint="`vmsbx status`")
-    after = Manifest.from_json(out.strip())
-    changeset = changesets.compute(base, after)
-    problems: list[str] = []
-    wanted = wanted_paths(changeset)
-    if wanted:
-        store = BlobStore(ensure_private_dir(changes / "blobs"))
-        with tempfile.TemporaryFile() as spool:
-            code = guest.client.exec(
-                [*GUEST, "changes", run_id, "pack"],
-                stdin=json.dumps(sorted(wanted)).encode(),
-                stdout=spool,
-                stderr=_Discard(),
-            )
-            spool.seek(0)
-            report = receive(spool, changeset, store)
-        problems += [f"{strip_control(name)}: {why}" for name, why in report.rejected]
-        problems += [f"{strip_control(name)}: did not arrive" for name in report.missing]
-    changesets.save(changeset, changes / "changeset.json")
-    bundle = _collect_bundle(run_id, changes, guest, project, changeset)
-    return Collected(changeset=changeset, bundle=bundle, problems=tuple(problems))
+    base = load_manifest(changes / "base.json")
+    got = driver_collect(guest.client, base, "@ws", changes, wsync=[*GUEST, "wsync", "run", run_id])
+    problems = [f"{strip_control(name)}: {why}" for name, why in (*got.received.rejected, *got.pack_problems)]
+    problems += [f"{strip_control(name)}: did not arrive" for name in got.received.missing]
+    bundle = _collect_bundle(run_id, changes, guest, project, got.changeset)
+    return Collected(changeset=got.changeset, bundle=bundle, problems=tuple(problems))
 
 
 def _collect_bundle(
@@ -172,14 +150,3 @@ class _Discard:
 
     def flush(self) -> None:
         pass
-
-
-def _text(err: bytes) -> str:
-    return strip_control(err.decode(errors="replace")).strip()[-500:]
-
-
-def load_changeset(run_folder: Path) -> Changeset:
-    path = run_folder / "changes" / "changeset.json"
-    if not path.is_file():
-        raise SyncError("this run has no recorded changes", hint="only finished runs have changes to show")
-    return changesets.load(path)
