@@ -46,7 +46,9 @@ _TMP_SUFFIX = ".vmsbx-tmp"
 # NAT in front of the guest (QEMU user networking, WSL, cloud firewalls) drops idle flows;
 # a keepalive well under the usual 5-minute NAT timeout keeps long agent sessions up.
 _KEEPALIVE_SECONDS = 30
-_CHANNEL_OPEN_TIMEOUT = 15.0
+# A busy guest under software emulation can take tens of seconds to fork a session (measured
+# at load 13 on 2 cores): slow, not dead. A dropped link fails faster, through the transport.
+_CHANNEL_OPEN_TIMEOUT = 90.0
 _LOCAL_CONNECT_TIMEOUT = 10.0
 
 
@@ -364,7 +366,7 @@ class Connection:
             return transport.open_session(timeout=_CHANNEL_OPEN_TIMEOUT)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(
-                f"cannot open an SSH session on {self.target} to run `{command}`: {exc}",
+                f"cannot open an SSH session on {self.target} to run `{_short(command)}`: {exc}",
                 hint="the guest's sshd may be overloaded (MaxSessions) or the connection dropped",
             ) from exc
 
@@ -731,6 +733,11 @@ class RemoteForward:
         sock.close()
         with self._lock:
             self._tunnels.discard(tunnel)
+
+
+def _short(command: str, width: int = 80) -> str:
+    flat = " ".join(command.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 def _quietly(action: Callable[[], object]) -> None:
