@@ -103,8 +103,9 @@ def test_ssh_provider_uses_an_existing_host_with_the_given_pin(world: tuple[Cli,
     )
     assert summary["provider"] == "ssh" and summary["ssh"] == f"root@127.0.0.1:{target['port']}"
     assert _ssh_ok(cli, "sreal", "sh", "-c", "ps -p 1 -o comm=; id -u").split() == ["systemd", "0"]
-    cli.ok("stop", "--name", "sreal")  # never shuts down a host vmsbx does not own
-    assert _ssh_ok(cli, "sreal", "true") == ""
+    cli.ok("stop", "--name", "sreal")  # ends the host agent, never shuts down a host vmsbx does not own
+    cli.ok("up", "--name", "sreal")
+    assert _ssh_ok(cli, "sreal", "cat", "/proc/uptime")
     cli.ok("destroy", "-y", "--name", "sreal")
     # The wrong pin: refused, never learned.
     impostor = generate_keypair(root / "impostor_key", "impostor")
@@ -112,7 +113,7 @@ def test_ssh_provider_uses_an_existing_host_with_the_given_pin(world: tuple[Cli,
         "up", "--provider", "ssh", "--name", "sbad", extra_env={**settings, "VMSBX_VM_SSH_HOST_KEY": impostor}
     )
     cli.run("destroy", "-y", "--name", "sbad")
-    assert refused.returncode != 0
+    assert refused.returncode == 7, refused.stderr  # HostKeyMismatch
     assert b"host key" in refused.stderr.lower()
 
 
@@ -132,7 +133,7 @@ def test_lima_config_format_leads_to_the_real_guest_with_the_pinned_key(world: t
     bad = cli.run(
         "up", "--provider", "lima", "--name", "lbad", extra_env={"VMSBX_TEST_FAKE_FAIL": "no-provision"}
     )
-    assert bad.returncode != 0 and b"host key" in bad.stderr.lower()
+    assert bad.returncode == 7 and b"host key" in bad.stderr.lower(), bad.stderr
     cli.ok("destroy", "-y", "--name", "lbad")
     cli.ok("destroy", "-y", "--name", "lreal")
     assert not (root / "lima" / "vmsbx-lreal").exists()
