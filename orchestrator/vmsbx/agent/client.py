@@ -27,7 +27,7 @@ from vmsbx.agent.protocol import (
     recv_line,
     send_line,
 )
-from vmsbx.errors import AgentError, BootTimeout, TransportError
+from vmsbx.errors import AgentError, BootTimeout, HostKeyMismatch, TransportError
 from vmsbx.paths import vm_dir
 
 
@@ -230,6 +230,8 @@ def ensure_agent(
     while time.monotonic() < deadline:
         status = client.status()
         if status is not None and status.phase == "failed":
+            if status.error_exit_code == HostKeyMismatch.exit_code:
+                raise HostKeyMismatch(status.error or "the guest presented another host key")
             raise BootTimeout(status.error or "the guest did not answer SSH")
         if status is not None and status.phase == "ready" and client.ping():
             return client

@@ -72,6 +72,9 @@ class AgentStatus(BaseModel):
     pid: int
     phase: str = Field(description="connecting | ready | failed | stopped")
     error: str | None = None
+    error_exit_code: int | None = Field(
+        default=None, description="Exit code of the vmsbx error that failed the agent (7: host key)."
+    )
     updated_at: str
 
 

@@ -62,11 +62,12 @@ class HostAgent:
 
     # -- status ------------------------------------------------------------------------------
 
-    def write_status(self, phase: str, error: str | None = None) -> None:
+    def write_status(self, phase: str, error: str | None = None, error_exit_code: int | None = None) -> None:
         status = AgentStatus(
             pid=os.getpid(),
             phase=phase,
             error=error,
+            error_exit_code=error_exit_code,
             updated_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
         tmp = self.dir / "agent.json.tmp"
@@ -112,7 +113,7 @@ class HostAgent:
             self.connection(timeout=self.boot_timeout)
         except VmsbxError as exc:
             log.error("cannot connect: %s", exc)
-            self.write_status("failed", str(exc))
+            self.write_status("failed", str(exc), exc.exit_code)
             return 1
         sock_path = self.dir / "agent.sock"
         sock_path.unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import click
 
@@ -57,14 +58,53 @@ def command(as_json: bool) -> None:
             True,
             f"last probe chose {probe_file.read_text().strip().split('=')[-1]}",
         )
+    checks.extend(_provider_rows())
     if as_json:
         print_json(checks)
     else:
         for row in checks:
-            mark = "ok " if row["ok"] else "MISSING"
+            mark = "ok " if row["ok"] else ("-" if row.get("optional") else "MISSING")
             line = f"{mark:8} {row['check']:28} {row['detail']}"
             if row["fix"]:
                 line += f"\n         fix: {row['fix']}"
             click.echo(line)
-    if not all(row["ok"] for row in checks):
+    if not all(row["ok"] for row in checks if not row.get("optional")):
         raise SystemExit(3)
+
+
+def _provider_rows() -> list[dict[str, object]]:
+    """One row per provider: installed, version, usable, and the install command when not.
+    Only the provider `auto` picks on this host decides doctor's exit code."""
+    from vmsbx.config import load_settings
+    from vmsbx.errors import VmsbxError
+    from vmsbx.providers import AUTO_ORDER, AVAILABLE, choose_auto, get_provider, platform_key
+
+    try:
+        settings = load_settings(project_dir=Path.cwd(), flags={}).vm
+    except VmsbxError:
+        from vmsbx.config.models import VMSettings
+
+        settings = VMSettings()
+    probes = {name: get_provider(name, settings).probe() for name in AVAILABLE}
+    order = AUTO_ORDER[platform_key()]
+    chosen = (
+        settings.provider if settings.provider != "auto" else choose_auto(order, lambda n: probes[n].usable)
+    )
+    rows: list[dict[str, object]] = []
+    for name, probe in probes.items():
+        detail = f"version {probe.version}" if probe.version else ("usable" if probe.usable else "not usable")
+        if probe.missing:
+            detail += f"; missing {', '.join(probe.missing)}"
+        if probe.notes:
+            detail += f"; {'; '.join(probe.notes)}"
+        if name == chosen:
+            detail += " (the provider vmsbx uses here)"
+        rows.append({
+            "check": f"provider {name}",
+            "ok": probe.usable,
+            "detail": detail,
+            "fix": None if probe.usable else probe.install_hint,
+            "optional": name != chosen,
+            "provider": probe.model_dump(mode="json"),
+        })  # fmt: skip
+    return rows

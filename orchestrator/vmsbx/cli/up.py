@@ -59,7 +59,11 @@ def command(
     vm = settings.vm.name
     started = time.monotonic()
     existing = existing_provider_name(vm)
-    wanted = resolve_name(settings.vm.provider)
+    # `auto` probes the host's tools; an existing VM keeps the provider it was made with.
+    explicit = provider not in (None, "auto")
+    wanted = (
+        existing if existing is not None and not explicit else resolve_name(settings.vm.provider, settings.vm)
+    )
     if existing is not None and provider not in (None, "auto") and existing != wanted:
         raise UsageError(
             f"VM {vm!r} exists with the {existing} provider, not {wanted}",

@@ -211,6 +211,24 @@ class VMSettings(_Section):
         allow_inf_nan=False,
         description="Seconds to wait for the guest's SSH to answer after starting it.",
     )
+    # The ssh provider: an existing Linux host the user names. vmsbx never learns its host key on
+    # first use: the user gives the public key line, and vmsbx pins exactly that.
+    ssh_host: str | None = Field(default=None, description="ssh provider: address of the existing host.")
+    ssh_port: int = Field(default=22, ge=1, le=65535, description="ssh provider: port of its sshd.")
+    ssh_user: str = Field(
+        default="root", pattern=r"^[a-z_][a-z0-9_-]{0,31}$", description="ssh provider: login user."
+    )
+    ssh_key: HostPath | None = Field(
+        default=None, description="ssh provider: private key file (unencrypted) vmsbx logs in with."
+    )
+    ssh_host_key: str | None = Field(
+        default=None,
+        description="ssh provider: the host's public key line (e.g. the content of "
+        "/etc/ssh/ssh_host_ed25519_key.pub), pinned before the first connection.",
+    )
+    wsl_rootfs: HostPath | None = Field(
+        default=None, description="wsl2 provider: vmsbx's Debian root filesystem tar to import."
+    )
 
 
 class SandboxSettings(_Section):

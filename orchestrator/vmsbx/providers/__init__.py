@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vmsbx.errors import UsageError
@@ -14,31 +15,44 @@ if TYPE_CHECKING:
     from vmsbx.providers.base import Provider
     from vmsbx.providers.image import Progress
 
-# Lima, Multipass, WSL2 and SSH join this table as they land; until then naming them is an error
-# that says so, rather than a silent fallback to another provider.
-AVAILABLE = ("qemu",)
-PLANNED = ("lima", "multipass", "wsl2", "ssh")
+AVAILABLE = ("qemu", "lima", "multipass", "wsl2", "ssh")
+PLANNED: tuple[str, ...] = ()
+
+# What `auto` tries, in order, per host platform: the first whose tools are usable wins.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {
+    "linux": ("qemu", "lima", "multipass"),
+    "darwin": ("lima", "multipass"),
+    "win32": ("wsl2", "multipass"),
+}
 
 
-def platform_default() -> str:
-    """The provider `auto` means on this host."""
-    if sys.platform.startswith("linux"):
-        return "qemu"
-    if sys.platform == "darwin":
-        return "lima"
-    return "wsl2"
+def platform_key(platform: str = sys.platform) -> str:
+    if platform.startswith("linux"):
+        return "linux"
+    return platform if platform in AUTO_ORDER else "linux"
 
 
-def resolve_name(configured: str) -> str:
-    name = platform_default() if configured == "auto" else configured
-    if name in PLANNED:
-        raise UsageError(
-            f"the {name} provider is not available in this version of vmsbx",
-            hint=f"use one of: {', '.join(AVAILABLE)} (vm.provider in your user config, or --provider)",
-        )
-    if name not in AVAILABLE:
-        raise UsageError(f"unknown provider {name!r}", hint=f"choose one of: {', '.join(AVAILABLE)}")
-    return name
+def platform_default(platform: str = sys.platform) -> str:
+    """The provider `auto` prefers on this host (before checking what is installed)."""
+    return AUTO_ORDER[platform_key(platform)][0]
+
+
+def choose_auto(order: tuple[str, ...], usable: Callable[[str], bool]) -> str:
+    """The first provider of `order` that is usable; the first of all when none is, so that the
+    error the user sees names the platform default's install command."""
+    return next((name for name in order if usable(name)), order[0])
+
+
+def resolve_name(configured: str, settings: VMSettings | None = None) -> str:
+    if configured == "auto":
+        from vmsbx.config.models import VMSettings
+
+        base = settings or VMSettings()
+        order = AUTO_ORDER[platform_key()]
+        return choose_auto(order, lambda name: get_provider(name, base).probe().usable)
+    if configured not in AVAILABLE:
+        raise UsageError(f"unknown provider {configured!r}", hint=f"choose one of: {', '.join(AVAILABLE)}")
+    return configured
 
 
 def existing_provider_name(vm: str) -> str | None:
@@ -51,9 +65,24 @@ def existing_provider_name(vm: str) -> str | None:
 
 
 def get_provider(name: str, settings: VMSettings, *, progress: Progress | None = None) -> Provider:
-    resolved = resolve_name(name)
-    if resolved == "qemu":
+    if name == "qemu":
         from vmsbx.providers.qemu import QemuProvider
 
         return QemuProvider(settings, progress=progress)
-    raise UsageError(f"unknown provider {name!r}")  # pragma: no cover - resolve_name guards
+    if name == "lima":
+        from vmsbx.providers.lima import LimaProvider
+
+        return LimaProvider(settings, progress=progress)
+    if name == "multipass":
+        from vmsbx.providers.multipass import MultipassProvider
+
+        return MultipassProvider(settings, progress=progress)
+    if name == "wsl2":
+        from vmsbx.providers.wsl2 import Wsl2Provider
+
+        return Wsl2Provider(settings, progress=progress)
+    if name == "ssh":
+        from vmsbx.providers.ssh import SSHHostProvider
+
+        return SSHHostProvider(settings, progress=progress)
+    raise UsageError(f"unknown provider {name!r}", hint=f"choose one of: {', '.join(AVAILABLE)}")

@@ -1,0 +1,288 @@
+"""The pure parts of the lima, multipass, wsl2 and ssh providers: argv builders (golden files,
+like test_argv_golden.py), template renderers, parsers of the tools' output, `auto` selection,
+and validation of the templates in vm-templates/ (Lima YAML keys, cloud-init, wsl.conf).
+
+Regenerate goldens after an intended change with VMSBX_TEST_UPDATE_GOLDEN=1 and review the diff.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+from pathlib import Path, PureWindowsPath
+
+import pytest
+import yaml
+from test_argv_golden import assert_matches_golden
+
+from vmsbx.errors import ProviderError
+from vmsbx.paths import data_dir
+from vmsbx.providers import (
+    AUTO_ORDER,
+    choose_auto,
+    lima_argv,
+    multipass_argv,
+    platform_default,
+    platform_key,
+    wsl2_argv,
+)
+from vmsbx.providers.guest_setup import heredoc, render_stock_sshd_setup, render_wsl_setup
+from vmsbx.providers.guestkeys import VMKeys
+from vmsbx.providers.hosttool import ToolResult, decode_tool_text, parse_version
+from vmsbx.providers.lima import parse_list_json
+from vmsbx.providers.lima_ssh_config import parse_lima_ssh_config
+from vmsbx.providers.lima_template import render_lima_yaml
+from vmsbx.providers.multipass import parse_info_json
+from vmsbx.providers.multipass_template import render_user_data
+from vmsbx.providers.wsl2 import parse_list_verbose, wsl_error_code
+
+TEMPLATES = data_dir() / "vm-templates"
+RECORDED = Path(__file__).resolve().parent.parent / "fakes" / "recorded"
+KEYS = VMKeys(
+    host_private=(
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+    ),
+    host_public="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKey vmsbx-default-host",
+    client_public="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIClientKey vmsbx-default-client",
+)
+
+
+# -- argv ---------------------------------------------------------------------------------------
+
+
+def test_lima_argv_golden() -> None:
+    instance = lima_argv.instance_name("default")
+    assert_matches_golden(
+        "lima_calls",
+        [
+            *lima_argv.render_version_argv(),
+            "|", *lima_argv.render_list_argv(instance),
+            "|", *lima_argv.render_create_argv(instance, Path("/state/vms/default/lima.yaml")),
+            "|", *lima_argv.render_start_argv(instance, 300),
+            "|", *lima_argv.render_stop_argv(instance, force=False),
+            "|", *lima_argv.render_stop_argv(instance, force=True),
+            "|", *lima_argv.render_delete_argv(instance),
+        ],
+    )  # fmt: skip
+    # Creation names the instance and the template explicitly, never `start NAME` alone.
+    create = lima_argv.render_create_argv(instance, Path("/t.yaml"))
+    assert create[1:4] == ["--tty=false", "create", "--name=vmsbx-default"]
+    assert lima_argv.render_start_argv(instance, 300)[-1] == instance
+
+
+def test_multipass_argv_golden() -> None:
+    instance = multipass_argv.instance_name("default")
+    launch = multipass_argv.render_launch_argv(
+        instance, image="24.04", cpus=2, memory_mib=4096, disk_gib=20, timeout_seconds=300
+    )
+    assert_matches_golden(
+        "multipass_calls",
+        [
+            *multipass_argv.render_version_argv(),
+            "|", *multipass_argv.render_info_argv(instance),
+            "|", *launch,
+            "|", *multipass_argv.render_start_argv(instance, 300),
+            "|", *multipass_argv.render_stop_argv(instance, force=True),
+            "|", *multipass_argv.render_delete_argv(instance),
+        ],
+    )  # fmt: skip
+    # user-data through stdin (the snap cannot read hidden folders), never the name `primary`
+    assert launch[launch.index("--cloud-init") + 1] == "-"
+    assert "primary" not in launch
+    assert "--purge" in multipass_argv.render_delete_argv(instance)
+
+
+def test_wsl2_argv_golden() -> None:
+    distro = wsl2_argv.distro_name("default")
+    location = PureWindowsPath(r"C:\Users\me\AppData\Local\vmsbx\vms\default\wsl")
+    assert_matches_golden(
+        "wsl2_calls",
+        [
+            *wsl2_argv.render_version_argv(),
+            "|", *wsl2_argv.render_list_verbose_argv(),
+            "|", *wsl2_argv.render_import_argv(distro, location, PureWindowsPath(r"D:\images\bookworm.tar")),
+            "|", *wsl2_argv.render_exec_argv(distro, ["sh", "-s"]),
+            "|", *wsl2_argv.render_terminate_argv(distro),
+            "|", *wsl2_argv.render_unregister_argv(distro),
+        ],
+    )  # fmt: skip
+    assert wsl2_argv.WSL_ENV == {"WSL_UTF8": "1"}
+    run = wsl2_argv.render_exec_argv(distro, ["id", "-u"])
+    assert run[run.index("--exec") + 1 :] == ["id", "-u"]  # -e: no shell interprets the command
+
+
+# -- templates ------------------------------------------------------------------------------------
+
+
+def test_lima_template_is_hardened_and_rendered_values_stay_in_their_fields() -> None:
+    template = (TEMPLATES / "lima" / "vmsbx.yaml").read_text()
+    base = yaml.safe_load(template)
+    known = {"images", "plain", "mounts", "portForwards", "containerd", "ssh", "propagateProxyEnv", "rosetta"}
+    assert set(base) <= known, f"unexpected Lima keys: {set(base) - known}"
+    assert base["plain"] is True and base["mounts"] == []
+    assert {"guestIP": "0.0.0.0", "guestPortRange": [1, 65535], "proto": "any", "ignore": True} in base[
+        "portForwards"
+    ]
+    assert base["ssh"]["loadDotSSHPubKeys"] is False and base["ssh"]["forwardAgent"] is False
+    assert base["containerd"] == {"system": False, "user": False} and base["propagateProxyEnv"] is False
+    assert {image["arch"] for image in base["images"]} == {"x86_64", "aarch64"}
+    script = render_stock_sshd_setup(KEYS)
+    rendered = render_lima_yaml(
+        template, cpus=2, memory_bytes=4 << 30, disk_bytes=20 << 30, setup_script=script
+    )
+    parsed = yaml.safe_load(rendered)
+    assert (parsed["cpus"], parsed["memory"], parsed["disk"]) == (2, "4GiB", "20GiB")
+    assert parsed["provision"] == [{"mode": "system", "script": script}]
+    assert parsed["mounts"] == [] and parsed["plain"] is True
+    with pytest.raises(ValueError, match="must not set 'provision'"):
+        render_lima_yaml(template + "provision: []\n", cpus=1, memory_bytes=1, disk_bytes=1, setup_script="")
+
+
+def test_cloud_init_keeps_the_default_user_and_carries_the_pinned_keys() -> None:
+    template = (TEMPLATES / "multipass" / "cloud-init.yaml").read_text()
+    assert template.startswith("#cloud-config\n")
+    base = yaml.safe_load(template)
+    known = {
+        "users",
+        "disable_root",
+        "ssh_pwauth",
+        "ssh_deletekeys",
+        "ssh_genkeytypes",
+        "write_files",
+        "runcmd",
+    }
+    assert set(base) <= known
+    assert base["users"][0] == "default"  # Multipass logs in as `ubuntu`: never replace it
+    assert base["disable_root"] is False and base["ssh_pwauth"] is False
+    assert base["ssh_deletekeys"] is True and base["ssh_genkeytypes"] == []
+    for entry in base["write_files"]:
+        assert set(entry) <= {"path", "content", "permissions", "owner", "encoding", "append", "defer"}
+    user_data = render_user_data(template, KEYS)
+    parsed = yaml.safe_load(user_data)
+    assert parsed["ssh_keys"] == {"ed25519_private": KEYS.host_private, "ed25519_public": KEYS.host_public}
+    assert parsed["ssh_authorized_keys"] == [KEYS.client_public]
+    assert user_data.startswith("#cloud-config\n")
+
+
+def test_wsl_conf_turns_host_sharing_off_and_systemd_on() -> None:
+    parser = configparser.ConfigParser()
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string((TEMPLATES / "wsl2" / "wsl.conf").read_text())
+    documented = {
+        "boot": {"systemd"},
+        "automount": {"enabled", "mountFsTab"},
+        "interop": {"enabled", "appendWindowsPath"},
+        "fileServer": {"enabled"},
+        "gpu": {"enabled"},
+        "user": {"default"},
+    }
+    for section in parser.sections():
+        assert set(parser[section]) <= documented[section], section
+    assert parser["boot"]["systemd"] == "true"
+    for section, key in (("automount", "enabled"), ("automount", "mountFsTab"), ("interop", "enabled"),
+                         ("interop", "appendWindowsPath"), ("fileServer", "enabled")):  # fmt: skip
+        assert parser[section][key] == "false", (section, key)
+
+
+def test_wsl_setup_script_binds_vmsbx_sshd_to_loopback_only() -> None:
+    root = TEMPLATES / "wsl2"
+    script = render_wsl_setup(
+        KEYS,
+        wsl_conf=(root / "wsl.conf").read_text(),
+        sshd_config=(root / "sshd_config").read_text(),
+        sshd_unit=(root / "vmsbx-sshd.service").read_text(),
+        port=42022,
+    )
+    assert "ListenAddress 127.0.0.1:42022\n" in script
+    assert "systemctl disable ssh.service ssh.socket" in script
+    assert "cat > '/etc/wsl.conf.vmsbx-new' <<'VMSBX_EOF'" in script
+    assert KEYS.host_private in script and KEYS.client_public in script
+    with pytest.raises(ValueError):
+        render_wsl_setup(KEYS, wsl_conf="", sshd_config="", sshd_unit="", port=22)
+
+
+def test_heredoc_refuses_content_that_would_end_it() -> None:
+    with pytest.raises(ValueError):
+        heredoc("/etc/x", "a\nVMSBX_EOF\nrm -rf /\n", mode="0644")
+    with pytest.raises(ValueError):
+        heredoc("/etc/x'; rm -rf /; '", "a", mode="0644")
+
+
+# -- parsing the tools' output --------------------------------------------------------------------
+
+_SSH_CONFIG = (RECORDED / "lima_ssh_config_header.txt").read_text() + (
+    "Host lima-vmsbx-default\n"
+    '  IdentityFile "/Users/me/.lima/_config/user"\n'
+    "  StrictHostKeyChecking no\n"
+    "  UserKnownHostsFile /dev/null\n"
+    "  NoHostAuthenticationForLocalhost yes\n"
+    "  User me\n"
+    "  Hostname 127.0.0.1\n"
+    "  Port 60123\n"
+)
+
+
+def test_lima_ssh_config_gives_only_the_endpoint() -> None:
+    endpoint = parse_lima_ssh_config(_SSH_CONFIG, "lima-vmsbx-default")
+    assert endpoint.model_dump() == {
+        "hostname": "127.0.0.1", "port": 60123, "user": "me", "identity_file": "/Users/me/.lima/_config/user",
+    }  # fmt: skip
+    # Nothing about host-key checking is carried over: the record has no such field.
+    assert "stricthostkeychecking" not in json.dumps(endpoint.model_dump()).lower()
+    with pytest.raises(ProviderError, match="not at this host's loopback"):
+        parse_lima_ssh_config(_SSH_CONFIG.replace("127.0.0.1", "192.168.5.15"), "lima-vmsbx-default")
+    with pytest.raises(ProviderError, match="no usable Hostname/Port"):
+        parse_lima_ssh_config(_SSH_CONFIG, "lima-other")
+
+
+def test_lima_list_is_json_lines() -> None:
+    out = (
+        b'{"name":"a","hostname":"lima-a","status":"Running","dir":"/l/a","sshLocalPort":60001,'
+        b'"sshConfigFile":"/l/a/ssh.config","HostOS":"darwin"}\n'
+        b'{"name":"b","hostname":"lima-b","status":"Broken","dir":"/l/b","errors":["x"]}\n'
+    )
+    first, second = parse_list_json(out)
+    assert (first.name, first.status, first.ssh_local_port) == ("a", "Running", 60001)
+    assert (second.name, second.status) == ("b", "Broken")
+
+
+def test_multipass_info_reads_the_recorded_fixture() -> None:
+    info = parse_info_json((RECORDED / "multipass_info_single.json").read_bytes(), "foo")
+    assert (info.state, info.ipv4[0]) == ("Running", "10.168.32.2")
+    with pytest.raises(ProviderError):
+        parse_info_json(b'{"errors":[],"info":{}}', "foo")
+
+
+def test_wsl_output_decoding_and_table() -> None:
+    raw = (RECORDED / "wsl_list_verbose.utf16le").read_bytes()
+    text = decode_tool_text(raw)
+    assert "\r" not in text and "\0" not in text
+    assert parse_list_verbose(text) == {"Ubuntu": ("Stopped", "2")}
+    assert decode_tool_text(b"  NAME STATE VERSION\r\n") == "  NAME STATE VERSION\n"
+    failure = ToolResult(
+        ("wsl.exe",), 255, "There is no distribution with the supplied name.\r\nError code: "
+        "Wsl/Service/WSL_E_DISTRO_NOT_FOUND\r\n".encode("utf-16-le"), b""
+    )  # fmt: skip
+    assert wsl_error_code(failure) == "Wsl/Service/WSL_E_DISTRO_NOT_FOUND"
+
+
+def test_versions_from_each_tool() -> None:
+    assert parse_version("limactl version 2.2.0") == (2, 2, 0)
+    assert parse_version("1.10.1+mac") == (1, 10, 1)
+    assert parse_version("WSL version: 2.5.7.0\nKernel version: 6.6.87.1-1") == (2, 5, 7)
+    assert parse_version("nothing") is None
+
+
+# -- auto -----------------------------------------------------------------------------------------
+
+
+def test_auto_picks_the_first_usable_provider_of_the_platform() -> None:
+    assert AUTO_ORDER["darwin"] == ("lima", "multipass")
+    assert AUTO_ORDER["win32"] == ("wsl2", "multipass")
+    assert AUTO_ORDER["linux"] == ("qemu", "lima", "multipass")
+    assert platform_key("linux") == "linux" and platform_default("darwin") == "lima"
+    assert platform_default("win32") == "wsl2"
+    assert choose_auto(AUTO_ORDER["darwin"], lambda name: name == "multipass") == "multipass"
+    assert choose_auto(AUTO_ORDER["darwin"], lambda name: True) == "lima"
+    # none usable: the platform default, whose probe names the install command
+    assert choose_auto(AUTO_ORDER["win32"], lambda name: False) == "wsl2"
