@@ -3,15 +3,19 @@
 Pushed with guest.py; run as root by the host:
 
   receive VERSION PLATFORM INTEGRITY SIZE
-        stdin: exactly SIZE bytes, the program `package/claude` that the host took out of a
-        tarball it verified against INTEGRITY (the guest has no network: the push path).
+        stdin: exactly SIZE bytes, the platform package's tarball, which the host verified
+        against INTEGRITY and which is checked again here (the guest has no network: the push
+        path). The tarball travels, not the program: 186 MB instead of 402 MB over SSH, and
+        under TCG the bytes through sshd cost more than gunzip in the guest.
   fetch VERSION PLATFORM INTEGRITY REGISTRY
         downloads the platform package from the npm registry at REGISTRY (http or https; a
-        mirror is fine), refuses it unless its sha512 equals INTEGRITY (which the host took
-        from its pinned lock, never from this registry), and takes `package/claude` out of it:
-        only that member, only if it is a regular file within the size cap.
+        mirror is fine) and refuses it unless its sha512 equals INTEGRITY (which the host took
+        from its pinned lock, never from this registry).
 
-Either way the program lands at /usr/local/lib/vmsbx/claude/VERSION/claude (root-owned, 0755,
+Either way only `package/claude` comes out of the verified tarball, only if it is a regular
+file within the size cap: no other member is written, so no member name can lead anywhere.
+
+Then the program lands at /usr/local/lib/vmsbx/claude/VERSION/claude (root-owned, 0755,
 written to a temporary name and renamed, so a half-written file is never run), `claude
 --version` is run as the unprivileged user `nobody` (Claude Code refuses to run as root with
 --dangerously-skip-permissions, and must work without root anyway), then the marker
@@ -157,19 +161,63 @@ def _finish(binary: str, version: str, platform: str, integrity: str) -> dict[st
     return {"installed": binary, "version": version, "platform": platform, "reported": reported}
 
 
-def receive(version: str, platform: str, integrity: str, size: str) -> dict[str, object]:
-    folder = _check(version, platform)
-    _sha512(integrity)
-    expected = int(size)
-    if not 0 < expected <= BINARY_MAX:
-        raise InstallError(f"invalid size {size!r}")
+def _spool(source, integrity: str, label: str, size: int | None):  # type: ignore[no-untyped-def]
+    """Copy the tarball from `source` into a temporary file (at most TARBALL_MAX bytes, exactly
+    `size` when given) and refuse it unless its sha512 is `integrity`."""
+    expected = _sha512(integrity)
+    spool = tempfile.TemporaryFile(dir=ROOT if os.path.isdir(ROOT) else None)
+    digest = hashlib.sha512()
+    done = 0
+    while size is None or done < size:
+        chunk = source.read(CHUNK if size is None else min(CHUNK, size - done))
+        if not chunk:
+            break
+        done += len(chunk)
+        if done > TARBALL_MAX:
+            raise InstallError(f"{label} is larger than {TARBALL_MAX} bytes")
+        digest.update(chunk)
+        spool.write(chunk)
+    if size is not None and done != size:
+        raise InstallError(f"received {done} of {size} bytes of {label}")
+    if digest.digest() != expected:
+        raise InstallError(
+            f"the tarball from {label} does not match the pinned integrity {integrity}: refused"
+        )
+    spool.seek(0)
+    return spool
+
+
+def _unpack(tarball, folder: str) -> str:  # type: ignore[no-untyped-def]
+    """Install `package/claude` from a verified tarball: only that member, only a regular file."""
     fd, partial = _stage(folder)
     try:
-        _copy(sys.stdin.buffer, fd, expected, BINARY_MAX)
-        binary = _commit(fd, partial, folder)
+        with tarfile.open(fileobj=tarball, mode="r|gz") as archive:
+            for member in archive:
+                if member.name != MEMBER:
+                    continue
+                if not member.isreg() or not 0 < member.size <= BINARY_MAX:
+                    raise InstallError(f"{MEMBER} is not a plain file of sane size")
+                source = archive.extractfile(member)
+                if source is None:
+                    raise InstallError(f"{MEMBER} cannot be read from the tarball")
+                _copy(source, fd, member.size, BINARY_MAX)
+                break
+            else:
+                raise InstallError(f"the tarball has no {MEMBER}")
+        return _commit(fd, partial, folder)
     except BaseException:
-        os.unlink(partial)
+        if os.path.exists(partial):
+            os.unlink(partial)
         raise
+
+
+def receive(version: str, platform: str, integrity: str, size: str) -> dict[str, object]:
+    folder = _check(version, platform)
+    expected = int(size)
+    if not 0 < expected <= TARBALL_MAX:
+        raise InstallError(f"invalid size {size!r}")
+    with _spool(sys.stdin.buffer, integrity, "the host", expected) as tarball:
+        binary = _unpack(tarball, folder)
     return _finish(binary, version, platform, integrity)
 
 
@@ -182,7 +230,7 @@ def _get(url: str, timeout: float = 60):  # type: ignore[no-untyped-def]
 
 def fetch(version: str, platform: str, integrity: str, registry: str) -> dict[str, object]:
     folder = _check(version, platform)
-    expected = _sha512(integrity)
+    _sha512(integrity)
     name = urllib.parse.quote(f"@anthropic-ai/claude-code-{platform}", safe="@")
     meta_url = f"{registry.rstrip('/')}/{name}/{version}"
     with _get(meta_url) as response:
@@ -193,41 +241,8 @@ def fetch(version: str, platform: str, integrity: str, registry: str) -> dict[st
         tarball_url = str(json.loads(body)["dist"]["tarball"])
     except (ValueError, KeyError, TypeError):
         raise InstallError(f"{meta_url} has no dist.tarball") from None
-    with tempfile.TemporaryFile(dir=ROOT if os.path.isdir(ROOT) else None) as tarball:
-        digest = hashlib.sha512()
-        done = 0
-        with _get(tarball_url) as response:
-            while chunk := response.read(CHUNK):
-                done += len(chunk)
-                if done > TARBALL_MAX:
-                    raise InstallError(f"{tarball_url} is larger than {TARBALL_MAX} bytes")
-                digest.update(chunk)
-                tarball.write(chunk)
-        if digest.digest() != expected:
-            raise InstallError(
-                f"the tarball from {tarball_url} does not match the pinned integrity {integrity}: refused"
-            )
-        tarball.seek(0)
-        fd, partial = _stage(folder)
-        try:
-            with tarfile.open(fileobj=tarball, mode="r|gz") as archive:
-                for member in archive:
-                    if member.name != MEMBER:
-                        continue
-                    if not member.isreg() or not 0 < member.size <= BINARY_MAX:
-                        raise InstallError(f"{MEMBER} is not a plain file of sane size")
-                    source = archive.extractfile(member)
-                    if source is None:
-                        raise InstallError(f"{MEMBER} cannot be read from the tarball")
-                    _copy(source, fd, member.size, BINARY_MAX)
-                    break
-                else:
-                    raise InstallError(f"the tarball has no {MEMBER}")
-            binary = _commit(fd, partial, folder)
-        except BaseException:
-            if os.path.exists(partial):
-                os.unlink(partial)
-            raise
+    with _get(tarball_url) as response, _spool(response, integrity, tarball_url, None) as tarball:
+        binary = _unpack(tarball, folder)
     return _finish(binary, version, platform, integrity)
 
 

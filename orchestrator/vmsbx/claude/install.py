@@ -1,9 +1,10 @@
 """Installing Claude Code in the guest, by one of two paths, skipped when the same build is there.
 
-* push (the guests here have no network): the host verifies its cached tarball, takes the
-  program out of it and streams it over the agent's SSH connection into the guest installer.
-  Pushing the 402 MB binary beats pushing the 186 MB tarball and unpacking it in the guest:
-  under TCG gunzip in the guest costs more than the extra bytes (measured in the report).
+* push (the guests here have no network): the host verifies its cached tarball and streams it
+  over the agent's SSH connection into the guest installer, which checks it again and unpacks
+  it. The tarball travels, not the program (186 MB, not 402 MB): under TCG on a busy host the
+  bytes through the guest's sshd cost more than gunzip in the guest (measured: ~300 s to push
+  the program, ~180 s to fetch and unpack the tarball in the guest, at the same load).
 * guest-fetch (a guest with a network): the guest installer downloads the tarball from the
   registry itself and refuses it unless it matches the integrity the host hands it (from the
   lock, or from the registry over the host's verified HTTPS).
@@ -28,13 +29,7 @@ from typing import IO, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from vmsbx.agent.client import AgentClient
-from vmsbx.claude.package import (
-    ClaudeTarball,
-    ensure_tarball,
-    open_binary,
-    platform_for_arch,
-    resolve,
-)
+from vmsbx.claude.package import ClaudeTarball, ensure_tarball, platform_for_arch, resolve
 from vmsbx.config.models import Settings
 from vmsbx.errors import GuestCheckFailed
 from vmsbx.guest import GuestFacts
@@ -174,18 +169,20 @@ def _result(code: int, out: bytes, err: bytes) -> dict[str, str]:
 
 
 def _push(client: AgentClient, tarball: ClaudeTarball, report: Callable[[str], None]) -> dict[str, str]:
-    """Stream the program out of the verified tarball into the guest installer's stdin, through
-    a pipe fed by a thread: nothing is unpacked on the host's disk, and progress is counted."""
-    with open_binary(tarball) as (binary, size):
+    """Stream the verified tarball into the guest installer's stdin, through a pipe fed by a
+    thread so that progress can be counted; the installer checks its sha512 again and unpacks."""
+    with tarball.path.open("rb") as source_file:
         read_fd, write_fd = os.pipe()
         sent = [0]
-        feeder = threading.Thread(target=_feed, args=(binary, write_fd, sent), daemon=True)
+        feeder = threading.Thread(target=_feed, args=(source_file, write_fd, sent), daemon=True)
         stop = threading.Event()
-        ticker = threading.Thread(target=_tick, args=(stop, sent, size, tarball.version, report), daemon=True)
+        ticker = threading.Thread(
+            target=_tick, args=(stop, sent, tarball.size, tarball.version, report), daemon=True
+        )
         out, err = io.BytesIO(), io.BytesIO()
         argv = [
             "python3", GUEST_INSTALLER, "receive",
-            tarball.version, tarball.platform, tarball.integrity, str(size),
+            tarball.version, tarball.platform, tarball.integrity, str(tarball.size),
         ]  # fmt: skip
         feeder.start()
         ticker.start()
