@@ -25,7 +25,14 @@ def agent_build() -> str:
 
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    for source in (here / "server.py", here / "protocol.py", here.parent / "transport" / "ssh.py"):
+    observe = here.parent / "observe"
+    for source in (
+        here / "server.py",
+        here / "protocol.py",
+        here.parent / "transport" / "ssh.py",
+        observe / "sampler.py",
+        observe / "samples.py",
+    ):
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
 

@@ -37,9 +37,11 @@ from vmsbx.agent.protocol import (
 )
 from vmsbx.config.models import VMSettings
 from vmsbx.errors import VmsbxError
+from vmsbx.observe.sampler import Sampler
 from vmsbx.paths import vm_dir
 from vmsbx.providers import existing_provider_name, get_provider
 from vmsbx.providers.base import Provider
+from vmsbx.runs.record import runs_root
 from vmsbx.transport import Connection, wait_for_ssh
 
 log = logging.getLogger("vmsbx.agent")
@@ -57,6 +59,7 @@ class HostAgent:
         self._conn: Connection | None = None
         self._conn_lock = threading.Lock()
         self._stopping = threading.Event()
+        self.sampler = Sampler(vm, runs_root(), self._run_quietly)
 
     # -- status ------------------------------------------------------------------------------
 
@@ -93,6 +96,10 @@ class HostAgent:
             log.info("connected to %s:%s in %.1fs", info.host, info.port, time.monotonic() - started)
             return self._conn
 
+    def _run_quietly(self, argv: list[str], stdin: bytes) -> tuple[int, bytes]:
+        result = self.connection().run(argv, stdin=stdin, timeout=10)
+        return result.exit_code, result.stdout
+
     def _vm_alive(self) -> bool:
         try:
             self.provider.ssh_info(self.vm)
@@ -122,6 +129,7 @@ class HostAgent:
         server.settimeout(_WATCH_SECONDS)
         self.write_status("ready")
         log.info("serving on %s", sock_path)
+        threading.Thread(target=self.sampler.run_forever, name="sampler", daemon=True).start()
         try:
             while not self._stopping.is_set():
                 try:
@@ -133,6 +141,7 @@ class HostAgent:
                     continue
                 threading.Thread(target=self._handle, args=(client,), daemon=True).start()
         finally:
+            self.sampler.stop()
             server.close()
             sock_path.unlink(missing_ok=True)
             self.write_status("stopped")
@@ -152,6 +161,9 @@ class HostAgent:
                 elif op == "shutdown":
                     send_line(client, {"ok": True})
                     self._stopping.set()
+                elif op == "samples":
+                    latest = self.sampler.latest()
+                    send_line(client, {"ok": True, "samples": {k: v.model_dump() for k, v in latest.items()}})
                 elif op == "exec":
                     self._exec(client, ExecRequest.model_validate(request))
                 elif op == "put":
