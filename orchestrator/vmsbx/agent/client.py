@@ -98,7 +98,9 @@ class AgentClient:
             send_line(sock, {"op": "samples"})
             reply = recv_line(sock, limit=1 << 22)
         if not reply or not reply.get("ok") or not isinstance(reply.get("samples"), dict):
-            raise AgentError(f"the host agent of VM {self.vm!r} gave no samples", hint="`vmsbx up` restarts it")
+            raise AgentError(
+                f"the host agent of VM {self.vm!r} gave no samples", hint="`vmsbx up` restarts it"
+            )
         samples: dict[str, dict[str, object]] = reply["samples"]
         return samples
 

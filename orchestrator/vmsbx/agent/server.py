@@ -254,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from vmsbx.logsetup import setup
+
+    setup(0)
     provider_name = existing_provider_name(args.vm)
     if provider_name is None:
         log.error("VM %s does not exist", args.vm)

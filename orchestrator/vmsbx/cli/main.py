@@ -48,7 +48,8 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vmsbx", prog_name="vmsbx")
-def cli() -> None:
+@click.option("-v", "--verbose", count=True, help="Show vmsbx's own log on stderr (-v steps, -vv debug).")
+def cli(verbose: int) -> None:
     """vmsbx runs a coding agent behind two walls: a Linux VM, and a sandbox per run inside it.
 
     \b
@@ -56,7 +57,12 @@ def cli() -> None:
       vmsbx up          # build the image once, boot the VM, connect
       vmsbx ssh         # look around inside
       vmsbx stop        # shut it down
+
+    vmsbx logs its own steps to a file in its state dir (`vmsbx doctor --logs` prints where).
     """
+    from vmsbx.logsetup import setup
+
+    setup(verbose)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -203,7 +203,10 @@ def parse_changeset(raw: bytes, limit: int = 5000) -> list[ChangedFile]:
         if isinstance(entry, str):
             files.append(ChangedFile(path=clean(entry, 300)))
         elif isinstance(entry, dict) and isinstance(entry.get("path"), str):
-            change = next((entry[k] for k in ("change", "status", "kind", "action") if isinstance(entry.get(k), str)), "")
+            change = next(
+                (entry[k] for k in ("change", "status", "kind", "action") if isinstance(entry.get(k), str)),
+                "",
+            )
             files.append(ChangedFile(path=clean(entry["path"], 300), change=clean(change, 20)))
     return files
 

@@ -13,7 +13,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from vmsbx.observe.samples import SAMPLE_ARGV, SAMPLE_SCRIPT, SAMPLES_FILE, Sample, follow_on, parse_guest_sample
+from vmsbx.observe.samples import (
+    SAMPLE_ARGV,
+    SAMPLE_SCRIPT,
+    SAMPLES_FILE,
+    Sample,
+    follow_on,
+    parse_guest_sample,
+)
 from vmsbx.sandbox.layout import is_run_id
 
 log = logging.getLogger("vmsbx.agent.sampler")

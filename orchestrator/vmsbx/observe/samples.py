@@ -116,7 +116,10 @@ def follow_on(previous: Sample | None, current: Sample) -> Sample:
     """`current` with CPU % against `previous` and peaks that never go down."""
     if previous is None:
         return current.model_copy(
-            update={"mem_peak": _max(current.mem_peak, current.mem), "tasks_peak": _max(current.tasks_peak, current.tasks)}
+            update={
+                "mem_peak": _max(current.mem_peak, current.mem),
+                "tasks_peak": _max(current.tasks_peak, current.tasks),
+            }
         )
     cpu_pct = None
     elapsed = current.mono - previous.mono

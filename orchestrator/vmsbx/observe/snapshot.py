@@ -135,7 +135,9 @@ def collect() -> Snapshot:
         rows = []
         for record in pick_runs(all_records, vm):
             rows.append(_row(record, agent_samples, now))
-        vms.append(VMRow(name=vm, provider=provider_name, state=state, agent=agent_samples is not None, runs=rows))
+        vms.append(
+            VMRow(name=vm, provider=provider_name, state=state, agent=agent_samples is not None, runs=rows)
+        )
     return Snapshot(taken_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), vms=vms)
 
 

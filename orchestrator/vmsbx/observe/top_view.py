@@ -38,7 +38,10 @@ def _net(row: RunRow) -> str:
     return f"{row.net_allowed}/{row.net_denied}"
 
 
-_HEADER = f"{'RUN':12} {'STATE':7} {'TIME':>6} {'CPU%':>5} {'MEM now/peak/max':16} {'TASKS':9} {'NET a/d':7} {'SCORE':>5}"
+_HEADER = (
+    f"{'RUN':12} {'STATE':7} {'TIME':>6} {'CPU%':>5} {'MEM now/peak/max':16} {'TASKS':9} {'NET a/d':7} "
+    f"{'SCORE':>5}"
+)
 
 
 def _cut(text: str, width: int) -> str:
@@ -48,7 +51,8 @@ def _cut(text: str, width: int) -> str:
 def run_line(row: RunRow) -> str:
     """The figures of one run in 74 columns."""
     return (
-        f"{row.id:12} {row.state[:7]:7} {fmt.duration(row.elapsed):>6} {fmt.number(row.cpu_pct, '{:.0f}'):>5} "
+        f"{row.id:12} {row.state[:7]:7} {fmt.duration(row.elapsed):>6} "
+        f"{fmt.number(row.cpu_pct, '{:.0f}'):>5} "
         f"{_cut(_mem(row), 16):16} {_cut(fmt.of(row.tasks, row.tasks_max), 9):9} {_cut(_net(row), 7):7} "
         f"{fmt.number(row.exposure, '{:.1f}'):>5}"
     )
@@ -61,7 +65,9 @@ def run_lines(snapshot: Snapshot, selected: int, width: int = 80) -> Text:
     index = 0
     for vm in snapshot.vms:
         agent = "agent up" if vm.agent else "agent down"
-        out.append(_cut(f"VM {vm.name} · {vm.provider} · {vm.state} · {agent}", width) + "\n", style="bold cyan")
+        out.append(
+            _cut(f"VM {vm.name} · {vm.provider} · {vm.state} · {agent}", width) + "\n", style="bold cyan"
+        )
         if not vm.runs:
             out.append("  no runs\n", style="dim")
         for row in vm.runs:
