@@ -124,7 +124,7 @@ def collect_runs(runs_root: Path) -> list[RunEntry]:
 
     from vmsbx.sandbox.layout import is_run_id
 
-    entries = []
+    entries: list[RunEntry] = []
     if not runs_root.is_dir():
         return entries
     for folder in runs_root.iterdir():
