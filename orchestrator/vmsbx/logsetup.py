@@ -31,7 +31,7 @@ _PATTERNS = re.compile(
     r"|\bxox[abprs]-[A-Za-z0-9\-]{10,}"
     r"|\bAKIA[0-9A-Z]{16}\b"
     r"|\beyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}"  # JWT
-    r"|(?i:\bbearer\s+)[A-Za-z0-9._~+/\-]{8,}=*"
+    r"|(?i:(?<=bearer\s))[A-Za-z0-9._~+/\-]{8,}=*"
     r"|(?i:(?<=api[_-]key=)|(?<=token=)|(?<=password=)|(?<=secret=))[^\s&\"']+"
 )
 # Attributes every LogRecord has; anything else came in through `extra=` and is a field.

@@ -22,9 +22,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "stop-run": ("vmsbx.cli.stop_run", "End a run."),
     "logs": ("vmsbx.cli.logs", "Show a run's journal (-f follows it)."),
     "runs": ("vmsbx.cli.runs", "List the recorded runs."),
-    "top": ("vmsbx.cli.top", "Live view of every VM and run: CPU, memory, tasks, network, tool calls."),
-    "show": ("vmsbx.cli.show", "Report of one run: summary, or a self-contained HTML page with --html."),
-    "gc": ("vmsbx.cli.gc", "Remove old runs, stopped-VM leftovers and stale images (asks first)."),
+    "top": ("vmsbx.cli.top", "Live view of every VM and run (q quits)."),
+    "show": ("vmsbx.cli.show", "Report of one run (--html for a web page)."),
+    "gc": ("vmsbx.cli.gc", "Remove old runs, leftovers and stale images."),
     "doctor": ("vmsbx.cli.doctor", "Check the host's prerequisites and say what to install."),
 }
 
