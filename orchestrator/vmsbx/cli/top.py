@@ -65,14 +65,29 @@ def _cbreak() -> Iterator[None]:
         termios.tcsetattr(0, termios.TCSADRAIN, saved)
 
 
-def _read_key(timeout: float) -> str | None:
+def parse_keys(data: bytes) -> list[str]:
+    """Keys in one read from the terminal (several may arrive together): arrows by name,
+    other keys as their lowercase character."""
+    keys = []
+    while data:
+        arrow = next((seq for seq in _KEYS if data.startswith(seq)), None)
+        if arrow is not None:
+            keys.append(_KEYS[arrow])
+            data = data[len(arrow) :]
+        elif data.startswith(b"\x1b[") or data.startswith(b"\x1bO"):
+            data = data[3:]  # another escape sequence (F-keys, …): ignored
+        else:
+            keys.append(data[:1].decode(errors="replace").lower())
+            data = data[1:]
+    return keys
+
+
+def _read_keys(timeout: float) -> list[str]:
     ready, _, _ = select.select([0], [], [], timeout)
     if not ready:
-        return None
-    data = os.read(0, 16)
-    if data in _KEYS:
-        return _KEYS[data]
-    return data[:1].decode(errors="replace").lower() if data else "q"
+        return []
+    data = os.read(0, 64)
+    return parse_keys(data) if data else ["q"]
 
 
 def _interactive() -> None:
@@ -88,10 +103,10 @@ def _interactive() -> None:
     snapshot = collect()
     with _cbreak(), Live(render(snapshot, state), console=console, screen=True, auto_refresh=False) as live:
         next_refresh = time.monotonic() + REFRESH
-        while True:
-            key = _read_key(max(0.0, next_refresh - time.monotonic()))
-            rows = snapshot.rows()
-            if key is not None:
+        running = True
+        while running:
+            for key in _read_keys(max(0.0, next_refresh - time.monotonic())):
+                rows = snapshot.rows()
                 if state.mode == "confirm":
                     if key == "y" and 0 <= state.selected < len(rows):
                         stoppers.append(_stop_in_background(rows[state.selected].id, state))
@@ -99,6 +114,7 @@ def _interactive() -> None:
                         state.message = "not stopped"
                     state.mode = "table"
                 elif key == "q":
+                    running = False
                     break
                 elif key == "up":
                     state.selected = max(0, state.selected - 1)
@@ -106,14 +122,16 @@ def _interactive() -> None:
                     state.selected = min(max(0, len(rows) - 1), state.selected + 1)
                 elif key == "l":
                     state.mode = "table" if state.mode == "log" else "log"
+                    state.log_lines = ["(reading the log…)"]
+                    next_refresh = time.monotonic()
                 elif key == "k" and 0 <= state.selected < len(rows):
                     state.mode = "confirm"
             if time.monotonic() >= next_refresh:
                 snapshot = collect()
+                rows = snapshot.rows()
+                if state.mode == "log" and 0 <= state.selected < len(rows):
+                    state.log_lines = _log_tail(rows[state.selected].id)
                 next_refresh = time.monotonic() + REFRESH
-            rows = snapshot.rows()
-            if state.mode == "log" and 0 <= state.selected < len(rows):
-                state.log_lines = _log_tail(rows[state.selected].id)
             live.update(render(snapshot, state, console.width), refresh=True)
     for stopper in stoppers:
         stopper.join(timeout=30)
