@@ -23,7 +23,7 @@ MiB = 1 << 20
 ALLOCATED = 128 * MiB
 # One shell busy-looping (one core) beside a Python that fills ALLOCATED bytes and sleeps.
 WORKLOAD = (
-    f'python3 -c "import time; b = b\\"x\\" * {ALLOCATED}; print(\\"allocated\\", flush=True); time.sleep(3600)" & '
+    f'python3 -c "import time; b = b\\"x\\" * {ALLOCATED}; time.sleep(3600)" & '
     "while :; do :; done"
 )
 HOSTILE = "<script>document.body.setAttribute('data-pwned','1')</script><img src=x onerror=alert(1)>"

@@ -101,9 +101,9 @@ def build_run_row(
 
 
 def pick_runs(records: list[RunRecord], vm: str) -> list[RunRecord]:
-    """Live runs of `vm` (oldest first), then its few newest ended ones."""
+    """Live runs of `vm`, then its few most recently started ended ones; newest first."""
     mine = [r for r in records if r.vm == vm]
-    live = [r for r in mine if r.state in LIVE_STATES]
+    live = [r for r in mine if r.state in LIVE_STATES][::-1]
     ended = [r for r in mine if r.state not in LIVE_STATES][-RECENT_ENDED:][::-1]
     return live + ended
 
