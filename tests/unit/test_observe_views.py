@@ -121,3 +121,10 @@ def test_text_report_lists_summary_and_tool_calls() -> None:
     assert "1. error   Bash: <script>" in text
     assert "network         —" in text and "files changed   —" in text
     assert "\x1b" not in text
+
+
+def test_keys_that_arrive_together_are_all_read() -> None:
+    from vmsbx.cli.top import parse_keys
+
+    assert parse_keys(b"l\x1b[Bk") == ["l", "down", "k"]
+    assert parse_keys(b"\x1bOA\x1b[AQ") == ["up", "up", "q"]
