@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from vmsbx.observe.sampler import Sampler
-from vmsbx.observe.samples import SAMPLE_SCRIPT, follow_on, parse_guest_sample, read_samples
+from vmsbx.observe.samples import SAMPLE_ARGV, follow_on, parse_guest_sample, read_samples
 
 RUN = "0123456789ab"
 UNIT = f"vmsbx-run-{RUN}.service"
@@ -16,6 +16,7 @@ UNIT = f"vmsbx-run-{RUN}.service"
 def _guest_output(
     mono: float, usage_usec: int, mem: int, units: dict[str, dict[str, str]] | None = None
 ) -> bytes:
+    """What the sampling script prints (recorded format: `mono`, `unit`, then `<file> <line>`)."""
     files = {
         "cpu.stat": f"usage_usec {usage_usec}\nuser_usec 1\nsystem_usec 2\n",
         "memory.current": f"{mem}\n",
@@ -23,7 +24,11 @@ def _guest_output(
         "pids.current": "3\n",
         "pids.max": "512\n",
     }
-    return json.dumps({"mono": mono, "units": units if units is not None else {UNIT: files}}).encode() + b"\n"
+    lines = [f"mono {mono}"]
+    for unit, contents in (units if units is not None else {UNIT: files}).items():
+        lines.append(f"unit {unit}")
+        lines += [f"{name} {line}" for name, text in contents.items() for line in text.splitlines()]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def test_a_unit_sample_is_parsed_from_the_cgroup_files() -> None:
@@ -94,10 +99,10 @@ def test_the_sampler_sends_nothing_when_no_run_is_live(tmp_path: Path) -> None:
 def test_the_sampler_appends_samples_of_live_runs_with_one_command_per_tick(tmp_path: Path) -> None:
     other = "ba9876543210"
     ticks = iter([(10.0, 1_000_000), (11.0, 1_900_000), (12.0, 2_800_000)])
-    sent: list[bytes] = []
+    sent: list[list[str]] = []
 
     def guest(argv: list[str], stdin: bytes) -> tuple[int, bytes]:
-        sent.append(stdin)
+        sent.append(argv)
         mono, usage = next(ticks)
         files = {"cpu.stat": f"usage_usec {usage}\n", "memory.current": "4096\n"}
         return 0, _guest_output(mono, usage, 0, {UNIT: files, f"vmsbx-run-{other}.service": files})
@@ -107,7 +112,7 @@ def test_the_sampler_appends_samples_of_live_runs_with_one_command_per_tick(tmp_
     sampler = Sampler("default", tmp_path, guest)
     for _ in range(3):
         sampler.tick()
-    assert sent == [SAMPLE_SCRIPT] * 3
+    assert sent == [SAMPLE_ARGV] * 3  # one command per tick covers both runs
     for run_id in (RUN, other):
         stored = read_samples(tmp_path / run_id / "samples.jsonl")
         assert [s.cpu_pct for s in stored] == [None, 90.0, 90.0]

@@ -59,7 +59,6 @@ class HostAgent:
         self._conn: Connection | None = None
         self._conn_lock = threading.Lock()
         self._stopping = threading.Event()
-        self.sampler = Sampler(vm, runs_root(), self._run_quietly)
 
     # -- status ------------------------------------------------------------------------------
 
@@ -96,10 +95,6 @@ class HostAgent:
             log.info("connected to %s:%s in %.1fs", info.host, info.port, time.monotonic() - started)
             return self._conn
 
-    def _run_quietly(self, argv: list[str], stdin: bytes) -> tuple[int, bytes]:
-        result = self.connection().run(argv, stdin=stdin, timeout=10)
-        return result.exit_code, result.stdout
-
     def _vm_alive(self) -> bool:
         try:
             self.provider.ssh_info(self.vm)
@@ -129,6 +124,8 @@ class HostAgent:
         server.settimeout(_WATCH_SECONDS)
         self.write_status("ready")
         log.info("serving on %s", sock_path)
+        # Resource samples of live runs for `vmsbx top` and reports; idle while none is live.
+        self.sampler = Sampler(self.vm, runs_root(), self._run_quietly)
         threading.Thread(target=self.sampler.run_forever, name="sampler", daemon=True).start()
         try:
             while not self._stopping.is_set():
@@ -141,13 +138,17 @@ class HostAgent:
                     continue
                 threading.Thread(target=self._handle, args=(client,), daemon=True).start()
         finally:
-            self.sampler.stop()
             server.close()
             sock_path.unlink(missing_ok=True)
             self.write_status("stopped")
             if self._conn is not None:
                 self._conn.close()
+        self.sampler.stop()
         return 0
+
+    def _run_quietly(self, argv: list[str], stdin: bytes) -> tuple[int, bytes]:
+        result = self.connection().run(argv, stdin=stdin, timeout=10)
+        return result.exit_code, result.stdout
 
     def _handle(self, client: socket.socket) -> None:
         with client:

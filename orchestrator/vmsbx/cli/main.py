@@ -22,10 +22,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "stop-run": ("vmsbx.cli.stop_run", "End a run."),
     "logs": ("vmsbx.cli.logs", "Show a run's journal (-f follows it)."),
     "runs": ("vmsbx.cli.runs", "List the recorded runs."),
+    "doctor": ("vmsbx.cli.doctor", "Check the host's prerequisites and say what to install."),
     "top": ("vmsbx.cli.top", "Live view of every VM and run (q quits)."),
     "show": ("vmsbx.cli.show", "Report of one run (--html for a web page)."),
     "gc": ("vmsbx.cli.gc", "Remove old runs, leftovers and stale images."),
-    "doctor": ("vmsbx.cli.doctor", "Check the host's prerequisites and say what to install."),
 }
 
 
@@ -46,10 +46,19 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
+def _start_logging(ctx: click.Context, param: click.Parameter, verbose: int) -> None:
+    from vmsbx.logsetup import setup
+
+    setup(verbose)
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vmsbx", prog_name="vmsbx")
-@click.option("-v", "--verbose", count=True, help="Show vmsbx's own log on stderr (-v steps, -vv debug).")
-def cli(verbose: int) -> None:
+@click.option(
+    "-v", "--verbose", count=True, expose_value=False, is_eager=True, callback=_start_logging,
+    help="Show vmsbx's own log on stderr (-v steps, -vv debug); it always goes to its log file.",
+)  # fmt: skip
+def cli() -> None:
     """vmsbx runs a coding agent behind two walls: a Linux VM, and a sandbox per run inside it.
 
     \b
@@ -57,12 +66,7 @@ def cli(verbose: int) -> None:
       vmsbx up          # build the image once, boot the VM, connect
       vmsbx ssh         # look around inside
       vmsbx stop        # shut it down
-
-    vmsbx logs its own steps to a file in its state dir (`vmsbx doctor --logs` prints where).
     """
-    from vmsbx.logsetup import setup
-
-    setup(verbose)
 
 
 def main(argv: list[str] | None = None) -> Any:

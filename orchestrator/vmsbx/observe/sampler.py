@@ -13,14 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from vmsbx.observe.samples import (
-    SAMPLE_ARGV,
-    SAMPLE_SCRIPT,
-    SAMPLES_FILE,
-    Sample,
-    follow_on,
-    parse_guest_sample,
-)
+from vmsbx.observe.samples import SAMPLE_ARGV, SAMPLES_FILE, Sample, follow_on, parse_guest_sample
 from vmsbx.sandbox.layout import is_run_id
 
 log = logging.getLogger("vmsbx.agent.sampler")
@@ -98,7 +91,7 @@ class Sampler:
         if not wanted:
             return
         self.guest_commands += 1
-        code, out = self._run_in_guest(SAMPLE_ARGV, SAMPLE_SCRIPT)
+        code, out = self._run_in_guest(SAMPLE_ARGV, b"")
         if code != 0:
             log.warning("sampling command exited %d", code)
             return

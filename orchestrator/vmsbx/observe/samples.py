@@ -1,6 +1,6 @@
 """Resource samples of live runs, read from each run unit's cgroup in the guest.
 
-One guest command per tick covers every run of a VM: a fixed Python script (never built from
+One guest command per tick covers every run of a VM: a fixed shell script (never built from
 input) reads the cgroup v2 files of every `vmsbx-run-*.service`. Its output comes from the guest
 and is parsed as hostile: only known keys, only bounded integers, only valid unit names.
 bookworm's systemd 252 has no MemoryPeak= property, so `memory.peak` is read from the cgroup.
@@ -8,7 +8,7 @@ bookworm's systemd 252 has no MemoryPeak= property, so `memory.peak` is read fro
 
 from __future__ import annotations
 
-import json
+import math
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -16,23 +16,24 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 SAMPLES_FILE = "samples.jsonl"
-SAMPLE_ARGV = ["/usr/bin/python3", "-I", "-S", "-"]
-# Sent on stdin to SAMPLE_ARGV: prints one JSON object {"mono": s, "units": {unit: {file: text}}}.
-SAMPLE_SCRIPT = b"""
-import glob, json, os, time
-FILES = ("cpu.stat", "memory.current", "memory.peak", "memory.max", "pids.current", "pids.max", "pids.peak")
-out = {"mono": time.monotonic(), "units": {}}
-for d in glob.glob("/sys/fs/cgroup/system.slice/vmsbx-run-*.service"):
-    unit = {}
-    for name in FILES:
-        try:
-            with open(os.path.join(d, name)) as f:
-                unit[name] = f.read(4096)
-        except OSError:
-            pass
-    out["units"][os.path.basename(d)] = unit
-print(json.dumps(out))
+# A fixed script (no input is ever spliced into it) of shell builtins only: one short-lived `sh`
+# per tick, no interpreter start-up, which matters in a guest under software emulation.
+# Prints "mono <uptime s>", then per run unit "unit <name>" and "<file> <line>" for each line of
+# its cgroup files.
+_SAMPLE_SH = """
+read -r up _ < /proc/uptime || exit 1
+echo "mono $up"
+for d in /sys/fs/cgroup/system.slice/vmsbx-run-*.service; do
+  [ -d "$d" ] || continue
+  echo "unit ${d##*/}"
+  for f in cpu.stat memory.current memory.peak memory.max pids.current pids.max pids.peak; do
+    [ -r "$d/$f" ] || continue
+    while IFS= read -r line; do echo "$f $line"; done < "$d/$f"
+  done
+done
 """
+SAMPLE_ARGV = ["/bin/sh", "-c", _SAMPLE_SH]
+_FILES = ("cpu.stat", "memory.current", "memory.peak", "memory.max", "pids.current", "pids.max", "pids.peak")
 
 _UNIT = re.compile(r"^vmsbx-run-([a-z0-9]{12})\.service$")
 _MAX_INT = 1 << 62
@@ -75,24 +76,29 @@ def _keyed(text: object, key: str) -> int | None:
 
 
 def parse_guest_sample(raw: bytes, host_time: float) -> dict[str, Sample]:
-    """Samples per run id from the guest script's output (hostile: anything odd is dropped)."""
-    try:
-        data = json.loads(raw.decode("utf-8", errors="strict").strip().splitlines()[-1])
-    except (ValueError, IndexError, UnicodeDecodeError):
+    """Samples per run id from the sampling script's output (hostile: anything odd is dropped)."""
+    text = raw.decode("utf-8", errors="replace")
+    mono: float | None = None
+    units: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for line in text.splitlines()[:10_000]:
+        key, _, value = line.partition(" ")
+        if key == "mono" and mono is None:
+            try:
+                mono = float(value)
+            except ValueError:
+                return {}
+        elif key == "unit":
+            match = _UNIT.fullmatch(value)
+            current = units.setdefault(match.group(1), {}) if match else None
+        elif key in _FILES and current is not None:
+            current[key] = (current.get(key, "") + value + "\n")[:4096]
+    if mono is None or not math.isfinite(mono):
         return {}
-    if not isinstance(data, dict) or not isinstance(data.get("units"), dict):
-        return {}
-    mono = data.get("mono")
-    if not isinstance(mono, int | float) or isinstance(mono, bool):
-        return {}
-    samples: dict[str, Sample] = {}
-    for unit, files in data["units"].items():
-        match = _UNIT.fullmatch(unit) if isinstance(unit, str) else None
-        if match is None or not isinstance(files, dict):
-            continue
-        samples[match.group(1)] = Sample(
+    return {
+        run_id: Sample(
             t=host_time,
-            mono=float(mono),
+            mono=mono,
             cpu_usec=_keyed(files.get("cpu.stat"), "usage_usec"),
             mem=_int(files.get("memory.current")),
             mem_peak=_int(files.get("memory.peak")),
@@ -101,7 +107,8 @@ def parse_guest_sample(raw: bytes, host_time: float) -> dict[str, Sample]:
             tasks_peak=_int(files.get("pids.peak")),
             tasks_max=_int(files.get("pids.max")),
         )
-    return samples
+        for run_id, files in units.items()
+    }
 
 
 def _max(a: int | None, b: int | None) -> int | None:

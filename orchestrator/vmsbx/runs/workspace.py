@@ -6,14 +6,11 @@
 from __future__ import annotations
 
 import io
-import logging
 import os
 import tarfile
 from pathlib import Path
 
 from vmsbx.errors import UsageError
-
-_log = logging.getLogger("vmsbx.runs.workspace")
 
 _MAX_BYTES = 512 * 1024 * 1024
 _SKIP_DIRS = {".git", "node_modules", ".venv", "__pycache__"}
@@ -23,7 +20,6 @@ def workspace_tar(project: Path) -> bytes:
     """Tar `project` (no owner names, no special files, symlinks never followed)."""
     buffer = io.BytesIO()
     total = 0
-    files_count = 0
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for root, dirs, files in os.walk(project, followlinks=False):
             dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
@@ -35,7 +31,6 @@ def workspace_tar(project: Path) -> bytes:
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
                 if info.isfile():
-                    files_count += 1
                     total += info.size
                     if total > _MAX_BYTES:
                         raise UsageError(
@@ -46,5 +41,4 @@ def workspace_tar(project: Path) -> bytes:
                         tar.addfile(info, handle)
                 else:
                     tar.addfile(info)
-    _log.info("workspace packed", extra={"project": str(project), "files": files_count, "bytes": total})
     return buffer.getvalue()
