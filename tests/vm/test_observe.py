@@ -22,10 +22,7 @@ pytestmark = pytest.mark.vm
 MiB = 1 << 20
 ALLOCATED = 128 * MiB
 # One shell busy-looping (one core) beside a Python that fills ALLOCATED bytes and sleeps.
-WORKLOAD = (
-    f'python3 -c "import time; b = b\\"x\\" * {ALLOCATED}; time.sleep(3600)" & '
-    "while :; do :; done"
-)
+WORKLOAD = f'python3 -c "import time; b = b\\"x\\" * {ALLOCATED}; time.sleep(3600)" & while :; do :; done'
 SCRIPT = "<script>document.body.setAttribute('data-pwned','1')</script>"
 HOSTILE = SCRIPT + "<img src=x onerror=alert(1)>"
 
