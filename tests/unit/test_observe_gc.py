@@ -70,3 +70,10 @@ def test_image_build_of_an_older_recipe_in_use_stays() -> None:
     assert (
         plan(Inventory(runs=[], leftovers=[], images=[build]), now=NOW, older_than=None, max_size=None) == []
     )
+
+
+def test_ages_take_days_and_weeks_and_the_usual_durations() -> None:
+    from vmsbx.observe.gc import parse_age
+
+    assert parse_age("7d") == 7 * DAY and parse_age("2w") == 14 * DAY and parse_age("1.5d") == 1.5 * DAY
+    assert parse_age("36h") == 36 * 3600 and parse_age("1h30m") == 5400

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -38,13 +39,13 @@ def command(older_than: str, max_size: str | None, yes: bool, dry_run: bool, as_
     Shows what it will free and asks first. Live runs and images under a VM are never removed.
     With --json and without -y nothing is removed (the plan is printed).
     """
-    from vmsbx.config.models import parse_duration, parse_size
+    from vmsbx.config.models import parse_size
     from vmsbx.errors import UsageError
     from vmsbx.observe import fmt
     from vmsbx.observe import gc as garbage
 
     try:
-        age = None if older_than == "never" else parse_duration(older_than)
+        age = None if older_than == "never" else garbage.parse_age(older_than)
         size_limit = None if max_size is None else parse_size(max_size)
     except ValueError as exc:
         raise UsageError(str(exc), hint="e.g. --older-than 7d --max-size 5G") from exc
@@ -52,8 +53,10 @@ def command(older_than: str, max_size: str | None, yes: bool, dry_run: bool, as_
     total = sum(i.size for i in items)
     apply = not dry_run and bool(items) and (yes or (not as_json and _confirm(items, total)))
     if apply:
+        log = logging.getLogger("vmsbx.gc")
         for item in items:
             garbage.remove(item)
+            log.info("removed", extra={"kind": item.kind, "path": str(item.path), "bytes": item.size})
     if as_json:
         print_json({
             "removed": apply, "bytes": total,

@@ -64,6 +64,19 @@ class GcItem(BaseModel):
     reason: str
 
 
+def parse_age(text: str) -> float:
+    """Seconds in an age such as "7d", "2w", "36h", "1h30m" (days and weeks on top of the
+    settings' duration syntax)."""
+    from vmsbx.config.models import parse_duration
+
+    value = text.strip().lower()
+    for suffix, factor in (("w", 7 * 86400.0), ("d", 86400.0)):
+        number = value.removesuffix(suffix)
+        if number != value and number.replace(".", "", 1).isdigit():
+            return float(number) * factor
+    return parse_duration(value)
+
+
 def plan(inventory: Inventory, *, now: float, older_than: float | None, max_size: int | None) -> list[GcItem]:
     """Pure: what to remove, and why."""
     items: list[GcItem] = []
