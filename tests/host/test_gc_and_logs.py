@@ -60,8 +60,9 @@ def _world(tmp_path: Path) -> tuple[dict[str, str], dict[str, Path]]:
     vm = home / "vms" / "box"
     vm.mkdir(parents=True)
     record = {
-        "name": "box", "image": "bookworm", "image_dir": str(paths["used_build"]), "cpus": 1, "memory_mib": 512,
-        "disk_size": "2G", "accel": "tcg", "network": "restricted", "created_at": "2026-01-01T00:00:00+00:00",
+        "name": "box", "image": "bookworm", "image_dir": str(paths["used_build"]), "cpus": 1,
+        "memory_mib": 512, "disk_size": "2G", "accel": "tcg", "network": "restricted",
+        "created_at": "2026-01-01T00:00:00+00:00",
     }  # fmt: skip
     (vm / "vm.json").write_text(json.dumps(record))
     (vm / "disk.qcow2").write_bytes(b"d" * 1000)
