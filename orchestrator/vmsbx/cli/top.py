@@ -133,8 +133,12 @@ def _interactive() -> None:
                     state.log_lines = _log_tail(rows[state.selected].id)
                 next_refresh = time.monotonic() + REFRESH
             live.update(render(snapshot, state, console.width), refresh=True)
+    from vmsbx.runs.lifecycle import FINISH_WAIT
+
     for stopper in stoppers:
-        stopper.join(timeout=30)
+        if stopper.is_alive():
+            console.print("waiting for the stopped run to be recorded…")
+        stopper.join(timeout=FINISH_WAIT + 10)
 
 
 def _log_tail(run_id: str, lines: int = 12) -> list[str]:
@@ -175,7 +179,7 @@ def _stop_in_background(run_id: str, state: object) -> threading.Thread:
             record = records.load(run_id)
             guest = lifecycle.connect(record.vm)
             guest.stop(run_id)
-            code = lifecycle.finish(record, guest, wait=30)
+            code = lifecycle.finish(record, guest)
             state.message = f"{run_id} stopped (exit {code})"
         except VmsbxError as exc:
             state.message = f"could not stop {run_id}: {exc}"
