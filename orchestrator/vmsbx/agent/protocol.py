@@ -25,14 +25,7 @@ def agent_build() -> str:
 
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    observe = here.parent / "observe"
-    for source in (
-        here / "server.py",
-        here / "protocol.py",
-        here.parent / "transport" / "ssh.py",
-        observe / "sampler.py",
-        observe / "samples.py",
-    ):
+    for source in (here / "server.py", here / "protocol.py", here.parent / "transport" / "ssh.py"):
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
 
