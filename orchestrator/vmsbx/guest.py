@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import time
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -13,6 +15,8 @@ from vmsbx.agent.client import AgentClient
 from vmsbx.errors import GuestCheckFailed
 from vmsbx.paths import data_dir
 from vmsbx.sandbox.layout import GUEST_LIB
+
+_log = logging.getLogger("vmsbx.guest")
 
 MIN_SYSTEMD = 248  # the newest property of the sandbox (PrivateIPC=) came with 248
 
@@ -70,13 +74,19 @@ def provision(client: AgentClient, facts: GuestFacts) -> bool:
     """Push the guest launcher and session holder if the guest's copy differs. True if pushed."""
     version, files = guest_bundle()
     if facts.guest_version == version:
+        _log.info("provision skipped: guest launcher up to date", extra={"version": version})
         return False
+    started = time.monotonic()
     code, _out, err = client.run(["install", "-d", "-m", "0755", GUEST_LIB])
     if code != 0:
         raise GuestCheckFailed(f"cannot create {GUEST_LIB} in the guest: {err.decode(errors='replace')}")
     for name, data in files.items():
         client.put(f"{GUEST_LIB}/{name}", data, mode=0o755)
     client.put(f"{GUEST_LIB}/VERSION", version.encode(), mode=0o644)
+    _log.info(
+        "provisioned guest launcher",
+        extra={"version": version, "files": len(files), "seconds": round(time.monotonic() - started, 3)},
+    )
     return True
 
 
@@ -88,6 +98,7 @@ def provision_nsjail(client: AgentClient, arch: str, installed: str) -> str:
 
     bundle = ensure_nsjail(arch)
     if installed == bundle.digest:
+        _log.info("provision skipped: nsjail up to date", extra={"version": bundle.digest})
         return installed
     folders = sorted({file.guest_path.rsplit("/", 1)[0] for file in bundle.files})
     code, _out, err = client.run(["install", "-d", "-m", "0755", *folders])
@@ -98,6 +109,7 @@ def provision_nsjail(client: AgentClient, arch: str, installed: str) -> str:
     for file in bundle.files:
         client.put(file.guest_path, file.local_path.read_bytes(), mode=file.mode)
     client.put(f"{GUEST_LIB}/nsjail/VERSION", bundle.digest.encode(), mode=0o644)
+    _log.info("provisioned nsjail", extra={"version": bundle.digest, "files": len(bundle.files)})
     return bundle.digest
 
 

@@ -100,6 +100,18 @@ class AgentClient:
         except (OSError, ValueError):
             return None
 
+    def samples(self) -> dict[str, dict[str, object]]:
+        """The sampler's newest sample per run id (as `Sample` dicts); raises if the agent is down."""
+        with self._connect(timeout=5.0) as sock:
+            send_line(sock, {"op": "samples"})
+            reply = recv_line(sock, limit=1 << 22)
+        if not reply or not reply.get("ok") or not isinstance(reply.get("samples"), dict):
+            raise AgentError(
+                f"the host agent of VM {self.vm!r} gave no samples", hint="`vmsbx up` restarts it"
+            )
+        samples: dict[str, dict[str, object]] = reply["samples"]
+        return samples
+
     def put(self, remote: str, data: bytes, *, mode: int = 0o644) -> None:
         """Write `data` to `remote` in the guest (SFTP through the agent, atomic rename)."""
         request = PutRequest(remote=remote, mode=mode, size=len(data))

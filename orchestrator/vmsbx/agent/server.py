@@ -38,9 +38,11 @@ from vmsbx.agent.protocol import (
 from vmsbx.agent.services import HostServices
 from vmsbx.config.models import VMSettings
 from vmsbx.errors import VmsbxError
+from vmsbx.observe.sampler import Sampler
 from vmsbx.paths import vm_dir
 from vmsbx.providers import existing_provider_name, get_provider
 from vmsbx.providers.base import Provider
+from vmsbx.runs.record import runs_root
 from vmsbx.transport import Connection, wait_for_ssh
 
 log = logging.getLogger("vmsbx.agent")
@@ -127,6 +129,9 @@ class HostAgent:
         server.settimeout(_WATCH_SECONDS)
         self.write_status("ready")
         log.info("serving on %s", sock_path)
+        # Resource samples of live runs for `vmsbx top` and reports; idle while none is live.
+        self.sampler = Sampler(self.vm, runs_root(), self._run_quietly)
+        threading.Thread(target=self.sampler.run_forever, name="sampler", daemon=True).start()
         try:
             while not self._stopping.is_set():
                 try:
@@ -148,7 +153,12 @@ class HostAgent:
             self.services.close()
             if self._conn is not None:
                 self._conn.close()
+        self.sampler.stop()
         return 0
+
+    def _run_quietly(self, argv: list[str], stdin: bytes) -> tuple[int, bytes]:
+        result = self.connection().run(argv, stdin=stdin, timeout=10)
+        return result.exit_code, result.stdout
 
     def _handle(self, client: socket.socket) -> None:
         with client:
@@ -162,6 +172,9 @@ class HostAgent:
                 elif op == "shutdown":
                     send_line(client, {"ok": True})
                     self._stopping.set()
+                elif op == "samples":
+                    latest = self.sampler.latest()
+                    send_line(client, {"ok": True, "samples": {k: v.model_dump() for k, v in latest.items()}})
                 elif op == "exec":
                     self._exec(client, ExecRequest.model_validate(request))
                 elif op == "put":
@@ -259,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from vmsbx.logsetup import setup
+
+    setup(0)
     provider_name = existing_provider_name(args.vm)
     if provider_name is None:
         log.error("VM %s does not exist", args.vm)

@@ -13,9 +13,18 @@ _MIN_FREE_GIB = 10
 
 
 @click.command("doctor")
+@click.option("--logs", "show_logs", is_flag=True, help="Print the path of vmsbx's own log file and exit.")
 @json_option
-def command(as_json: bool) -> None:
+def command(as_json: bool, show_logs: bool) -> None:
     """Check host prerequisites: QEMU, image tools, SSH client, free disk, acceleration."""
+    if show_logs:
+        from vmsbx.logsetup import log_file
+
+        if as_json:
+            print_json({"log_file": str(log_file())})
+        else:
+            click.echo(str(log_file()))
+        return
     from vmsbx.paths import cache_root, state_root
     from vmsbx.providers.accel import kvm_device_usable
 

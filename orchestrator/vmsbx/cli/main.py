@@ -26,6 +26,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "apply": ("vmsbx.cli.apply", "Bring a run's changes into the project (after review)."),
     "discard": ("vmsbx.cli.discard", "Drop a run's changes."),
     "doctor": ("vmsbx.cli.doctor", "Check the host's prerequisites and say what to install."),
+    "top": ("vmsbx.cli.top", "Live view of every VM and run (q quits)."),
+    "show": ("vmsbx.cli.show", "Report of one run (--html for a web page)."),
+    "gc": ("vmsbx.cli.gc", "Remove old runs, leftovers and stale images."),
 }
 
 
@@ -46,8 +49,18 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
+def _start_logging(ctx: click.Context, param: click.Parameter, verbose: int) -> None:
+    from vmsbx.logsetup import setup
+
+    setup(verbose)
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vmsbx", prog_name="vmsbx")
+@click.option(
+    "-v", "--verbose", count=True, expose_value=False, is_eager=True, callback=_start_logging,
+    help="Show vmsbx's own log on stderr (-v steps, -vv debug); it always goes to its log file.",
+)  # fmt: skip
 def cli() -> None:
     """vmsbx runs a coding agent behind two walls: a Linux VM, and a sandbox per run inside it.
 

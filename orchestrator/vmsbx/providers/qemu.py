@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -42,6 +44,7 @@ from vmsbx.providers.qmp import QMPError, qmp_command
 from vmsbx.textsafe import strip_control
 from vmsbx.transport.keys import generate_keypair, write_known_hosts
 
+_log = logging.getLogger("vmsbx.provider.qemu")
 QEMU_BINARY = "qemu-system-x86_64"
 _INSTALL_HINT = "apt-get install qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client"
 _GRACEFUL_SECONDS = 60.0
@@ -357,7 +360,16 @@ def _clear_runtime(directory: Path) -> None:
 
 
 def _run_tool(argv: list[str]) -> None:
+    started = time.monotonic()
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    _log.info(
+        "provider command",
+        extra={
+            "argv": shlex.join(argv),
+            "exit_code": result.returncode,
+            "seconds": round(time.monotonic() - started, 3),
+        },
+    )
     if result.returncode != 0:
         raise ProviderError(f"{argv[0]} failed: {result.stderr.strip()}", hint="run `vmsbx doctor`")
 
@@ -377,6 +389,7 @@ def _launch(launch: QemuLaunch, directory: Path) -> tuple[int | None, str]:
     if serial.exists():
         serial.replace(directory / "serial.log.1")
     log_path = directory / "qemu.log"
+    _log.info("provider command", extra={"argv": shlex.join(render_qemu_argv(launch)), "detached": True})
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             render_qemu_argv(launch),

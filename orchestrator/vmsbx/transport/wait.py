@@ -6,6 +6,7 @@ counts as "not up yet" are decided once, here.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -20,6 +21,8 @@ from tenacity import (
 from vmsbx.errors import BootTimeout, VmsbxError
 from vmsbx.providers.base import SSHInfo
 from vmsbx.transport.ssh import Connection, SSHAuthFailed, SSHUnreachable
+
+_log = logging.getLogger("vmsbx.transport.wait")
 
 __all__ = ["SERIAL_TAIL_LINES", "wait_for_ssh"]
 
@@ -63,7 +66,17 @@ def wait_for_ssh(
             raise _VMDied
         remaining = deadline - time.monotonic()
         connection = Connection(info, vm_name=vm_name)
-        connection.open(timeout=max(_MIN_ATTEMPT_TIMEOUT, min(_ATTEMPT_TIMEOUT, remaining)))
+        try:
+            connection.open(timeout=max(_MIN_ATTEMPT_TIMEOUT, min(_ATTEMPT_TIMEOUT, remaining)))
+        except Exception as exc:
+            _log.debug(
+                "ssh connect attempt failed", extra={"target": f"{info.host}:{info.port}", "error": str(exc)}
+            )
+            raise
+        _log.info(
+            "ssh connected",
+            extra={"target": f"{info.host}:{info.port}", "seconds": round(time.monotonic() - started, 3)},
+        )
         return connection
 
     def should_retry(state: RetryCallState) -> bool:
@@ -81,6 +94,7 @@ def wait_for_ssh(
         return False
 
     def sleep(seconds: float) -> None:
+        _log.info("ssh retry", extra={"target": f"{info.host}:{info.port}", "backoff": round(seconds, 2)})
         # Sleep in slices so a VM that dies mid-backoff is reported now, not after the nap.
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:

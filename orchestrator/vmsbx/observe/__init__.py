@@ -1,0 +1,1 @@
+"""Observability: resource samples, `vmsbx top`, run reports and housekeeping."""
