@@ -48,6 +48,7 @@ class HostServices:
         from vmsbx.agent.budget import Budget
         from vmsbx.agent.credential import Credential
         from vmsbx.agent.egress.run_proxy import start_run_proxy
+        from vmsbx.logsetup import register_secret
 
         run_id = str(request["run_id"])
         if not is_run_id(run_id):
@@ -58,6 +59,8 @@ class HostServices:
             if relay_request:
                 relay = self._relay_for(relay_request)
                 wire, cap = relay_request["credential"], relay_request.get("budget")
+                register_secret(str(wire["secret"]))
+                register_secret(str(relay_request["token"]))
                 relay.register_run(
                     run_id,
                     str(relay_request["token"]),

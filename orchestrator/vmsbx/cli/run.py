@@ -190,6 +190,9 @@ def _relay_access(settings: Settings, budget: str | None, *, required: bool) -> 
         if required:
             raise
         return None  # a plain command without a credential simply gets no relay
+    from vmsbx.logsetup import register_secret
+
+    register_secret(credential.reveal())  # masked in vmsbx's own log, whatever logs it
     return RelayAccess(
         credential={"kind": credential.kind, "secret": credential.reveal()},
         kind=credential.kind,

@@ -21,6 +21,7 @@ from vmsbx.agent.protocol import FrameWriter
 from vmsbx.config.models import Settings
 from vmsbx.errors import AgentError, TransportError, UsageError, VmsbxError
 from vmsbx.guest import provision_nsjail
+from vmsbx.logsetup import register_secret
 from vmsbx.paths import vm_dir
 from vmsbx.runs import agentrun, gitbundle, review, workspace
 from vmsbx.runs import record as records
@@ -192,6 +193,7 @@ def start(
         run_env = dict(env)
         spec_extra: dict[str, object] = {}
         token = agentrun.new_token()
+        register_secret(token)
         ports = _admit(guest, settings, layout.run_id, token, relay)
         record.relay, record.egress = "relay" in ports, "proxy" in ports
         request["bridges"] = ports
