@@ -217,6 +217,9 @@ def _tick(
         if step == shown:
             continue
         shown = step
+        if step >= 20:
+            report(f"checking and unpacking Claude Code {version} in the guest")
+            continue
         rate = sent[0] / _MiB / max(time.monotonic() - started, 0.1)
         total = size // _MiB
         report(f"pushing Claude Code {version} to the guest: {step * 5} % of {total} MiB ({rate:.1f} MiB/s)")
