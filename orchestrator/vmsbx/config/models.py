@@ -288,11 +288,12 @@ class AgentSettings(_Section):
         description="Exact Claude Code version installed in the guest.",
         json_schema_extra={"allowed": 'an exact version such as "2.1.332"'},
     )
-    install: Literal["auto", "push", "guest-fetch"] = Field(
+    install: Literal["auto", "push", "guest-fetch", "none"] = Field(
         default="auto",
         description="How Claude Code reaches the guest: push (the host fetches and verifies it, then "
         "copies it over SSH), guest-fetch (the guest downloads it, checked against the host's "
-        "pinned hash) or auto (push unless the guest has its own network).",
+        "pinned hash), auto (push unless the guest has its own network) or none (not installed: "
+        "the VM only runs commands).",
     )
     registry: str = Field(
         default="https://registry.npmjs.org",
