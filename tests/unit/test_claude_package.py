@@ -223,9 +223,10 @@ def test_cache_path_layout(tmp_path: Path) -> None:
         ("auto", "nat", "guest-fetch"),
         ("push", "nat", "push"),
         ("guest-fetch", "restricted", "guest-fetch"),
+        ("none", "nat", None),
     ],
 )
-def test_install_method(install: str, network: str, method: str) -> None:
+def test_install_method(install: str, network: str, method: str | None) -> None:
     assert choose_method(install, network) == method
 
 

@@ -70,8 +70,11 @@ class ClaudeInstall(BaseModel):
         return marker(self.version, self.platform, self.integrity)
 
 
-def choose_method(install: str, guest_network: str) -> Method:
-    """`agent.install` resolved: auto pushes unless the guest has a network of its own."""
+def choose_method(install: str, guest_network: str) -> Method | None:
+    """`agent.install` resolved: auto pushes unless the guest has a network of its own; none
+    (None) installs nothing."""
+    if install == "none":
+        return None
     if install == "auto":
         return "guest-fetch" if guest_network == "nat" else "push"
     if install in ("push", "guest-fetch"):
@@ -134,9 +137,12 @@ def provision_claude(
 
 def provision_claude_for(
     client: AgentClient, facts: GuestFacts, settings: Settings, report: Callable[[str], None]
-) -> ClaudeInstall:
-    """`vmsbx up`'s step: the configured Claude Code in the guest, by the configured path."""
+) -> ClaudeInstall | None:
+    """`vmsbx up`'s step: the configured Claude Code in the guest, by the configured path (None
+    when agent.install is "none")."""
     method = choose_method(settings.agent.install, settings.vm.guest_network)
+    if method is None:
+        return None
     report(f"checking Claude Code {settings.agent.claude_version} in the guest")
     install = provision_claude(
         client,
@@ -150,6 +156,13 @@ def provision_claude_for(
     if install.state == "installed":
         report(f"installed Claude Code {install.version} ({install.reported}) in {install.seconds} s")
     return install
+
+
+def up_summary(install: ClaudeInstall | None) -> dict[str, object]:
+    """The `claude*` keys of `vmsbx up --json`."""
+    if install is None:
+        return {"claude": "skipped", "claude_version": None, "claude_seconds": 0.0}
+    return {"claude": install.state, "claude_version": install.version, "claude_seconds": install.seconds}
 
 
 def _result(code: int, out: bytes, err: bytes) -> dict[str, str]:
@@ -217,6 +230,9 @@ def _tick(
         if step == shown:
             continue
         shown = step
+        if step >= 20:
+            report(f"checking and unpacking Claude Code {version} in the guest")
+            continue
         rate = sent[0] / _MiB / max(time.monotonic() - started, 0.1)
         total = size // _MiB
         report(f"pushing Claude Code {version} to the guest: {step * 5} % of {total} MiB ({rate:.1f} MiB/s)")

@@ -44,7 +44,7 @@ def command(
     interrupted, running it again picks up where it stopped.
     """
     from vmsbx.agent.client import ensure_agent
-    from vmsbx.claude.install import provision_claude_for
+    from vmsbx.claude.install import provision_claude_for, up_summary
     from vmsbx.errors import UsageError
     from vmsbx.guest import check_walls, gather_facts, provision, provision_nsjail
     from vmsbx.paths import vm_dir
@@ -95,7 +95,8 @@ def command(
             nsjail = provision_nsjail(client, facts.arch, facts.nsjail_version)
             facts = facts.model_copy(update={"nsjail_version": nsjail})
         claude = provision_claude_for(client, facts, settings, report)
-        facts = facts.model_copy(update={"claude_installed": claude.marker})
+        if claude is not None:
+            facts = facts.model_copy(update={"claude_installed": claude.marker})
         (vm_dir(vm) / "guest.json").write_text(facts.model_dump_json())
     info = machine.ssh_info(vm)
     summary = {
@@ -107,9 +108,7 @@ def command(
         "arch": facts.arch,
         "kernel": facts.kernel,
         "seconds": round(time.monotonic() - started, 1),
-        "claude": claude.state,
-        "claude_version": claude.version,
-        "claude_seconds": claude.seconds,
+        **up_summary(claude),
     }
     if as_json:
         print_json(summary)

@@ -319,11 +319,12 @@ class AgentSettings(_Section):
         "proxies); the system's CAs stay trusted. None: system CAs only.",
         json_schema_extra={"allowed": 'an absolute path such as "/etc/ssl/my-ca.pem"'},
     )
-    install: Literal["auto", "push", "guest-fetch"] = Field(
+    install: Literal["auto", "push", "guest-fetch", "none"] = Field(
         default="auto",
         description="How Claude Code reaches the guest: push (the host fetches and verifies it, then "
         "copies it over SSH), guest-fetch (the guest downloads it, checked against the host's "
-        "pinned hash) or auto (push unless the guest has its own network).",
+        "pinned hash), auto (push unless the guest has its own network) or none (not installed: "
+        "the VM only runs commands).",
     )
     registry: str = Field(
         default="https://registry.npmjs.org",
