@@ -7,6 +7,7 @@ end of the session whatever happened.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host"))
 
 from vmcli import Cli
 
+WITH_CLAUDE = {"VMSBX_AGENT_INSTALL": "auto"}
 TEST_NAMES = ("allowed.test", "not-listed.test", "sub.wild.test", "wild.test", "evil-wild.test")
 
 
@@ -33,6 +35,10 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
         VMSBX_CONFIG=str(home / "no-user-config.toml"),
         # Tests never give a guest NAT: nothing may leave the machine.
         VMSBX_VM_GUEST_NETWORK="restricted",
+        # Only the shared guest gets Claude Code (a 186 MB push under TCG); the extra VMs some
+        # tests boot only run commands. The default VM's `up` below and test_claude_install ask
+        # for it explicitly.
+        VMSBX_AGENT_INSTALL="none",
         # Names the egress tests use, all mapped to their loopback server (the proxy still
         # refuses 127.0.0.1 unless a run lists it by IP, as a user would have to).
         VMSBX_TEST_RESOLVE=",".join(
@@ -50,6 +56,6 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
 @pytest.fixture(scope="session")
 def default_vm(cli: Cli) -> dict[str, object]:
     """The shared guest, brought up once by the first test that needs it."""
-    summary = cli.json("up")
+    summary = json.loads(cli.ok("up", "--json", extra_env=WITH_CLAUDE, timeout=1800).stdout)
     assert isinstance(summary, dict)
     return summary

@@ -45,6 +45,12 @@ def _probe(cli: Cli) -> dict[str, str]:
     return {"stat": lines[0], "version": lines[1], "exit": lines[2], "uid": lines[3], "marker": lines[4]}
 
 
+@pytest.fixture
+def cli(cli: Cli) -> Cli:
+    """This module's `up` calls install Claude Code (the session's other VMs do without)."""
+    return Cli(env=dict(cli.env, VMSBX_AGENT_INSTALL="auto"), cwd=cli.cwd)
+
+
 def test_up_installs_claude_and_it_runs_unprivileged(cli: Cli, default_vm: dict[str, object]) -> None:
     assert default_vm["claude"] == "installed"
     assert default_vm["claude_version"] == VERSION

@@ -46,6 +46,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, Path]
         VMSBX_HOME=str(home),
         VMSBX_CONFIG=str(root / "no-user-config.toml"),
         VMSBX_VM_GUEST_NETWORK="restricted",
+        VMSBX_AGENT_INSTALL="none",  # this guest only proves the providers' connection paths
         PATH=f"{FAKES}{os.pathsep}{os.environ['PATH']}",
         VMSBX_TEST_FAKE_STATE=str(root / "fake"),
         LIMA_HOME=str(root / "lima"),
