@@ -615,10 +615,16 @@ def bundle(run_id: str, bases: list[str]) -> int:
     p = paths(run_id)
     if not all(re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", base) for base in bases):
         return fail("invalid base commit id", 2)
-    if not os.path.isdir(f"{p['mount']}/.git"):
+    if not os.path.exists(p["result"]):
+        return fail(f"run {run_id} has not ended", 3)
+    try:
+        root = workspace_root(run_id)  # the run's own mount is gone once it ended
+    except RuntimeError as exc:
+        return fail(str(exc), 4)
+    if not os.path.isdir(f"{root}/.git"):
         return fail("the workspace is not a git repository", 4)
     argv = ["systemd-run", "--wait", "--pipe", "--quiet", "--collect",
-            "-p", f"BindReadOnlyPaths={p['mount']}:/ws"]  # fmt: skip
+            "-p", f"BindReadOnlyPaths={root}:/ws"]  # fmt: skip
     for prop in GIT_UNIT_PROPERTIES:
         argv += ["-p", prop]
     argv += ["--", "git", "-c", "safe.directory=*", "-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import threading
@@ -121,32 +122,26 @@ def collect(run_id: str, run_folder: Path, guest: GuestControl, project: Path) -
     got = driver_collect(guest.client, base, "@ws", changes, wsync=[*GUEST, "wsync", "run", run_id])
     problems = [f"{strip_control(name)}: {why}" for name, why in (*got.received.rejected, *got.pack_problems)]
     problems += [f"{strip_control(name)}: did not arrive" for name in got.received.missing]
-    bundle = _collect_bundle(run_id, changes, guest, project, got.changeset)
+    bundle = _collect_bundle(run_id, changes, guest, project, got.changeset, problems)
     return Collected(changeset=got.changeset, bundle=bundle, problems=tuple(problems))
 
 
 def _collect_bundle(
-    run_id: str, changes: Path, guest: GuestControl, project: Path, changeset: Changeset
+    run_id: str, changes: Path, guest: GuestControl, project: Path, changeset: Changeset, problems: list[str]
 ) -> Path | None:
-    touched_git = any(entry.path == ".git" or entry.path.startswith(".git/") for entry in changeset.entries)
+    touched_git = any(entry.classification == "git" for entry in changeset.entries)
     if not touched_git or not gitbundle.is_repository(project):
         return None
     bases = json.loads((changes / "base-commits.json").read_text())
     target = changes / "commits.bundle"
+    err = io.BytesIO()
     with target.open("wb") as sink:
-        code = guest.client.exec(
-            [*GUEST, "bundle", run_id, *bases], stdin=None, stdout=sink, stderr=_Discard()
-        )
+        code = guest.client.exec([*GUEST, "bundle", run_id, *bases], stdin=None, stdout=sink, stderr=err)
     if code != 0 or target.stat().st_size == 0:
-        # No new commit (git refuses an empty bundle), or no repository left: nothing to bring.
         target.unlink(missing_ok=True)
+        said = strip_control(err.getvalue().decode(errors="replace")).strip()
+        # git refuses an empty bundle: the agent made no new commit, nothing to bring.
+        if "empty bundle" not in said:
+            problems.append(f"the agent's git commits could not be bundled: {said[-300:]}")
         return None
     return target
-
-
-class _Discard:
-    def write(self, data: bytes, /) -> int:
-        return len(data)
-
-    def flush(self) -> None:
-        pass
