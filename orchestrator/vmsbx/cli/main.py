@@ -22,6 +22,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "stop-run": ("vmsbx.cli.stop_run", "End a run."),
     "logs": ("vmsbx.cli.logs", "Show a run's journal (-f follows it)."),
     "runs": ("vmsbx.cli.runs", "List the recorded runs."),
+    "verify": ("vmsbx.cli.verify", "Attack the sandbox for real and show which walls held."),
     "doctor": ("vmsbx.cli.doctor", "Check the host's prerequisites and say what to install."),
 }
 

@@ -9,7 +9,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -135,8 +135,12 @@ def start(
     project: Path,
     tty: bool,
     env: dict[str, str],
+    adjust: Callable[[dict[str, object]], None] | None = None,
 ) -> tuple[RunRecord, GuestControl]:
-    """Launch a run; returns its record (state running) and the guest control it runs under."""
+    """Launch a run; returns its record (state running) and the guest control it runs under.
+
+    `adjust` edits the rendered launch request: only `vmsbx verify --self-test` passes one.
+    """
     check_policy(settings)
     vm = settings.vm.name
     guest = connect(vm)
@@ -176,6 +180,8 @@ def start(
             "cwd": JAIL_WORKSPACE if record.sandbox == "nsjail" else layout.workspace,
             "home": layout.home,
         }
+        if adjust is not None:
+            adjust(request)
         records.save(record)
         try:
             launched = guest.launch(request, workspace)
