@@ -5,7 +5,7 @@ The attacks themselves run on the real guest (tests/vm/test_verify.py).
 
 from __future__ import annotations
 
-import re
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,18 @@ from vmsbx.verify.attempts import ATTEMPTS, BY_NAME, CATEGORIES
 from vmsbx.verify.loosen import LOOSENINGS, loosen_request
 from vmsbx.verify.verdict import Observation, RunFacts, judge, merge_aftermath, parse
 
-SCRIPT = (Path(__file__).parents[2] / "provision" / "verify" / "attempts.sh").read_text()
+GUEST_ATTEMPTS = Path(__file__).parents[2] / "provision" / "verify" / "attempts.py"
+
+
+def guest_module() -> object:
+    """provision/verify/attempts.py, the guest side (imported, not run)."""
+    spec = importlib.util.spec_from_file_location("verify_guest_attempts", GUEST_ATTEMPTS)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 MiB = 1 << 20
 
 
@@ -45,18 +56,25 @@ def test_at_least_thirty_attempts_covering_every_category() -> None:
     assert {a.category for a in ATTEMPTS} == set(CATEGORIES)
 
 
-def test_every_attempt_has_a_script_line_and_every_script_attempt_a_row() -> None:
-    in_script = set(re.findall(r"^\s*attempt (\w+) ", SCRIPT, re.M))
-    in_script |= set(re.findall(r'survived "\$tok" (\w+) ', SCRIPT))
-    in_script.add("journal_forge")
-    table = {a.name for a in ATTEMPTS if a.kind != "health"}
-    assert table == in_script
+def test_every_attempt_has_a_guest_function_and_every_guest_attempt_a_row() -> None:
+    guest = guest_module()
+    in_guest = set(guest.ATTEMPTS)  # type: ignore[attr-defined]
+    assert {a.name for a in ATTEMPTS if a.kind != "health"} == in_guest
+    persistent = {a.name for a in ATTEMPTS if a.kind == "persistent"}
+    assert persistent == set(guest.PERSISTENT)  # type: ignore[attr-defined]
 
 
 def test_the_memory_bomb_is_the_last_attempt_in_the_run() -> None:
     # When the limit holds the sandbox ends the whole run: nothing may come after it.
-    attempts = re.findall(r"^\s*attempt (\w+) ", SCRIPT, re.M)
-    assert attempts[-1] == "memory_bomb"
+    assert list(guest_module().ATTEMPTS)[-1] == "memory_bomb"  # type: ignore[attr-defined]
+
+
+def test_the_guest_side_never_spells_the_canary_prefix_in_one_piece() -> None:
+    # Otherwise the file search would find the attempt script itself.
+    from vmsbx.verify.suite import CANARY_PREFIX
+
+    assert CANARY_PREFIX not in GUEST_ATTEMPTS.read_text()
+    assert guest_module().CANARY == CANARY_PREFIX  # type: ignore[attr-defined]
 
 
 def test_parse_keeps_only_well_formed_lines_of_known_attempts() -> None:
@@ -90,7 +108,9 @@ def test_a_control_that_failed_makes_the_attempt_inconclusive_never_a_pass() -> 
     results = {r.attempt: r for r in judge(everything("fail"), control, facts())}
     assert results["bpf"].verdict == "inconclusive"
     missing = {k: v for k, v in everything("ok").items() if k != "ptrace"}
-    assert {r.attempt: r for r in judge(everything("fail"), missing, facts())}["ptrace"].verdict == "inconclusive"
+    assert {r.attempt: r for r in judge(everything("fail"), missing, facts())}[
+        "ptrace"
+    ].verdict == "inconclusive"
 
 
 def test_an_attempt_that_did_not_report_is_inconclusive() -> None:
@@ -104,9 +124,9 @@ def test_memory_is_judged_from_systemds_numbers() -> None:
     assert {r.attempt: r for r in judge(inside, everything("ok"), killed)}["memory_bomb"].verdict == "pass"
     # The run's own "I was stopped" line is not enough when systemd saw it go above the limit.
     over = facts(memory_peak=600 * MiB)
-    assert {r.attempt: r for r in judge(everything("fail"), everything("ok"), over)}["memory_bomb"].verdict == (
-        "inconclusive"
-    )
+    assert {r.attempt: r for r in judge(everything("fail"), everything("ok"), over)}[
+        "memory_bomb"
+    ].verdict == ("inconclusive")
     # And a claim of success is a failure whatever the numbers.
     got = everything("fail") | {"memory_bomb": Observation(succeeded=True, detail="allocated")}
     assert {r.attempt: r for r in judge(got, everything("ok"), facts())}["memory_bomb"].verdict == "FAIL"

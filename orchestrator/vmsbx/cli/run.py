@@ -61,10 +61,15 @@ def command(
         "sandbox.tasks_max": tasks, "sandbox.timeout": timeout, "sandbox.workspace_size": workspace_size,
         "sandbox.tmp_size": tmp_size, "sandbox.network": network, "sandbox.score_threshold": score_threshold,
     })  # fmt: skip
+    if any("\0" in arg for arg in argv):
+        # The OS cannot pass it on either; cutting the argument there would run something else.
+        raise UsageError(
+            "a command argument contains a NUL byte", hint="remove it; arguments are passed literally"
+        )
     environment: dict[str, str] = {}
     for item in env:
         key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
+        if not sep or not key.isidentifier() or "\0" in value:
             raise UsageError(f"--env {item!r} is not NAME=VALUE", hint="e.g. --env DEBUG=1")
         environment[key] = value
     record, guest = lifecycle.start(settings, list(argv), project=Path.cwd(), tty=tty, env=environment)

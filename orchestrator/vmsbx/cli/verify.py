@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from vmsbx.cli.common import json_option, load, name_option, print_json, progress
+
+if TYPE_CHECKING:
+    from vmsbx.verify.suite import VerifyReport
 
 VERDICT_STYLE = {"pass": "green", "FAIL": "bold red", "inconclusive": "yellow"}
 
@@ -14,7 +18,11 @@ VERDICT_STYLE = {"pass": "green", "FAIL": "bold red", "inconclusive": "yellow"}
 @click.command("verify")
 @name_option
 @click.option(
-    "--sandbox", "mode", type=click.Choice(["systemd", "nsjail"]), default=None, help="Sandbox kind to attack."
+    "--sandbox",
+    "mode",
+    type=click.Choice(["systemd", "nsjail"]),
+    default=None,
+    help="Sandbox kind to attack.",
 )
 @click.option(
     "--self-test", is_flag=True,
@@ -35,9 +43,7 @@ def command(name: str | None, mode: str | None, self_test: bool, as_json: bool) 
     settings = load(**{"vm.name": name, "sandbox.mode": mode})
     if self_test:
         with progress("self-test") as report:
-            outcomes = suite.run_self_test(
-                settings, LOOSENINGS[settings.sandbox.mode], progress=report
-            )
+            outcomes = suite.run_self_test(settings, LOOSENINGS[settings.sandbox.mode], progress=report)
         if as_json:
             print_json([o.model_dump() for o in outcomes])
         else:
@@ -57,7 +63,7 @@ def command(name: str | None, mode: str | None, self_test: bool, as_json: bool) 
     sys.exit(1 if result.failed else 0)
 
 
-def _table(report: suite.VerifyReport) -> None:
+def _table(report: VerifyReport) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table

@@ -1,6 +1,6 @@
-"""The attempts `vmsbx verify` makes, as data. The doing lives in provision/verify/attempts.sh.
+"""The attempts `vmsbx verify` makes, as data. The doing lives in provision/verify/attempts.py.
 
-Adding an attempt: a function and an `attempt` line in attempts.sh, and a row here. Each row
+Adding an attempt: a function and an ATTEMPTS entry in attempts.py, and a row here. Each row
 says what the attempt tries and what the sandbox must do about it; the verdict logic in
 verdict.py is the same for all (with the few kinds below).
 """
@@ -50,15 +50,16 @@ def _a(name: str, category: str, tries: str, expected: str, kind: Kind = "direct
 NO_NET = "no route: the run has no network but its own loopback"
 
 ATTEMPTS: tuple[Attempt, ...] = (
-    _a("host_mounts", "host reach", "find host folders shared into the guest (9p, virtiofs, sshfs, /mnt/c)",
-       "none visible"),
+    _a("host_mounts", "host reach", "find host folders shared into the guest (9p, virtiofs, sshfs, "
+       "/mnt/c)", "none visible"),
     _a("host_gateway", "host reach", "TCP to the provider's host gateway addresses (10.0.2.2, 192.168.5.2, "
        "default route)", "unreachable"),
-    _a("host_listener", "host reach", "TCP to a listener vmsbx opened on the host's loopback, via the gateway",
-       "unreachable"),
+    _a("host_listener", "host reach", "TCP to a listener vmsbx opened on the host's loopback, via the "
+       "gateway", "unreachable"),
     _a("shadow_read", "guest files", "read /etc/shadow", "permission denied"),
     _a("root_home", "guest files", "list /root", "permission denied"),
-    _a("other_workspaces", "guest files", "list other runs' workspaces (/var/lib/private)", "permission denied"),
+    _a("other_workspaces", "guest files", "see other runs' workspaces (/var/lib/private)",
+       "only its own visible"),
     _a("vmsbx_state", "guest files", "list vmsbx's state in the guest (/var/lib/vmsbx/runs)",
        "permission denied"),
     _a("guest_ssh_keys", "guest files", "read the guest's SSH host key", "permission denied"),

@@ -75,7 +75,11 @@ def loosen_request(request: dict[str, object], loosening: Loosening) -> None:
     kept: list[str] = []
     i = 0
     while i < len(argv):
-        if argv[i] == "-p" and i + 1 < len(argv) and str(argv[i + 1]).startswith(loosening.unit_properties or ("\0",)):
+        if (
+            argv[i] == "-p"
+            and i + 1 < len(argv)
+            and str(argv[i + 1]).startswith(loosening.unit_properties or ("\0",))
+        ):
             i += 2
             continue
         kept.append(argv[i])

@@ -31,10 +31,20 @@ from vmsbx.verify.verdict import Observation, Result, RunFacts, judge, merge_aft
 
 MiB = 1 << 20
 GUEST_DIR = "/var/lib/vmsbx/verify"
-FILES = ("attempts.sh", "probe.py", "listener.py")
-# The fake credential: recognisable, never valid. attempts.sh searches for this prefix.
+FILES = ("attempts.py", "listener.py")
+# The fake credential: recognisable, never valid. attempts.py searches for this prefix.
 CANARY_PREFIX = "sk-ant-api03-vmsbxcanary-"
 LISTENER_SECONDS = 900
+_WAIT_FOR_LISTENER = """
+import socket, sys, time
+for _ in range(150):
+    try:
+        socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.2)
+sys.exit("the verify listener did not come up")
+"""
 Progress = Callable[[str], None]
 
 
@@ -127,6 +137,7 @@ class _Session:
             "VERIFY_WORKSPACE_SIZE": str(policy.workspace_size),
             "VERIFY_TMP_SIZE": str(policy.tmp_size),
             "VERIFY_OPEN_FILES": str(policy.open_files),
+            "VERIFY_LISTENER_TOKEN": self.token,
         }
 
     @contextlib.contextmanager
@@ -154,8 +165,7 @@ class _Session:
                 str(LISTENER_SECONDS),
             ])  # fmt: skip
             self.root([
-                "sh", "-c", 'for _ in $(seq 100); do python3 "$1" tcp "$2" "$3" && exit 0; sleep 0.2; done; exit 1',
-                "sh", f"{self.dir}/probe.py", self.guest_ip, str(self.port),
+                "python3", "-c", _WAIT_FOR_LISTENER, self.guest_ip, str(self.port),
             ])  # fmt: skip
             yield
         finally:
@@ -170,7 +180,7 @@ class _Session:
         token = self.token + "c"
         env = {**self.env("control", token), "ANTHROPIC_API_KEY": self.canary}
         _, out, _ = self.root(
-            ["sh", "-c", 'cd "$1" && shift && exec env "$@" bash ./attempts.sh run', "sh", self.dir,
+            ["sh", "-c", 'cd "$1" && shift && exec env "$@" python3 ./attempts.py run', "sh", self.dir,
              *(f"{k}={v}" for k, v in env.items())],
             check=False,
         )  # fmt: skip
@@ -179,7 +189,7 @@ class _Session:
     def aftermath(self, token: str, *, control: bool = False) -> dict[str, Observation]:
         ctl = self.token + "c"
         _, out, _ = self.root(
-            ["env", f"VERIFY_CONTROL_TOKEN={ctl}", "VERIFY_CLEAN=1", "bash", f"{self.dir}/attempts.sh",
+            ["env", f"VERIFY_CONTROL_TOKEN={ctl}", "VERIFY_CLEAN=1", "python3", f"{self.dir}/attempts.py",
              "aftermath", token],
             check=False,
         )  # fmt: skip
@@ -207,7 +217,7 @@ class _Session:
         """One real run of the sandbox; its output and exit code (and the record vmsbx kept)."""
         with tempfile.TemporaryDirectory(prefix="vmsbx-verify-") as work:
             project = Path(work)
-            for name in ("attempts.sh", "probe.py"):
+            for name in ("attempts.py",):
                 (project / name).write_bytes((data_dir() / "provision" / "verify" / name).read_bytes())
             if only is not None:
                 env = {**env, "VERIFY_ONLY": " ".join(only)}
@@ -218,18 +228,24 @@ class _Session:
                 )
             out, err = io.BytesIO(), io.BytesIO()
             try:
-                guest.attach(record.id, stdin=b"", stdout=out, stderr=err)
-            except TransportError:
-                pass  # the record below says how the run ended
+                # A dropped stream is fine: the record below says how the run ended.
+                with contextlib.suppress(TransportError):
+                    guest.attach(record.id, stdin=b"", stdout=out, stderr=err)
+            except KeyboardInterrupt:
+                guest.stop(record.id)
+                lifecycle.finish(record, guest, interrupted=True)
+                raise
             code = lifecycle.finish(record, guest)
         return out.getvalue(), code, record
 
-    def attack(self, *, only: tuple[str, ...] | None, loosening: Loosening | None) -> tuple[dict[str, Observation], RunFacts, str]:
+    def attack(
+        self, *, only: tuple[str, ...] | None, loosening: Loosening | None
+    ) -> tuple[dict[str, Observation], RunFacts, str]:
         what = f"with {loosening.name} loosened" if loosening else "inside a real run of the sandbox"
         self.progress(f"attempts {what}")
         healthy_before, _ = (True, "") if only is not None else self.healthy()
         out, code, record = self.sandboxed(
-            ["bash", "attempts.sh", "run"], self.env("attack", self.token), only=only, loosening=loosening
+            ["python3", "attempts.py", "run"], self.env("attack", self.token), only=only, loosening=loosening
         )
         inside = merge_aftermath(parse(out), self.aftermath(self.token))
         if only is None:
@@ -283,7 +299,9 @@ def run_verify(settings: Settings, *, progress: Progress) -> VerifyReport:
     )
 
 
-def run_self_test(settings: Settings, loosenings: tuple[Loosening, ...], *, progress: Progress) -> list[SelfTestResult]:
+def run_self_test(
+    settings: Settings, loosenings: tuple[Loosening, ...], *, progress: Progress
+) -> list[SelfTestResult]:
     """Take one wall down at a time; the attempts that wall stops must then be reported FAIL."""
     session = _Session(settings, progress)
     outcomes = []

@@ -53,13 +53,18 @@ class RunFacts(BaseModel):
 
 
 def parse(output: bytes) -> dict[str, Observation]:
-    """Result lines of attempts.sh (`VMSBX-VERIFY<TAB>name<TAB>ok|fail<TAB>detail`), first one wins."""
+    """Result lines of attempts.py (`VMSBX-VERIFY<TAB>name<TAB>ok|fail<TAB>detail`), first one wins."""
     seen: dict[str, Observation] = {}
     for raw in output.splitlines():
         if not raw.startswith(PREFIX):
             continue
         fields = raw[len(PREFIX) :].decode(errors="replace").split("\t", 2)
-        if len(fields) != 3 or fields[0] not in BY_NAME or fields[0] in seen or fields[1] not in ("ok", "fail"):
+        if (
+            len(fields) != 3
+            or fields[0] not in BY_NAME
+            or fields[0] in seen
+            or fields[1] not in ("ok", "fail")
+        ):
             continue
         detail = strip_control(fields[2]).replace("\n", " ").strip()[:300]
         seen[fields[0]] = Observation(succeeded=fields[1] == "ok", detail=detail)
@@ -72,12 +77,13 @@ def _describe(obs: Observation | None) -> str:
     return ("got through: " if obs.succeeded else "blocked: ") + obs.detail
 
 
-def judge(
-    inside: dict[str, Observation], control: dict[str, Observation], facts: RunFacts
-) -> list[Result]:
+def judge(inside: dict[str, Observation], control: dict[str, Observation], facts: RunFacts) -> list[Result]:
     """One verdict per attempt. A control that did not succeed makes the attempt inconclusive:
     an attempt that cannot work anywhere proves nothing about the wall."""
-    return [_judge_one(attempt, inside.get(attempt.name), control.get(attempt.name), facts) for attempt in ATTEMPTS]
+    return [
+        _judge_one(attempt, inside.get(attempt.name), control.get(attempt.name), facts)
+        for attempt in ATTEMPTS
+    ]
 
 
 def _judge_one(
@@ -94,10 +100,13 @@ def _judge_one(
         within = facts.memory_peak is not None and facts.memory_peak <= facts.memory_max
         if within and facts.oom_kills > 0:
             inside = Observation(
-                succeeded=False, detail=f"the sandbox ended the run: {facts.reason} (peak {peak} of {limit} MiB)"
+                succeeded=False,
+                detail=f"the sandbox ended the run: {facts.reason} (peak {peak} of {limit} MiB)",
             )
         elif within and inside is not None:
-            inside = Observation(succeeded=False, detail=f"{inside.detail} (peak {peak} of {limit} MiB)"[:300])
+            inside = Observation(
+                succeeded=False, detail=f"{inside.detail} (peak {peak} of {limit} MiB)"[:300]
+            )
         else:
             inside = None
     observed = _describe(inside)
@@ -131,7 +140,9 @@ def merge_aftermath(run: dict[str, Observation], aftermath: dict[str, Observatio
                 written = run.get(attempt.name)
                 note = f" (in the run: {_describe(written)})" if written is not None else ""
                 found = aftermath[attempt.name]
-                merged[attempt.name] = Observation(succeeded=found.succeeded, detail=(found.detail + note)[:300])
+                merged[attempt.name] = Observation(
+                    succeeded=found.succeeded, detail=(found.detail + note)[:300]
+                )
             else:
                 merged.pop(attempt.name, None)
     return merged
