@@ -330,8 +330,8 @@ def icmp() -> str:
     if sock is None:
         raise reason
     with sock:
-        body = struct.pack("!BBHHH", 8, 0, 0, 0x1234, 1) + b"vmsbx"
-        total = sum(struct.unpack("!5H", body[:10])) + (body[-1] << 8)
+        body = struct.pack("!BBHHH", 8, 0, 0, 0x1234, 1) + b"vmsbx!"  # an even length: 7 words
+        total = sum(struct.unpack("!7H", body))
         total = (total >> 16) + (total & 0xFFFF)
         checksum = ~(total + (total >> 16)) & 0xFFFF
         sock.settimeout(5)
