@@ -174,11 +174,14 @@ class _Session:
                 self.root(["systemctl", "stop", unit], check=False)
                 self.root(["rm", "-rf", self.dir, self.decoy], check=False)
 
-    def control(self) -> dict[str, Observation]:
-        """Every attempt as root in the guest, outside any sandbox: each must work there."""
+    def control(self, *, only: tuple[str, ...] | None = None) -> dict[str, Observation]:
+        """Every attempt (or those in `only`) as root in the guest, outside any sandbox: each
+        must work there."""
         self.progress("control: the attempts as root outside the sandbox")
         token = self.token + "c"
         env = {**self.env("control", token), "ANTHROPIC_API_KEY": self.canary}
+        if only is not None:
+            env["VERIFY_ONLY"] = " ".join(only)
         _, out, _ = self.root(
             ["sh", "-c", 'cd "$1" && shift && exec env "$@" python3 ./attempts.py run', "sh", self.dir,
              *(f"{k}={v}" for k, v in env.items())],
@@ -306,7 +309,7 @@ def run_self_test(
     session = _Session(settings, progress)
     outcomes = []
     with session.prepared():
-        control = session.control()
+        control = session.control(only=tuple(sorted({n for lo in loosenings for n in lo.catches})))
         for loosening in loosenings:
             inside, facts, _ = session.attack(only=loosening.catches, loosening=loosening)
             results = {r.attempt: r for r in judge(inside, control, facts)}
