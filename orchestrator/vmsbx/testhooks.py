@@ -1,7 +1,7 @@
 """Stage hooks: named points in long operations where the fault tests interrupt vmsbx.
 
 Inert unless `VMSBX_TEST_STAGE_HOOK` is set (a reserved `VMSBX_TEST_*` name the config loader
-never reads as a setting). Its value is `STAGE` or `STAGE:SIGNAL` (default KILL): when the
+never reads as a setting). Its value is `STAGE` or `STAGE/SIGNAL` (default KILL): when the
 operation reaches STAGE, vmsbx sends itself SIGNAL — the test's stand-in for a crash, a closed
 terminal or Ctrl-C at exactly that point, without timed sleeps.
 """
@@ -19,7 +19,7 @@ def stage(name: str) -> None:
     wanted = os.environ.get(HOOK_ENV)
     if not wanted:
         return
-    target, _, signal_name = wanted.partition(":")
+    target, _, signal_name = wanted.partition("/")
     if target != name:
         return
     sig = getattr(signal, f"SIG{signal_name or 'KILL'}", None)
