@@ -102,6 +102,8 @@ def launch() -> int:
         os.mkdir(p["run_dir"], 0o700)
     except FileExistsError:
         return fail(f"run {run_id} already exists")
+    except OSError as exc:  # e.g. a full guest disk: say so, no traceback
+        return fail(f"preparing the run failed: {exc.strerror}: {p['run_dir']}")
     try:
         _prepare(request, p, stdin)
         jail = request.get("nsjail")

@@ -218,7 +218,17 @@ class HostAgent:
         pump = threading.Thread(target=_client_to_channel, args=(client, channel), daemon=True)
         pump.start()
         _channel_to_client(channel, client)
-        code = channel.recv_exit_status()
+        # paramiko reports -1 when the channel closed without an exit status: the SSH link
+        # dropped mid-command. Closing without an EXIT frame tells the CLI so (an EXIT would let
+        # `attach` pass off a cut stream as the whole one; the command may well go on).
+        code = channel.recv_exit_status() if channel.exit_status_ready() else -1
+        if code == -1:
+            log.warning("exec %s: the SSH link dropped before it ended", request.argv[0])
+            channel.close()
+            # The stdin pump still reads the CLI's socket: shut it, or the CLI waits forever.
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
+            return
         with contextlib.suppress(OSError):
             send_frame(client, Frame.EXIT, json.dumps({"code": code}).encode())
         channel.close()
@@ -246,7 +256,7 @@ def _client_to_channel(client: socket.socket, channel: paramiko.Channel) -> None
 
 def _channel_to_client(channel: paramiko.Channel, client: socket.socket) -> None:
     while True:
-        readable, _, _ = select.select([channel], [], [], 1.0)
+        select.select([channel], [], [], 1.0)
         if channel.recv_stderr_ready():
             data = channel.recv_stderr(65536)
             if data:
@@ -258,7 +268,9 @@ def _channel_to_client(channel: paramiko.Channel, client: socket.socket) -> None
                 continue
         if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
             return
-        if channel.closed and not readable:
+        # A closed channel's pipe stays readable: test for data, not readability, or a link
+        # that dropped mid-command would spin here forever.
+        if channel.closed and not channel.recv_ready() and not channel.recv_stderr_ready():
             return
 
 

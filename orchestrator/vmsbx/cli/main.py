@@ -25,6 +25,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "diff": ("vmsbx.cli.diff", "Show what a run changed, as a diff."),
     "apply": ("vmsbx.cli.apply", "Bring a run's changes into the project (after review)."),
     "discard": ("vmsbx.cli.discard", "Drop a run's changes."),
+    "verify": ("vmsbx.cli.verify", "Attack the sandbox for real and show which walls held."),
     "doctor": ("vmsbx.cli.doctor", "Check the host's prerequisites and say what to install."),
     "top": ("vmsbx.cli.top", "Live view of every VM and run (q quits)."),
     "show": ("vmsbx.cli.show", "Report of one run (--html for a web page)."),

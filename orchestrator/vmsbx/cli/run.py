@@ -88,10 +88,15 @@ def command(
         "sandbox.tmp_size": tmp_size, "sandbox.network": network, "sandbox.score_threshold": score_threshold,
         "sandbox.allow_hosts": allow or None,
     })  # fmt: skip
+    if any("\0" in arg for arg in argv):
+        # The OS cannot pass it on either; cutting the argument there would run something else.
+        raise UsageError(
+            "a command argument contains a NUL byte", hint="remove it; arguments are passed literally"
+        )
     environment: dict[str, str] = {}
     for item in env:
         key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
+        if not sep or not key.isidentifier() or "\0" in value:
             raise UsageError(f"--env {item!r} is not NAME=VALUE", hint="e.g. --env DEBUG=1")
         environment[key] = value
     if argv and prompt is not None:

@@ -17,6 +17,7 @@ def command(as_json: bool) -> None:
     from vmsbx.providers import existing_provider_name, get_provider
     from vmsbx.providers.base import VMState
     from vmsbx.providers.qemu import list_vm_names
+    from vmsbx.runs.reconcile import close_lost_runs, died_without_shutdown
 
     rows: list[dict[str, object]] = []
     for vm in list_vm_names():
@@ -28,14 +29,20 @@ def command(as_json: bool) -> None:
         except VmsbxError as exc:
             rows.append({"name": vm, "provider": provider_name, "state": "broken", "detail": exc.message})
             continue
-        rows.append({
+        row: dict[str, object] = {
             "name": vm,
             "provider": provider_name,
             "state": state.value,
             "ssh": f"{ssh.user}@{ssh.host}:{ssh.port}" if ssh else None,
             "agent": AgentClient(vm).ping() if ssh else False,
             "claude": _claude_version(vm),
-        })  # fmt: skip
+        }  # fmt: skip
+        if state is VMState.STOPPED and died_without_shutdown(vm):
+            row["detail"] = "QEMU exited without a shutdown (killed or crashed); `vmsbx up` boots it again"
+            lost = close_lost_runs(vm, "ended abnormally: the VM stopped while the run was going")
+            if lost:
+                row["lost_runs"] = lost
+        rows.append(row)
     if as_json:
         print_json(rows)
         return
@@ -56,7 +63,11 @@ def command(as_json: bool) -> None:
             agent,
             str(row.get("claude") or "-"),
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for row in rows:
+        if row.get("detail"):
+            console.print(f"{row['name']}: {row['detail']}", markup=False, highlight=False)
 
 
 def _claude_version(vm: str) -> str | None:

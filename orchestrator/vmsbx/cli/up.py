@@ -50,6 +50,8 @@ def command(
     from vmsbx.paths import vm_dir
     from vmsbx.providers import existing_provider_name, get_provider, resolve_name
     from vmsbx.providers.base import VMState
+    from vmsbx.runs.reconcile import close_lost_runs
+    from vmsbx.testhooks import stage
 
     settings = load(**{
         "vm.name": name, "vm.provider": provider, "vm.cpus": cpus, "vm.memory": memory,
@@ -82,14 +84,21 @@ def command(
         if state is VMState.ABSENT:
             report(f"creating VM {vm}")
             machine.create(vm)
+            stage("up:created")
         if state is not VMState.RUNNING:
+            # A fresh boot: no run of the last one can still be going.
+            close_lost_runs(vm, "ended abnormally: the VM stopped while the run was going")
             machine.start(vm)
+            stage("up:started")
         client = ensure_agent(vm, boot_timeout=settings.vm.boot_timeout, progress=report)
+        stage("up:connected")
         report("checking the guest")
         facts = gather_facts(client)
         check_walls(facts)
+        stage("up:checked")
         if provision(client, facts):
             report("installed the guest launcher")
+        stage("up:provisioned")
         if settings.sandbox.mode == "nsjail":
             report("checking nsjail in the guest")
             nsjail = provision_nsjail(client, facts.arch, facts.nsjail_version)

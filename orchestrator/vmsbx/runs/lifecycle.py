@@ -153,8 +153,12 @@ def start(
     env: dict[str, str],
     relay: RelayAccess | None = None,
     home_files: Callable[[str, CredentialKind, str], dict[str, str]] | None = None,
+    adjust: Callable[[dict[str, object]], None] | None = None,
 ) -> tuple[RunRecord, GuestControl]:
-    """Launch a run; returns its record (state running) and the guest control it runs under."""
+    """Launch a run; returns its record (state running) and the guest control it runs under.
+
+    `adjust` edits the rendered launch request: only `vmsbx verify --self-test` passes one.
+    """
     check_policy(settings)
     vm = settings.vm.name
     guest = connect(vm)
@@ -215,6 +219,8 @@ def start(
             "cwd": JAIL_WORKSPACE if record.sandbox == "nsjail" else layout.workspace,
             "home": layout.home,
         }
+        if adjust is not None:
+            adjust(request)
         records.save(record)
         workspace.save_base(records.run_dir(record.id), sync, bases)
         try:

@@ -1,0 +1,1 @@
+"""`vmsbx verify`: escape attempts against the user's real sandbox, each with a positive control."""
