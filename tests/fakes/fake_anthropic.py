@@ -387,7 +387,8 @@ class _Handler(BaseHTTPRequestHandler):
             return state.messages
 
 
-_CWD = re.compile(r"Working directory: ([^\s\\\"]+)")
+# Claude Code 2.1.332 says "Primary working directory: /path" in its system prompt.
+_CWD = re.compile(r"[Ww]orking directory: ([^\s\\\"]+)")
 
 
 def _with_cwd(turn: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
