@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vmsbx.runs.streamview import tool_target
 from vmsbx.textsafe import strip_control
 
 STREAM_FILE = "stream.jsonl"
@@ -23,7 +24,6 @@ CHANGESET_FILE = "changes/changeset.json"
 _MAX_LINE = 1 << 20
 _MAX_TEXT = 200
 # Which input field says what a tool call is about, per Claude Code tool name.
-_TARGET_KEYS = ("command", "file_path", "path", "notebook_path", "url", "pattern", "query", "description")
 
 
 def clean(text: object, limit: int = _MAX_TEXT) -> str:
@@ -65,16 +65,6 @@ def _content(message: object) -> list[dict[str, Any]]:
     return [item for item in content if isinstance(item, dict)] if isinstance(content, list) else []
 
 
-def _target(tool_input: object) -> str:
-    if not isinstance(tool_input, dict):
-        return ""
-    for key in _TARGET_KEYS:
-        value = tool_input.get(key)
-        if isinstance(value, str) and value:
-            return clean(value)
-    return ""
-
-
 def parse_tool_calls(lines: Iterable[bytes]) -> list[ToolCall]:
     """Tool calls from `claude -p --output-format stream-json --verbose` output, with outcomes."""
     calls: list[ToolCall] = []
@@ -85,7 +75,7 @@ def parse_tool_calls(lines: Iterable[bytes]) -> list[ToolCall]:
             if kind == "assistant" and item.get("type") == "tool_use":
                 call = ToolCall(
                     id=clean(item.get("id", ""), 100), name=clean(item.get("name", "?"), 40) or "?",
-                    target=_target(item.get("input")),
+                    target=clean(tool_target(item.get("input"))),
                 )  # fmt: skip
                 index[call.id] = len(calls)
                 calls.append(call)

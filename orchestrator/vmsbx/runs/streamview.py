@@ -16,7 +16,17 @@ from vmsbx.textsafe import strip_control
 
 _LINE_MAX = 4 * 1024 * 1024
 # Which input field names the target of each tool, for the one-line view.
-_TARGET_KEYS = ("command", "file_path", "path", "pattern", "url", "query", "description", "prompt")
+_TARGET_KEYS = (
+    "command",
+    "file_path",
+    "path",
+    "notebook_path",
+    "url",
+    "pattern",
+    "query",
+    "description",
+    "prompt",
+)
 
 
 def one_line(text: str, width: int = 100) -> str:
