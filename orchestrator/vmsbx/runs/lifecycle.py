@@ -501,7 +501,8 @@ def _terminal_size() -> tuple[int, int]:
         size = os.get_terminal_size(sys.stdout.fileno())
     except OSError:
         return (80, 24)
-    return (size.columns, size.lines)
+    # A fresh pseudo-terminal (a CI runner, `script`, an IDE) reports 0x0 until someone sets it.
+    return (size.columns or 80, size.lines or 24)
 
 
 def _follow_resizes(writer: FrameWriter) -> None:
