@@ -189,7 +189,9 @@ def _claim_project(proj: dict[str, str], run_id: str) -> None:
         owner = ""
     if owner and RUN_ID.fullmatch(owner) and owner != run_id:
         other = paths(owner)
-        if os.path.isdir(other["run_dir"]) and not os.path.exists(other["result"]):
+        # Still running: its unit is up. (After a VM reset or kill it has neither result nor unit.)
+        state = run(["systemctl", "is-active", other["unit"]]).stdout.strip()
+        if not os.path.exists(other["result"]) and state in ("active", "activating", "deactivating"):
             raise RuntimeError(f"the project's workspace is in use by run {owner}, which is still running")
     with open(proj["owner"] + ".new", "w", encoding="ascii") as handle:
         handle.write(run_id)

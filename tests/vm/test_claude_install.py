@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import WITH_CLAUDE
 from vmcli import Cli
 
 from vmsbx.claude.install import GUEST_MARKER, guest_binary
@@ -45,12 +46,6 @@ def _probe(cli: Cli) -> dict[str, str]:
     return {"stat": lines[0], "version": lines[1], "exit": lines[2], "uid": lines[3], "marker": lines[4]}
 
 
-@pytest.fixture
-def cli(cli: Cli) -> Cli:
-    """This module's `up` calls install Claude Code (the session's other VMs do without)."""
-    return Cli(env=dict(cli.env, VMSBX_AGENT_INSTALL="auto"), cwd=cli.cwd)
-
-
 def test_up_installs_claude_and_it_runs_unprivileged(cli: Cli, default_vm: dict[str, object]) -> None:
     assert default_vm["claude"] == "installed"
     assert default_vm["claude_version"] == VERSION
@@ -72,7 +67,7 @@ def test_up_installs_claude_and_it_runs_unprivileged(cli: Cli, default_vm: dict[
 
 def test_second_up_does_not_push_again(cli: Cli, default_vm: dict[str, object]) -> None:
     before = _probe(cli)["stat"]
-    again = cli.json("up")
+    again = json.loads(cli.ok("up", "--json", extra_env=WITH_CLAUDE).stdout)
     assert isinstance(again, dict)
     assert again["claude"] == "present"
     assert _probe(cli)["stat"] == before  # same inode and mtime: nothing was rewritten
@@ -99,7 +94,7 @@ def test_corrupted_cache_stops_up(cli: Cli, default_vm: dict[str, object], tmp_p
         byte = handle.read(1)[0]
         handle.seek(1000)
         handle.write(bytes([byte ^ 0x01]))
-    refused = cli.run("up", extra_env={"VMSBX_CACHE": str(private)}, timeout=300)
+    refused = cli.run("up", extra_env={**WITH_CLAUDE, "VMSBX_CACHE": str(private)}, timeout=300)
     assert refused.returncode == 3, refused.stderr.decode()
     message = refused.stderr.decode()
     assert "does not match its integrity" in message
@@ -203,4 +198,4 @@ def test_guest_fetch_installs_from_a_loopback_mirror(
     assert probe["exit"] == "exit=0"
     assert probe["marker"] == f"{VERSION} linux-x64 {INTEGRITY}"
     # And the push path now sees it as present: the marker is the same whichever path wrote it.
-    assert cli.json("up")["claude"] == "present"  # type: ignore[index]
+    assert json.loads(cli.ok("up", "--json", extra_env=WITH_CLAUDE).stdout)["claude"] == "present"

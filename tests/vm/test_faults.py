@@ -124,7 +124,7 @@ df -B1 --output=avail / | tail -n 1
 
 
 def test_a_full_guest_disk_gives_a_clear_error_and_the_vm_works_after_cleanup(
-    cli: Cli, default_vm: dict[str, object]
+    cli: Cli, default_vm: dict[str, object], tmp_path: Path
 ) -> None:
     # A run is going (waiting for a go-ahead on its tmpfs) while the guest's disk fills up.
     script = "while [ ! -e /tmp/go ]; do sleep 0.2; done; echo still-here > after.txt && cat after.txt"
@@ -133,7 +133,9 @@ def test_a_full_guest_disk_gives_a_clear_error_and_the_vm_works_after_cleanup(
         left = int(_root(cli, FILL_GUEST_DISK).split()[-1])
         assert left == 0, f"{left} bytes still free"
         # A new run cannot even be prepared: a clear error naming the cause, no traceback.
-        refused = cli.run("run", *SMALL, "--", "true", input=b"", timeout=300)
+        # (Another project: this one's workspace belongs to the run that is going.)
+        other = Cli(env=cli.env, cwd=tmp_path)
+        refused = other.run("run", *SMALL, "--", "true", input=b"", timeout=300)
         err = refused.stderr.decode(errors="replace")
         print(err)
         assert refused.returncode == 125, err

@@ -74,6 +74,11 @@ class GuestControl:
             )
         return GuestResult.model_validate_json(out)
 
+    def is_active(self, run_id: str) -> bool:
+        """Whether the run's unit is still up in the guest (starting, running or stopping)."""
+        _code, out, _err = self.client.run(["systemctl", "is-active", f"vmsbx-run-{run_id}.service"])
+        return out.strip() in (b"active", b"activating", b"deactivating", b"reloading")
+
     def release(self, run_id: str) -> None:
         """Free an ended run's workspace and tmpfs in the guest (its record stays)."""
         self.client.run([*GUEST, "release", run_id])

@@ -261,22 +261,28 @@ def _say_excluded(sync: workspace.SyncIn) -> None:
 
 def _finish_earlier_runs(guest: GuestControl, vm: str, project: Path) -> None:
     """An earlier run of this project that ended while nobody watched still owns the guest's
-    mirror: collect its changes before a new sync overwrites them."""
+    mirror: collect its changes before a new sync overwrites them. One that cannot end any more
+    (its VM was killed or reset) is recorded as lost; its changes cannot be trusted."""
     for earlier in records.all_runs():
         if earlier.vm != vm or earlier.project != str(project) or earlier.changes != "pending":
             continue
         try:
-            ended = guest.result(earlier.id, wait=0) is not None
-        except TransportError:  # the guest no longer knows it (VM reset): nothing to collect
-            earlier.changes = "failed"
-            records.save(earlier)
+            ended = earlier.state != "lost" and guest.result(earlier.id, wait=0) is not None
+        except TransportError:  # the guest no longer knows it (VM reset)
+            ended = False
+        if ended:
+            finish(earlier, guest, quiet=True)
             continue
-        if earlier.state in ("starting", "running") and not ended:
+        if earlier.state in ("starting", "running") and guest.is_active(earlier.id):
             raise LaunchFailed(
                 f"run {earlier.id} of this project is still running",
                 hint=f"`vmsbx attach {earlier.id}` follows it; `vmsbx stop-run {earlier.id}` ends it",
             )
-        finish(earlier, guest, quiet=True)
+        if earlier.state in ("starting", "running"):
+            earlier.state, earlier.exit_code = "lost", SANDBOX_FAILED
+            earlier.reason = "ended abnormally: its sandbox is gone from the guest (VM restarted?)"
+        earlier.changes = "failed"
+        records.save(earlier)
 
 
 def _admit(
@@ -422,6 +428,8 @@ def finish(
     if result is None:
         record.state, record.exit_code = "lost", SANDBOX_FAILED
         record.reason = f"the guest did not report the end of the run within {wait:g} s"
+        if record.changes == "pending":
+            record.changes = "failed"
         records.save(record)
         pull_journal(record, guest)
         return SANDBOX_FAILED
