@@ -38,10 +38,13 @@ def test_home_seed_and_user_template(tmp_path: Path) -> None:
     (template / ".claude").mkdir(parents=True)
     (template / ".claude" / "CLAUDE.md").write_text("be brief\n")
     (template / "link").symlink_to("/etc/passwd")
-    files = agentrun.home_files("vmsbx-run-abcdefghijklmnopqrstuvwxyz", "api_key", "/workspace", template)
+    files = agentrun.home_files(
+        "vmsbx-run-abcdefghijklmnopqrstuvwxyz", "api_key", ["/var/lib/ws", "/var/lib/private/ws"], template
+    )
     seed = json.loads(files[".claude.json"])
     assert seed["hasCompletedOnboarding"] is True
-    assert seed["projects"]["/workspace"]["hasTrustDialogAccepted"] is True
+    assert seed["projects"]["/var/lib/ws"]["hasTrustDialogAccepted"] is True
+    assert seed["projects"]["/var/lib/private/ws"]["hasTrustDialogAccepted"] is True
     assert seed["customApiKeyResponses"]["approved"] == ["ghijklmnopqrstuvwxyz"]
     assert files[".claude/CLAUDE.md"] == "be brief\n"
     assert "link" not in files
@@ -50,4 +53,4 @@ def test_home_seed_and_user_template(tmp_path: Path) -> None:
 def test_template_too_big_is_refused(tmp_path: Path) -> None:
     (tmp_path / "big").write_bytes(b"x" * (1024 * 1024 + 1))
     with pytest.raises(UsageError):
-        agentrun.home_files("t" * 30, "api_key", "/workspace", tmp_path)
+        agentrun.home_files("t" * 30, "api_key", ["/workspace"], tmp_path)

@@ -111,8 +111,8 @@ def command(
         tty = prompt is None
         template = user_config_file().parent / "claude-home"
 
-        def home(token: str, kind: CredentialKind, workspace: str) -> dict[str, str]:
-            return agentrun.home_files(token, kind, workspace, template)
+        def home(token: str, kind: CredentialKind, workspaces: list[str]) -> dict[str, str]:
+            return agentrun.home_files(token, kind, workspaces, template)
 
         home_files = home
     else:

@@ -7,6 +7,7 @@ the relay swaps for the real credential. Nothing here ever holds the user's cred
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
@@ -42,11 +43,20 @@ def agent_env(token: str, kind: CredentialKind) -> dict[str, str]:
     return agent_environment(token, f"http://127.0.0.1:{BRIDGES['relay']}", kind)
 
 
-def home_files(token: str, kind: CredentialKind, workspace: str, template: Path | None) -> dict[str, str]:
+def home_files(
+    token: str, kind: CredentialKind, workspaces: list[str], template: Path | None
+) -> dict[str, str]:
     """The fresh HOME's seed (onboarding, folder trust, the run token and the permission
     prompt answered, so an interactive run starts at the prompt), plus the user's own template
-    files (settings, CLAUDE.md …) from their config folder, which win."""
-    files = seeded_home_files(workspace, token, kind)
+    files (settings, CLAUDE.md …) from their config folder, which win.
+
+    `workspaces`: every path the agent may know its folder by (Claude Code resolves links, and
+    systemd's StateDirectory= is a link into /var/lib/private)."""
+    files = seeded_home_files(workspaces[0], token, kind)
+    state = json.loads(files[".claude.json"])
+    for path in workspaces[1:]:
+        state["projects"][path] = dict(state["projects"][workspaces[0]])
+    files[".claude.json"] = json.dumps(state, indent=2) + "\n"
     if template is not None and template.is_dir():
         files.update(_template_files(template))
     return files

@@ -152,7 +152,7 @@ def start(
     tty: bool,
     env: dict[str, str],
     relay: RelayAccess | None = None,
-    home_files: Callable[[str, CredentialKind, str], dict[str, str]] | None = None,
+    home_files: Callable[[str, CredentialKind, list[str]], dict[str, str]] | None = None,
     adjust: Callable[[dict[str, object]], None] | None = None,
 ) -> tuple[RunRecord, GuestControl]:
     """Launch a run; returns its record (state running) and the guest control it runs under.
@@ -205,8 +205,12 @@ def start(
         if record.relay and relay is not None:
             run_env.update(agentrun.agent_env(token, relay.kind))
             if home_files is not None:
-                workdir = JAIL_WORKSPACE if record.sandbox == "nsjail" else layout.workspace
-                spec_extra["home_files"] = home_files(token, relay.kind, workdir)
+                workdirs = (
+                    [JAIL_WORKSPACE]
+                    if record.sandbox == "nsjail"
+                    else [layout.workspace, layout.workspace_mount]
+                )
+                spec_extra["home_files"] = home_files(token, relay.kind, workdirs)
         if record.egress:
             run_env.update(env_for_sandbox(settings.sandbox.network, BRIDGES["proxy"]))
         request["spec"] = {
