@@ -72,6 +72,7 @@ def test_status_lists_the_running_vm(cli: Cli, default_vm: dict[str, object]) ->
         "state": "running",
         "ssh": default_vm["ssh"],
         "agent": True,
+        "claude": default_vm["claude_version"],
     }
 
 
