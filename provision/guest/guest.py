@@ -255,9 +255,11 @@ def _start_bridges(p: dict[str, str], bridges: dict[str, int]) -> None:
 
 
 def _stop_bridges(run_id: str, *, enter: list[str] | None = None) -> None:
-    for name in BRIDGES:
-        # --no-block: this also runs from the run unit's ExecStopPost=, inside a systemd job.
-        run([*(enter or []), "systemctl", "stop", "--no-block", f"vmsbx-bridge-{run_id}-{name}.service"])
+    # One systemctl for all of them (it still stops the loaded ones when others are not): this
+    # runs in ExecStopPost=, under TimeoutStopSec=, where every process start counts on a slow guest.
+    # --no-block: inside a systemd job, waiting for another job could deadlock.
+    units = [f"vmsbx-bridge-{run_id}-{name}.service" for name in sorted(BRIDGES)]
+    run([*(enter or []), "systemctl", "stop", "--no-block", *units])
 
 
 def _check(argv: list[str]) -> None:
