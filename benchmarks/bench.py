@@ -63,31 +63,30 @@ def spawn_timed(
     stdout_path: Path | None = None,
     check: bool = True,
 ) -> Sample:
-    """Run argv, wall-clock it, and take its own peak RSS from wait4 (not the whole tree's max)."""
-    out_handle = stdout_path.open("wb") if stdout_path else subprocess.PIPE
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out_handle, stderr=subprocess.PIPE
-    )
-    out, err = (
-        proc.communicate() if stdout_path is None else (b"", proc.stderr.read() if proc.stderr else b"")
-    )
-    # wait4 on the pid gives this child's rusage; communicate() has not reaped it when it
-    # returns early with output still pending, so reap here ourselves.
-    try:
+    """Run argv, wall-clock it, and take its own peak RSS from wait4 (not the whole tree's max).
+
+    Output goes to files, not pipes, so that nothing but wait4 reaps the child."""
+    with contextlib.ExitStack() as stack:
+        out = (
+            stack.enter_context(stdout_path.open("w+b"))
+            if stdout_path
+            else stack.enter_context(tempfile.TemporaryFile())
+        )
+        err = stack.enter_context(tempfile.TemporaryFile())
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         _pid, status, usage = os.wait4(proc.pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        rss = usage.ru_maxrss / 1024
-    except ChildProcessError:  # already reaped by Popen
-        code = proc.returncode if proc.returncode is not None else proc.wait()
-        rss = 0.0
-    proc.returncode = code
-    seconds = time.perf_counter() - start
-    if stdout_path is not None and not isinstance(out_handle, int):
-        out_handle.close()
+        seconds = time.perf_counter() - start
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout = b"" if stdout_path else out.read()
+        stderr = err.read()
     if check and code != 0:
-        raise BenchError(f"{shlex.join(argv)} exited {code}: {err.decode(errors='replace').strip()[-1500:]}")
-    return Sample(seconds, code, rss, out or b"", err or b"")
+        raise BenchError(
+            f"{shlex.join(argv)} exited {code}: {stderr.decode(errors='replace').strip()[-1500:]}"
+        )
+    return Sample(seconds, code, usage.ru_maxrss / 1024, stdout, stderr)
 
 
 def pipeline_timed(first: list[str], second: list[str], *, env: dict[str, str], cwd: Path) -> float:
@@ -121,7 +120,7 @@ class Guest:
         runtime = json.loads((self.vm_dir / "runtime.json").read_text())
         return int(runtime["ssh_port"])
 
-    def options(self, *, mux: bool = False, master: bool = False) -> list[str]:
+    def options(self, *, mux: bool = False, master: bool = False, port: int | None = None) -> list[str]:
         if master:
             control = [
                 "-o",
@@ -146,12 +145,12 @@ class Guest:
             "-o", "BatchMode=yes",
             "-o", "LogLevel=ERROR",
             *control,
-            "-p", str(self.port),
+            "-p", str(port or self.port),
         ]  # fmt: skip
 
-    def ssh(self, *remote: str, mux: bool = False) -> list[str]:
+    def ssh(self, *remote: str, mux: bool = False, port: int | None = None) -> list[str]:
         # ssh joins the remote words with spaces for the remote shell: quote them once, here.
-        return ["ssh", *self.options(mux=mux), "root@127.0.0.1", shlex.join(remote)]
+        return ["ssh", *self.options(mux=mux, port=port), "root@127.0.0.1", shlex.join(remote)]
 
     def rsync_shell(self) -> str:
         return shlex.join(["ssh", *self.options()])
@@ -191,6 +190,7 @@ class Bench:
         self.projects = 0
         self.results: dict[str, report.Measured] = {}
         self.rss: list[float] = []
+        self.agent_peak = 0.0
         self.extra: dict[str, object] = {}
         self.vm = self._vm_name()
         from vmsbx.paths import vm_dir
@@ -521,8 +521,7 @@ class Bench:
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
-        ssh = self.guest.ssh("true")
-        ssh[ssh.index("-p") + 1] = str(self.baseline_port)
+        ssh = self.guest.ssh("true", port=self.baseline_port)
         ssh[1:1] = ["-o", "ConnectTimeout=5"]
         try:
             deadline = start + 600
@@ -536,8 +535,7 @@ class Bench:
                 time.sleep(0.2)
             seconds = time.perf_counter() - start
         finally:
-            poweroff = self.guest.ssh("systemctl", "poweroff")
-            poweroff[poweroff.index("-p") + 1] = str(self.baseline_port)
+            poweroff = self.guest.ssh("systemctl", "poweroff", port=self.baseline_port)
             subprocess.run(poweroff, env=self.env, capture_output=True, check=False, timeout=60)
             try:
                 qemu.wait(timeout=90)
@@ -548,15 +546,18 @@ class Bench:
                 (directory / leftover).unlink(missing_ok=True)
         return seconds
 
-    def peak_rss(self, m: report.Measured) -> None:
-        m.vmsbx = list(self.rss)
-        pid_file = self.guest.vm_dir / "agent.pid"
-        agent = "unknown"
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(pid_file.read_text().split()[0])
+    def sample_agent(self) -> None:
+        """The host agent's peak RSS so far (VmHWM; it restarts with the VM, so sample before)."""
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            pid = int(json.loads((self.guest.vm_dir / "agent.json").read_text())["pid"])
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
-                    agent = f"{int(line.split()[1]) / 1024:.0f} MB"
+                    self.agent_peak = max(self.agent_peak, int(line.split()[1]) / 1024)
+
+    def peak_rss(self, m: report.Measured) -> None:
+        m.vmsbx = list(self.rss)
+        self.sample_agent()
+        agent = f"{self.agent_peak:.0f} MB" if self.agent_peak else "unknown"
         m.note = (
             f"Peak RSS (wait4 ru_maxrss) of each `vmsbx run` process in this invocation ({len(self.rss)} "
             f"runs). The host agent (one per VM, holds the connection, relay and proxy): peak {agent}."
@@ -662,6 +663,8 @@ class Bench:
             ("cold_up", self.cold_up),
         ]
         for key, body in steps:
+            if key == "cold_up":
+                self.sample_agent()
             if only is None or key in only:
                 self.figure(key, body)
         self.figure("peak_rss", self.peak_rss)
@@ -678,6 +681,9 @@ class Bench:
             extra["Scaling: concurrent runs"] = self.extra["concurrency"]
         if "sync_size" in self.extra:
             extra["Scaling: sync time against tree size"] = self.extra["sync_size"]
+        analysis = Path(__file__).resolve().parent / "analysis.md"
+        if analysis.is_file():  # the profile and before/after figures, written by people
+            extra["Where the time goes (profile) and what was changed"] = analysis.read_text().strip()
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "results.md").write_text(report.render_markdown(meta, rows, extra))
         (self.out / "results.json").write_text(report.render_json(meta, rows, extra))
