@@ -181,6 +181,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.smoke: bool = args.smoke
         self.reps: int = 1 if args.smoke else args.reps
+        self.heavy_reps: int = 1 if args.smoke else (args.heavy_reps or args.reps)
         self.warmup: bool = not args.smoke
         self.out: Path = args.out
         self.work = Path(tempfile.mkdtemp(prefix="vmsbx-bench-"))
@@ -232,8 +233,8 @@ class Bench:
         print(f"bench: {key} …", file=sys.stderr, flush=True)
         try:
             body(measured)
-        except (BenchError, subprocess.SubprocessError, OSError) as exc:
-            measured.error = str(exc)[:1500]
+        except Exception as exc:  # one broken figure is recorded; the others still get measured
+            measured.error = f"{type(exc).__name__}: {exc}"[:1500]
             print(f"bench: {key}: FAILED: {measured.error}", file=sys.stderr, flush=True)
         print(f"bench: {key} done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
 
@@ -356,7 +357,7 @@ class Bench:
         template = self.work / f"tree-{files}"
         if not template.exists():
             make_tree(template, files, size)
-        for keep in self.samples():
+        for keep in self.samples(self.heavy_reps):
             self.projects += 1
             project = self.work / f"project-{self.projects:03d}"
             shutil.copytree(template, project, symlinks=True)
@@ -404,7 +405,7 @@ class Bench:
         base_dir = "/root/bench-back"
         self.remote("sh", "-c", f"mkdir -p {base_dir} && cd {base_dir} && {write}")
         collect: list[float] = []
-        for keep in self.samples():
+        for keep in self.samples(self.heavy_reps):
             project = self.new_project()
             run = self.vmsbx("run", "--", "sh", "-c", write, cwd=project)
             diff = self.vmsbx("diff", cwd=project, stdout_path=self.work / "diff.out").seconds
@@ -467,7 +468,7 @@ class Bench:
     def cold_up(self, m: report.Measured) -> None:
         from vmsbx.providers.qemu_argv import render_qemu_argv
 
-        for keep in self.samples():
+        for keep in self.samples(self.heavy_reps):
             self.vmsbx("stop")
             mine = self.vmsbx("up").seconds
             self.vmsbx("stop")
@@ -516,13 +517,13 @@ class Bench:
 
     def _boot_baseline(self, argv: list[str]) -> float:
         directory = self.guest.vm_dir
+        ssh = ["ssh", "-o", "ConnectTimeout=5", *self.guest.ssh("true", port=self.baseline_port)[1:]]
+        poweroff = self.guest.ssh("systemctl", "poweroff", port=self.baseline_port)
         start = time.perf_counter()
         qemu = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
-        ssh = self.guest.ssh("true", port=self.baseline_port)
-        ssh[1:1] = ["-o", "ConnectTimeout=5"]
         try:
             deadline = start + 600
             while True:
@@ -535,8 +536,9 @@ class Bench:
                 time.sleep(0.2)
             seconds = time.perf_counter() - start
         finally:
-            poweroff = self.guest.ssh("systemctl", "poweroff", port=self.baseline_port)
-            subprocess.run(poweroff, env=self.env, capture_output=True, check=False, timeout=60)
+            # Whatever happened, this QEMU (ours) must be gone before vmsbx boots the disk again.
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                subprocess.run(poweroff, env=self.env, capture_output=True, check=False, timeout=60)
             try:
                 qemu.wait(timeout=90)
             except subprocess.TimeoutExpired:
@@ -668,8 +670,8 @@ class Bench:
             if only is None or key in only:
                 self.figure(key, body)
         self.figure("peak_rss", self.peak_rss)
-        if not self.smoke and only is None:
-            for name, curve in (("concurrency", self.concurrency_curve), ("sync_size", self.sync_curve)):
+        for name, curve in (("concurrency", self.concurrency_curve), ("sync_size", self.sync_curve)):
+            if not self.smoke and (only is None or name in only):
                 print(f"bench: curve {name} …", file=sys.stderr, flush=True)
                 try:
                     self.extra[name] = curve()
@@ -697,7 +699,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="One sample per figure, small trees (CI).")
     parser.add_argument("--reps", type=int, default=5, help="Samples per figure after the warm-up.")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks", help="Where results.md/json go.")
-    parser.add_argument("--only", action="append", help="Measure only this figure (repeatable).")
+    parser.add_argument(
+        "--heavy-reps",
+        type=int,
+        default=None,
+        help="Samples of first_sync, changes_back, cold_up (default: --reps).",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        help="Measure only this figure or curve (concurrency, sync_size); repeatable.",
+    )
     args = parser.parse_args(argv)
     return Bench(args).run(set(args.only) if args.only else None)
 
