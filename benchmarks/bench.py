@@ -220,9 +220,9 @@ class Bench:
         make_tree(project, files, size)
         return project
 
-    def samples(self, count: int | None = None) -> Iterator[bool]:
+    def samples(self, count: int | None = None, *, warmup: bool = True) -> Iterator[bool]:
         """Warm-up (not recorded, yields False) then the recorded repetitions (yield True)."""
-        if self.warmup:
+        if self.warmup and warmup:
             yield False
         for _ in range(count or self.reps):
             yield True
@@ -357,7 +357,7 @@ class Bench:
         template = self.work / f"tree-{files}"
         if not template.exists():
             make_tree(template, files, size)
-        for keep in self.samples(self.heavy_reps):
+        for keep in self.samples(self.heavy_reps, warmup=False):
             self.projects += 1
             project = self.work / f"project-{self.projects:03d}"
             shutil.copytree(template, project, symlinks=True)
@@ -375,7 +375,8 @@ class Bench:
                 m.baseline.append(base)
         self.sync_project = project
         m.note = (
-            f"{files:,} files, {files * size / 1e6:.0f} MB, new project each time. vmsbx's time is a "
+            f"{files:,} files, {files * size / 1e6:.0f} MB, a new project each sample (no warm-up: "
+            "nothing carries over between samples). vmsbx's time is a "
             "whole `vmsbx run -- true` (sync-in plus the run overhead measured above)."
         )
 
