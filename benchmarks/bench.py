@@ -649,6 +649,24 @@ class Bench:
         }  # fmt: skip
 
     def run(self, only: set[str] | None) -> int:
+        try:
+            return self._run(only)
+        finally:
+            self._clean_guest()
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def _clean_guest(self) -> None:
+        """The baselines' own leftovers in the guest (never mounted: plain directories)."""
+        from vmsbx.sandbox.layout import RunLayout
+
+        doomed = []
+        for nsjail in (False, True):
+            layout = RunLayout(run_id=self._layout_id(nsjail))
+            doomed += [layout.run_dir, layout.workspace_mount]
+        with contextlib.suppress(Exception):
+            self.remote("rm", "-rf", "--one-file-system", *doomed, check=False)
+
+    def _run(self, only: set[str] | None) -> int:
         self.load_at_start = os.getloadavg()
         print(f"bench: bringing VM {self.vm} up", file=sys.stderr, flush=True)
         spawn_timed([*VMSBX, "up"], env=self.env, cwd=self.work)
@@ -691,7 +709,6 @@ class Bench:
         (self.out / "results.md").write_text(report.render_markdown(meta, rows, extra))
         (self.out / "results.json").write_text(report.render_json(meta, rows, extra))
         print(f"bench: wrote {self.out / 'results.md'} and results.json", file=sys.stderr)
-        shutil.rmtree(self.work, ignore_errors=True)
         return 0
 
 
