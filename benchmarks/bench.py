@@ -182,6 +182,7 @@ class Bench:
         self.smoke: bool = args.smoke
         self.reps: int = 1 if args.smoke else args.reps
         self.heavy_reps: int = 1 if args.smoke else (args.heavy_reps or args.reps)
+        self.curve_reps: int = args.curve_reps
         self.warmup: bool = not args.smoke
         self.out: Path = args.out
         self.work = Path(tempfile.mkdtemp(prefix="vmsbx-bench-"))
@@ -575,7 +576,7 @@ class Bench:
             for project in projects:  # first sync, untimed
                 self.vmsbx("run", "--", "true", cwd=project)
             walls = []
-            for _ in range(3):
+            for _ in range(self.curve_reps):
                 start = time.perf_counter()
                 procs = [
                     subprocess.Popen(
@@ -593,7 +594,7 @@ class Bench:
                 walls.append(time.perf_counter() - start)
             wall = report.summarize(walls).median
             lines.append(
-                f"{count} concurrent `vmsbx run -- true`: all done in {wall:.2f} s (median of 3), "
+                f"{count} concurrent `vmsbx run -- true`: all done in {wall:.2f} s (median of {len(walls)}), "
                 f"{wall / count:.2f} s per run"
             )
         return lines
@@ -722,6 +723,9 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="Samples of first_sync, changes_back, cold_up (default: --reps).",
+    )
+    parser.add_argument(
+        "--curve-reps", type=int, default=3, help="Samples per point of the concurrency curve."
     )
     parser.add_argument(
         "--only",
