@@ -689,6 +689,7 @@ class Bench:
                 self.sample_agent()
             if only is None or key in only:
                 self.figure(key, body)
+                self.write(meta)  # after every figure: an interrupted run keeps what it measured
         self.figure("peak_rss", self.peak_rss)
         for name, curve in (("concurrency", self.concurrency_curve), ("sync_size", self.sync_curve)):
             if not self.smoke and (only is None or name in only):
@@ -697,6 +698,11 @@ class Bench:
                     self.extra[name] = curve()
                 except (BenchError, subprocess.SubprocessError, OSError) as exc:
                     self.extra[name] = [f"FAILED: {exc}"]
+        self.write(meta)
+        print(f"bench: wrote {self.out / 'results.md'} and results.json", file=sys.stderr)
+        return 0
+
+    def write(self, meta: dict[str, object]) -> None:
         rows = [report.evaluate(f, self.results.get(f.key, report.Measured())) for f in report.FIGURES]
         extra: dict[str, object] = {}
         if "concurrency" in self.extra:
@@ -709,8 +715,6 @@ class Bench:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "results.md").write_text(report.render_markdown(meta, rows, extra))
         (self.out / "results.json").write_text(report.render_json(meta, rows, extra))
-        print(f"bench: wrote {self.out / 'results.md'} and results.json", file=sys.stderr)
-        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
