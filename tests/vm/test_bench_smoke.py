@@ -18,6 +18,8 @@ pytestmark = pytest.mark.vm
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# Every figure once, two cold boots included: 13-15 minutes on a loaded TCG machine.
+@pytest.mark.timeout(3600)
 def test_bench_smoke_writes_complete_sane_results(
     cli: Cli, default_vm: dict[str, object], tmp_path: Path
 ) -> None:
