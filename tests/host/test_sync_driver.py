@@ -86,3 +86,29 @@ def test_sync_run_collect_apply_and_discard(tmp_path: Path) -> None:
     assert guest_manifest(channel, str(workspace), wsync=LOCAL) == again.scan.manifest
     assert (workspace / "src" / "app.py").read_text() == "x = 2\n"
     assert snapshot(workspace).keys() == {".", "src", "src/app.py", "notes.md"}
+
+
+def test_collect_without_new_contents_makes_one_guest_call(tmp_path: Path) -> None:
+    """Nothing changed, or only a deletion: only the manifest call, no pack round trip."""
+    project, workspace, run_dir = tmp_path / "project", tmp_path / "ws", tmp_path / "runs" / "r1"
+    project.mkdir()
+    workspace.mkdir()
+    run_dir.mkdir(parents=True)
+    (project / "a.txt").write_text("a\n")
+    (project / "b.txt").write_text("b\n")
+    channel = LocalExec()
+    first = sync_in(channel, project, str(workspace), exclude_rules(None, ()), owner=(0, 0), wsync=LOCAL)
+    save_manifest(first.scan.manifest, run_dir / "base.json")
+    base = load_manifest(run_dir / "base.json")
+
+    channel.calls.clear()
+    unchanged = collect(channel, base, str(workspace), run_dir / "changes", wsync=LOCAL)
+    assert not unchanged.changeset.entries and unchanged.received.stored == ()
+    assert [call[2] for call in channel.calls] == ["manifest"]
+
+    (workspace / "b.txt").unlink()
+    channel.calls.clear()
+    deleted = collect(channel, base, str(workspace), run_dir / "changes2", wsync=LOCAL)
+    assert [(entry.path, entry.change) for entry in deleted.changeset.entries] == [("b.txt", "deleted")]
+    assert [call[2] for call in channel.calls] == ["manifest"]
+    assert (run_dir / "changes2" / "blobs").is_dir()

@@ -79,6 +79,26 @@ class GuestControl:
         _code, out, _err = self.client.run(["systemctl", "is-active", f"vmsbx-run-{run_id}.service"])
         return out.strip() in (b"active", b"activating", b"deactivating", b"reloading")
 
+    def ended(
+        self, run_id: str, invocation_id: str, after: str | None, *, wait: float
+    ) -> tuple[GuestResult | None, list[bytes], str | None]:
+        """`result` and, once the run has ended, `journal` from `after`, in one guest call:
+        (verdict or None if not ended within `wait`, new journal entries, cursor)."""
+        argv = [*GUEST, "ended", run_id, str(wait), invocation_id]
+        if after:
+            argv.append(after)
+        code, out, err = self.client.run(argv)
+        if code == 3:
+            return None, [], after
+        if code != 0:
+            raise TransportError(
+                "could not read the run's result: " + strip_control(err.decode(errors="replace")).strip(),
+                hint="`vmsbx runs` shows what vmsbx recorded",
+            )
+        head, _, rest = out.partition(b"\n")
+        entries, cursor = _journal_lines(rest, after)
+        return GuestResult.model_validate_json(head), entries, cursor
+
     def release(self, run_id: str) -> None:
         """Free an ended run's workspace and tmpfs in the guest (its record stays)."""
         self.client.run([*GUEST, "release", run_id])
@@ -97,13 +117,7 @@ class GuestControl:
                 "could not read the run's journal: " + strip_control(err.decode(errors="replace")).strip(),
                 hint="check `vmsbx status`",
             )
-        entries, cursor = [], after
-        for line in out.splitlines():
-            if line.startswith(b"-- cursor: "):
-                cursor = line[len(b"-- cursor: ") :].decode().strip()
-            elif line.startswith(b"{"):
-                entries.append(line)
-        return entries, cursor
+        return _journal_lines(out, after)
 
     def score(self, unit_file: str) -> float:
         code, out, err = self.client.run([*GUEST, "score"], stdin=unit_file.encode())
@@ -119,3 +133,14 @@ class GuestControl:
         if code != 0:
             raise TransportError("could not score the running unit: " + err.decode(errors="replace"))
         return float(json.loads(out)["exposure"])
+
+
+def _journal_lines(out: bytes, after: str | None) -> tuple[list[bytes], str | None]:
+    """journalctl -o json --show-cursor output: the entries and the cursor to resume from."""
+    entries, cursor = [], after
+    for line in out.splitlines():
+        if line.startswith(b"-- cursor: "):
+            cursor = line[len(b"-- cursor: ") :].decode().strip()
+        elif line.startswith(b"{"):
+            entries.append(line)
+    return entries, cursor

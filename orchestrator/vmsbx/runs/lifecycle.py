@@ -412,8 +412,8 @@ def attach(record: RunRecord, guest: GuestControl, *, stdin: BinaryIO | None, vi
     return finish(record, guest, interrupted=interrupted)
 
 
-# Longer than the unit's TimeoutStopSec= (10 s) plus ExecStopPost=: past this the guest has
-# stopped answering about the run, and the record says so.
+# Longer than the unit's TimeoutStopSec= (30 s, which also bounds ExecStopPost=): past this
+# the guest has stopped answering about the run, and the record says so.
 FINISH_WAIT = 120.0
 
 
@@ -426,7 +426,15 @@ def finish(
     quiet: bool = False,
 ) -> int:
     """Collect systemd's verdict and the journal into the run's record; free the run's space."""
-    result = guest.result(record.id, wait=wait)
+    # The verdict and the journal in one guest call (each call starts a guest process).
+    journal: tuple[list[bytes], str | None] | None = None
+    if record.invocation_id:
+        result, entries, cursor = guest.ended(
+            record.id, record.invocation_id, record.journal_cursor, wait=wait
+        )
+        journal = (entries, cursor)
+    else:
+        result = guest.result(record.id, wait=wait)
     _record_api_use(record, guest)
     _leave_relay(guest, record)
     if result is None:
@@ -455,7 +463,8 @@ def finish(
         tasks_limit_hits=result.tasks_limit_hits,
     )
     records.save(record)
-    pull_journal(record, guest)
+    if journal is not None:
+        _store_journal(record, *journal)
     _collect_changes(record, guest, quiet=quiet)
     return code
 
@@ -489,6 +498,11 @@ def pull_journal(record: RunRecord, guest: GuestControl) -> list[bytes]:
     if not record.invocation_id:
         return []
     entries, cursor = guest.journal(record.id, record.invocation_id, record.journal_cursor)
+    _store_journal(record, entries, cursor)
+    return entries
+
+
+def _store_journal(record: RunRecord, entries: list[bytes], cursor: str | None) -> None:
     if entries:
         with (records.run_dir(record.id) / "journal.jsonl").open("ab") as sink:
             for entry in entries:
@@ -496,7 +510,6 @@ def pull_journal(record: RunRecord, guest: GuestControl) -> list[bytes]:
     if cursor != record.journal_cursor:
         record.journal_cursor = cursor
         records.save(record)
-    return entries
 
 
 def _show_line(line: str) -> None:

@@ -102,8 +102,10 @@ def render_run_lifetime_properties(policy: SandboxSettings, layout: RunLayout) -
         "LimitCORE=0",
         "KillMode=control-group",
         # Once the main process is gone RuntimeMaxSec= no longer applies; a fork bomb that
-        # outlives SIGTERM is SIGKILLed after this, not after systemd's default 90 s.
-        "TimeoutStopSec=10s",
+        # outlives SIGTERM is SIGKILLed after this, not after systemd's default 90 s. It also
+        # bounds ExecStopPost= (the run's record): 10 s was too short for a busy emulated guest
+        # (the record step timed out at load 8), so 30 s.
+        "TimeoutStopSec=30s",
         "OOMPolicy=stop",
         "SyslogIdentifier=vmsbx-run",
         f"LogExtraFields=VMSBX_RUN={layout.run_id}",

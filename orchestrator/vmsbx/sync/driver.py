@@ -154,6 +154,11 @@ def collect(
             hint="discard the run, or remove large files in the guest and collect again",
         )
     store = blobs_module.BlobStore(changes_dir / "blobs")
+    if not wanted:
+        # No new contents to fetch (nothing changed, or only deletions, links, modes): a pack
+        # round trip would cost a guest process start for an empty tar.
+        store.folder.mkdir(parents=True, exist_ok=True)
+        return Collected(changeset, store, blobs_module.ReceiveReport((), (), ()), ())
     tar_path = changes_dir / "incoming.tar"
     err = io.BytesIO()
     try:
