@@ -174,11 +174,12 @@ def start(
             hint="tighten the policy, or raise the threshold in your user config or with a flag",
         )
     project = project.resolve()
-    _finish_earlier_runs(guest, vm, project)
+    busy = _finish_earlier_runs(guest, vm, project)
+    key = next(k for k in (workspace.project_key(project, slot) for slot in range(64)) if k not in busy)
     bases = gitbundle.base_commits(project)
     size = _terminal_size() if tty else (80, 24)
     for attempt in range(3):
-        sync = workspace.plan_sync_in(settings, project, guest, vm)
+        sync = workspace.plan_sync_in(settings, project, guest, vm, key)
         layout = RunLayout(run_id=new_run_id())
         record = RunRecord(
             id=layout.run_id,
@@ -191,6 +192,7 @@ def start(
             exposure=exposure,
             started_at=records.now(),
             project=str(project),
+            workspace_key=key,
         )
         request = _launch_request(settings, layout, record, facts)
         request["project"] = sync.key
@@ -263,10 +265,12 @@ def _say_excluded(sync: workspace.SyncIn) -> None:
         print(f"vmsbx: left out of the workspace (secrets/excludes): {shown}{more}", file=sys.stderr)
 
 
-def _finish_earlier_runs(guest: GuestControl, vm: str, project: Path) -> None:
-    """An earlier run of this project that ended while nobody watched still owns the guest's
+def _finish_earlier_runs(guest: GuestControl, vm: str, project: Path) -> set[str]:
+    """An earlier run of this project that ended while nobody watched still owns its guest
     mirror: collect its changes before a new sync overwrites them. One that cannot end any more
-    (its VM was killed or reset) is recorded as lost; its changes cannot be trusted."""
+    (its VM was killed or reset) is recorded as lost; its changes cannot be trusted. Returns the
+    mirrors that runs still going hold (a new run takes another one)."""
+    busy: set[str] = set()
     for earlier in records.all_runs():
         if earlier.vm != vm or earlier.project != str(project) or earlier.changes != "pending":
             continue
@@ -278,15 +282,14 @@ def _finish_earlier_runs(guest: GuestControl, vm: str, project: Path) -> None:
             finish(earlier, guest, quiet=True)
             continue
         if earlier.state in ("starting", "running") and guest.is_active(earlier.id):
-            raise LaunchFailed(
-                f"run {earlier.id} of this project is still running",
-                hint=f"`vmsbx attach {earlier.id}` follows it; `vmsbx stop-run {earlier.id}` ends it",
-            )
+            busy.add(earlier.workspace_key or workspace.project_key(project))
+            continue
         if earlier.state in ("starting", "running"):
             earlier.state, earlier.exit_code = "lost", SANDBOX_FAILED
             earlier.reason = "ended abnormally: its sandbox is gone from the guest (VM restarted?)"
         earlier.changes = "failed"
         records.save(earlier)
+    return busy
 
 
 def _admit(

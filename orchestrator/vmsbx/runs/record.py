@@ -55,6 +55,7 @@ class RunRecord(BaseModel):
     journal_cursor: str | None = Field(default=None, description="Where the next log pull resumes.")
     outside_uid: int | None = Field(default=None, description="nsjail mode: the jail user's id outside.")
     project: str | None = Field(default=None, description="The host project folder the run mirrored.")
+    workspace_key: str | None = Field(default=None, description="Which guest mirror of the project it used.")
     changes: Literal["none", "pending", "collected", "failed", "applied", "discarded"] = Field(
         default="none", description="Where the agent's changes are: in the guest, in runs/<id>/changes, …"
     )

@@ -36,9 +36,11 @@ from vmsbx.sync.stream import write_stream
 from vmsbx.textsafe import strip_control
 
 
-def project_key(project: Path) -> str:
-    """The guest's name for a project's mirror: from its resolved path on this host."""
-    return hashlib.sha256(str(project.resolve()).encode()).hexdigest()[:16]
+def project_key(project: Path, slot: int = 0) -> str:
+    """The guest's name for a project's mirror: from its resolved path on this host. Runs of
+    one project at the same time each get their own mirror (slot 1, 2, …), kept for next time."""
+    name = str(project.resolve()) + (f"\0{slot}" if slot else "")
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,8 @@ class SyncIn:
         }
 
 
-def plan_sync_in(settings: Settings, project: Path, guest: GuestControl, vm: str) -> SyncIn:
-    """Scan the project (hash cache per VM and project) and diff it with the guest's mirror."""
-    key = project_key(project)
+def plan_sync_in(settings: Settings, project: Path, guest: GuestControl, vm: str, key: str) -> SyncIn:
+    """Scan the project (hash cache per VM and mirror) and diff it with the guest's mirror `key`."""
     rules = exclude_rules(settings.sync.secret_patterns, settings.sync.exclude)
     cache = ensure_private_dir(vm_dir(vm) / "sync-cache") / f"{key}.json"
     host = scan(project, rules, cache_file=cache)
