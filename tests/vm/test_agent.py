@@ -206,9 +206,9 @@ def test_interactive_agent_in_a_pty(
         os.write(fd, b"ping\r")
         seen = read_pty_until(fd, b"PONG-FROM-FAKE", 180)
         assert b"PONG-FROM-FAKE" in seen, strip_control(seen.decode(errors="replace"))[-2000:]
-        for _ in range(2):
-            os.write(fd, b"\x03")
-            time.sleep(1)
+        os.write(fd, b"/exit")
+        time.sleep(1)
+        os.write(fd, b"\r")
         read_pty_until(fd, None, 120)
     finally:
         with contextlib.suppress(ProcessLookupError):
