@@ -120,7 +120,7 @@ def test_allowlist(cli: Cli, guest_listeners: None, server: object, tmp_path: Pa
     assert {"not-listed.test", "wild.test", "evil-wild.test", "10.0.2.2"} <= denied
     summary = cli.json("logs", "--network", run_id)
     assert isinstance(summary, list)
-    rows = {f"{row['host']}:{row['port']}": row for row in summary}
+    rows = {row["destination"]: row for row in summary}
     assert rows[f"allowed.test:{port}"]["allowed"] == 2  # plain and SOCKS
     assert rows[f"not-listed.test:{port}"]["denied"] == 1
     _no_udp_arrived(cli)
