@@ -49,7 +49,7 @@ def test_verify_json_every_attempt_held_in_systemd_mode(cli: Cli, default_vm: di
     }  # fmt: skip
     assert _not_passed(results) == ""
     assert done.returncode == 0, done.stderr.decode(errors="replace")
-    assert (report["sandbox"], report["network"]) == ("systemd", "none")
+    assert (report["sandbox"], report["network"]) == ("systemd", "api")  # the default policy
     # The attack run is a real, recorded run of the sandbox.
     record = json.loads((cli.home / "runs" / report["run_id"] / "run.json").read_text())
     assert record["sandbox"] == "systemd"
