@@ -80,6 +80,12 @@ def provision(client: AgentClient, facts: GuestFacts) -> bool:
     code, _out, err = client.run(["install", "-d", "-m", "0755", GUEST_LIB])
     if code != 0:
         raise GuestCheckFailed(f"cannot create {GUEST_LIB} in the guest: {err.decode(errors='replace')}")
+    # The launcher's root-only state (runs, project mirrors) exists from the start, so that
+    # `vmsbx verify`'s control finds it even before the first run.
+    state = ["/var/lib/vmsbx", "/var/lib/vmsbx/runs", "/var/lib/vmsbx/projects"]
+    code, _out, err = client.run(["install", "-d", "-m", "0700", *state])
+    if code != 0:
+        raise GuestCheckFailed(f"cannot create vmsbx's state in the guest: {err.decode(errors='replace')}")
     for name, data in files.items():
         client.put(f"{GUEST_LIB}/{name}", data, mode=0o755)
     client.put(f"{GUEST_LIB}/VERSION", version.encode(), mode=0o644)
