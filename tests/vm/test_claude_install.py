@@ -17,7 +17,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import WITH_CLAUDE
 from vmcli import Cli
 
 from vmsbx.claude.install import GUEST_MARKER, guest_binary
@@ -28,6 +27,9 @@ from vmsbx.providers.base import SSHInfo
 from vmsbx.transport import Connection
 
 pytestmark = pytest.mark.vm
+
+# The session's VMs skip the install (conftest); this module's `up` calls ask for it.
+WITH_CLAUDE = {"VMSBX_AGENT_INSTALL": "auto"}
 
 VERSION = AgentSettings().claude_version
 BINARY = guest_binary(VERSION)
