@@ -15,8 +15,10 @@
                     project's workspace.
   wsync run ID manifest|pack @ws …
                     after the run: its workspace's manifest, or a tar of the paths on stdin.
-  wsync project ID manifest @ws …
-                    the project's mirror as it is now (what the next sync starts from).
+  wsync project ID manifest @ws … [--size=BYTES]
+                    the project's mirror as it is now (what the next sync starts from); with a
+                    size (the run's workspace cap) an image of another size is replaced by an
+                    empty one.
   bundle ID BASE…   a git bundle of the run's workspace HEAD minus the host's commits (stdout),
                     made by an unprivileged throw-away user (the repository is the agent's).
   cleanup ID        unmounts and removes everything the run left in the guest.
@@ -165,8 +167,15 @@ def project_paths(project: str) -> dict[str, str]:
 
 
 def _ensure_project(proj: dict[str, str], size: int) -> None:
+    """The project's image exists and is mounted; with a `size`, the image must have it (the
+    run's workspace cap): the sync's manifest step has already replaced one of another size."""
     os.makedirs(PROJECTS, mode=0o700, exist_ok=True)
     os.makedirs(proj["dir"], mode=0o700, exist_ok=True)
+    if size and os.path.exists(proj["image"]) and os.path.getsize(proj["image"]) != size:
+        raise RuntimeError(
+            f"the project's workspace image is {os.path.getsize(proj['image'])} bytes, not the cap of "
+            f"{size} (another run changed it since this sync was planned): run again"
+        )
     if not os.path.exists(proj["image"]):
         with open(proj["image"] + ".new", "wb") as image:
             image.truncate(size)
@@ -180,19 +189,28 @@ def _ensure_project(proj: dict[str, str], size: int) -> None:
             os.rmdir(lost)
 
 
-def _claim_project(proj: dict[str, str], run_id: str) -> None:
-    """One run per project at a time; a run that has ended gives its claim up."""
+def _active_owner(proj: dict[str, str]) -> str:
+    """The run that holds the project's workspace and is still running ('' if none)."""
     try:
         with open(proj["owner"], encoding="ascii") as handle:
             owner = handle.read().strip()
     except FileNotFoundError:
-        owner = ""
-    if owner and RUN_ID.fullmatch(owner) and owner != run_id:
-        other = paths(owner)
-        # Still running: its unit is up. (After a VM reset or kill it has neither result nor unit.)
-        state = run(["systemctl", "is-active", other["unit"]]).stdout.strip()
-        if not os.path.exists(other["result"]) and state in ("active", "activating", "deactivating"):
-            raise RuntimeError(f"the project's workspace is in use by run {owner}, which is still running")
+        return ""
+    if not RUN_ID.fullmatch(owner):
+        return ""
+    other = paths(owner)
+    # Still running: its unit is up. (After a VM reset or kill it has neither result nor unit.)
+    state = run(["systemctl", "is-active", other["unit"]]).stdout.strip()
+    if not os.path.exists(other["result"]) and state in ("active", "activating", "deactivating"):
+        return owner
+    return ""
+
+
+def _claim_project(proj: dict[str, str], run_id: str) -> None:
+    """One run per project at a time; a run that has ended gives its claim up."""
+    owner = _active_owner(proj)
+    if owner and owner != run_id:
+        raise RuntimeError(f"the project's workspace is in use by run {owner}, which is still running")
     with open(proj["owner"] + ".new", "w", encoding="ascii") as handle:
         handle.write(run_id)
     os.replace(proj["owner"] + ".new", proj["owner"])
@@ -586,10 +604,20 @@ def release(run_id: str) -> int:
     return 0
 
 
+def _size_option(args: list[str]) -> int | None:
+    """The `--size=BYTES` among wsync's options (0 when absent, None when malformed)."""
+    sizes = [arg.removeprefix("--size=") for arg in args if arg.startswith("--size=")]
+    if not sizes:
+        return 0
+    if len(sizes) > 1 or not re.fullmatch(r"[1-9][0-9]{0,15}", sizes[0]):
+        return None
+    return int(sizes[0])
+
+
 def wsync_for(kind: str, ident: str, args: list[str]) -> int:
     """wsync.py on a workspace named by the run (after it ended) or by the project (before a
-    sync): `wsync run ID manifest|pack @ws …` / `wsync project ID manifest @ws …`. The host
-    never names a guest path: "@ws" is resolved here, and the hash cache is the guest's own."""
+    sync): `wsync run ID manifest|pack @ws …` / `wsync project ID manifest @ws [--size=BYTES]`.
+    The host never names a guest path: "@ws" is resolved here, and the hash cache is the guest's own."""
     if len(args) < 2 or args[1] != "@ws" or args[0] not in ("manifest", "pack"):
         return fail(f"bad wsync arguments: {args!r}", 2)
     if kind == "run":
@@ -604,6 +632,21 @@ def wsync_for(kind: str, ident: str, args: list[str]) -> int:
     elif kind == "project" and PROJECT_ID.fullmatch(ident) and args[0] == "manifest":
         project = ident
         proj = project_paths(project)
+        size = _size_option(args[2:])
+        if size is None:
+            return fail(f"bad wsync arguments: {args!r}", 2)
+        if size and os.path.exists(proj["image"]) and os.path.getsize(proj["image"]) != size:
+            # The cap changed: a fresh image of the new size (growing or shrinking ext4 in place
+            # is not always possible: a 10G image's journal alone is 64M). It is only a mirror;
+            # the sync about to be planned from this empty manifest fills it again.
+            owner = _active_owner(proj)
+            if owner:
+                return fail(f"the project's workspace is in use by run {owner}, which is still running", 4)
+            if os.path.ismount(proj["mnt"]):
+                _check(["umount", proj["mnt"]])
+            os.unlink(proj["image"])
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{proj['dir']}/manifest-cache.json")
         if not os.path.exists(proj["image"]):
             print(json.dumps({"version": wsync.VERSION, "entries": []}))
             return 0

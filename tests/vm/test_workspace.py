@@ -81,6 +81,26 @@ def test_discarded_changes_are_gone_at_the_next_run(
     assert "changed nothing" in again.stderr.decode()
 
 
+def test_each_run_gets_its_own_workspace_cap(cli: Cli, default_vm: dict[str, object], tmp_path: Path) -> None:
+    # The project's mirror outlives runs; a run with another cap must still get that cap, and
+    # the project's files, whichever way the cap moved.
+    project = _project(cli, tmp_path)
+    probe = ["--", "sh", "-c", "cat README.md && stat -fc '%b %S' ."]
+    sizes = {}
+    for cap in ("96M", "48M", "96M"):
+        done = project.ok("run", "--workspace-size", cap, *probe)
+        readme, fs = done.stdout.decode().splitlines()
+        assert readme == "hello"
+        blocks, block_size = map(int, fs.split())
+        sizes.setdefault(cap, []).append(blocks * block_size)
+    for cap, seen in sizes.items():
+        limit = int(cap.removesuffix("M")) << 20
+        for total in seen:  # the filesystem's own overhead is all that is missing
+            assert limit * 0.8 < total <= limit, (cap, seen)
+    # Control: the two caps really differ in what the run saw.
+    assert max(sizes["48M"]) < min(sizes["96M"]) * 0.6
+
+
 def test_conflict_keeps_the_host_file(cli: Cli, default_vm: dict[str, object], tmp_path: Path) -> None:
     project = _project(cli, tmp_path)
     run_id = (

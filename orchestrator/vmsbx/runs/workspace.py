@@ -70,8 +70,14 @@ def plan_sync_in(settings: Settings, project: Path, guest: GuestControl, vm: str
     rules = exclude_rules(settings.sync.secret_patterns, settings.sync.exclude)
     cache = ensure_private_dir(vm_dir(vm) / "sync-cache") / f"{key}.json"
     host = scan(project, rules, cache_file=cache)
+    # The cap goes with the manifest request: a mirror image of another size is replaced there,
+    # before the plan is made from it.
     mirror = guest_manifest(
-        guest.client, "@ws", purge_bad_names=True, wsync=[*GUEST, "wsync", "project", key]
+        guest.client,
+        "@ws",
+        purge_bad_names=True,
+        wsync=[*GUEST, "wsync", "project", key],
+        options=[f"--size={settings.sandbox.workspace_size}"],
     )
     return SyncIn(key=key, scan=host, plan=plan_sync(host.manifest, mirror))
 

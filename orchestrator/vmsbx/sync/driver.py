@@ -68,15 +68,18 @@ def guest_manifest(
     cache: str | None = None,
     purge_bad_names: bool = False,
     wsync: Sequence[str] = WSYNC_ARGV,
+    options: Sequence[str] = (),
 ) -> Manifest:
     """The guest workspace's manifest (`wsync.py manifest`, with its hash cache if named).
 
     With `purge_bad_names` (sync-in), entries whose names are not UTF-8 are removed first: no
-    host file has such a name and the manifest could not name them for deletion.
+    host file has such a name and the manifest could not name them for deletion. `options` go
+    to the `wsync` command as they are (the launcher's own, e.g. the workspace cap).
     """
     out, err = io.BytesIO(), io.BytesIO()
     argv = [*wsync, "manifest", workspace, *(["--cache", cache] if cache else [])]
     argv += ["--purge-bad-names"] if purge_bad_names else []
+    argv += options
     code = channel.exec(argv, stdin=None, stdout=out, stderr=err)
     _check(code, err, "list the guest workspace")
     return Manifest.from_json(out.getvalue())
