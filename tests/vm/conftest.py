@@ -25,6 +25,12 @@ WITH_CLAUDE = {"VMSBX_AGENT_INSTALL": "auto"}
 TEST_NAMES = ("allowed.test", "not-listed.test", "sub.wild.test", "wild.test", "evil-wild.test")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that reboot the shared guest go last: it comes back on another SSH port, which
+    every later test holding the session's `default_vm` summary would trip over."""
+    items.sort(key=lambda item: item.get_closest_marker("restarts_vm") is not None)
+
+
 @pytest.fixture(scope="session")
 def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
     home = tmp_path_factory.mktemp("vmsbx-home")

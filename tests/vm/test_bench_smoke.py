@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from vmcli import Cli
 
-pytestmark = pytest.mark.vm
+# The cold-boot figures stop and start the session's guest.
+pytestmark = [pytest.mark.vm, pytest.mark.restarts_vm]
 
 ROOT = Path(__file__).resolve().parents[2]
 

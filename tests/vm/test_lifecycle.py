@@ -261,6 +261,7 @@ def test_reset_returns_to_a_fresh_overlay(cli: Cli) -> None:
     print(f"reset took {reset_seconds:.1f}s")
 
 
+@pytest.mark.restarts_vm
 def test_stop_then_up_boots_again(cli: Cli, default_vm: dict[str, object]) -> None:
     pid = int(str(_runtime(cli, "default")["pid"]))
     cli.ok("stop")
