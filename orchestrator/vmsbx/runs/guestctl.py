@@ -80,24 +80,27 @@ class GuestControl:
         return out.strip() in (b"active", b"activating", b"deactivating", b"reloading")
 
     def ended(
-        self, run_id: str, invocation_id: str, after: str | None, *, wait: float
-    ) -> tuple[GuestResult | None, list[bytes], str | None]:
+        self, run_id: str, invocation_id: str, after: str | None, *, wait: float, spool: BinaryIO
+    ) -> tuple[GuestResult | None, int, str | None]:
         """`result` and, once the run has ended, `journal` from `after`, in one guest call:
-        (verdict or None if not ended within `wait`, new journal entries, cursor)."""
+        (verdict or None if not ended within `wait`, how many new journal entries went to
+        `spool` as lines, cursor). The journal streams to `spool`: a run that printed 100,000
+        lines must not sit in memory."""
         argv = [*GUEST, "ended", run_id, str(wait), invocation_id]
         if after:
             argv.append(after)
-        code, out, err = self.client.run(argv)
+        out, err = JournalSink(spool, after, head=True), io.BytesIO()
+        code = self.client.exec(argv, stdin=None, stdout=out, stderr=err)
+        out.close()
         if code == 3:
-            return None, [], after
+            return None, 0, after
         if code != 0:
             raise TransportError(
-                "could not read the run's result: " + strip_control(err.decode(errors="replace")).strip(),
+                "could not read the run's result: "
+                + strip_control(err.getvalue().decode(errors="replace")).strip(),
                 hint="`vmsbx runs` shows what vmsbx recorded",
             )
-        head, _, rest = out.partition(b"\n")
-        entries, cursor = _journal_lines(rest, after)
-        return GuestResult.model_validate_json(head), entries, cursor
+        return GuestResult.model_validate_json(out.head), out.entries, out.cursor
 
     def release(self, run_id: str) -> None:
         """Free an ended run's workspace and tmpfs in the guest (its record stays)."""
@@ -133,6 +136,48 @@ class GuestControl:
         if code != 0:
             raise TransportError("could not score the running unit: " + err.decode(errors="replace"))
         return float(json.loads(out)["exposure"])
+
+
+class JournalSink:
+    """`journalctl -o json --show-cursor` output as it arrives: entries go to `spool` one line
+    each, the cursor is kept, and with `head` the first line (the verdict) too. At most one
+    line is held in memory (a journal line is capped by journald's own line limit)."""
+
+    def __init__(self, spool: BinaryIO, after: str | None, *, head: bool = False) -> None:
+        self.spool = spool
+        self.cursor = after
+        self.entries = 0
+        self.head = b""
+        self._want_head = head
+        self._partial = bytearray()
+
+    def write(self, data: bytes, /) -> int:
+        self._partial += data
+        start = 0
+        while (end := self._partial.find(b"\n", start)) >= 0:
+            self._line(bytes(self._partial[start:end]))
+            start = end + 1
+        del self._partial[:start]
+        return len(data)
+
+    def flush(self) -> None:
+        self.spool.flush()
+
+    def close(self) -> None:
+        """The last line, if the output did not end with a newline."""
+        if self._partial:
+            self._line(bytes(self._partial))
+            self._partial.clear()
+        self.flush()
+
+    def _line(self, line: bytes) -> None:
+        if self._want_head:
+            self.head, self._want_head = line, False
+        elif line.startswith(b"-- cursor: "):
+            self.cursor = line[len(b"-- cursor: ") :].decode(errors="replace").strip()
+        elif line.startswith(b"{"):
+            self.spool.write(line + b"\n")
+            self.entries += 1
 
 
 def _journal_lines(out: bytes, after: str | None) -> tuple[list[bytes], str | None]:

@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ from vmsbx.paths import vm_dir
 from vmsbx.runs import agentrun, gitbundle, review, workspace
 from vmsbx.runs import record as records
 from vmsbx.runs.guestctl import GuestControl, LaunchFailed
-from vmsbx.runs.outcome import SANDBOX_FAILED, outcome
+from vmsbx.runs.outcome import SANDBOX_FAILED, GuestResult, outcome
 from vmsbx.runs.record import Resources, RunRecord
 from vmsbx.runs.streamview import StreamView
 from vmsbx.sandbox.layout import BRIDGES, RunLayout, new_run_id
@@ -429,25 +430,54 @@ def finish(
     quiet: bool = False,
 ) -> int:
     """Collect systemd's verdict and the journal into the run's record; free the run's space."""
-    # The verdict and the journal in one guest call (each call starts a guest process).
-    journal: tuple[list[bytes], str | None] | None = None
-    if record.invocation_id:
-        result, entries, cursor = guest.ended(
-            record.id, record.invocation_id, record.journal_cursor, wait=wait
-        )
-        journal = (entries, cursor)
-    else:
-        result = guest.result(record.id, wait=wait)
+    # The verdict and the journal in one guest call (each call starts a guest process). The
+    # journal streams into a spool file, appended to journal.jsonl once the verdict is recorded.
+    spool_path = records.run_dir(record.id) / "journal.spool"
+    cursor: str | None = None
+    code = SANDBOX_FAILED
+    # Unlinked whatever happens: until the cursor is saved, a later pull fetches the same entries.
+    try:
+        with spool_path.open("w+b") as spool:
+            if record.invocation_id:
+                result, _count, cursor = guest.ended(
+                    record.id, record.invocation_id, record.journal_cursor, wait=wait, spool=spool
+                )
+            else:
+                result = guest.result(record.id, wait=wait)
+            if result is not None:
+                code = _record_ended(record, result, guest, spool, cursor, interrupted=interrupted)
+    finally:
+        spool_path.unlink(missing_ok=True)
+    if result is None:
+        return _record_lost(record, guest, wait)
+    _collect_changes(record, guest, quiet=quiet)
+    return code
+
+
+def _record_lost(record: RunRecord, guest: GuestControl, wait: float) -> int:
     _record_api_use(record, guest)
     _leave_relay(guest, record)
-    if result is None:
-        record.state, record.exit_code = "lost", SANDBOX_FAILED
-        record.reason = f"the guest did not report the end of the run within {wait:g} s"
-        if record.changes == "pending":
-            record.changes = "failed"
-        records.save(record)
-        pull_journal(record, guest)
-        return SANDBOX_FAILED
+    record.state, record.exit_code = "lost", SANDBOX_FAILED
+    record.reason = f"the guest did not report the end of the run within {wait:g} s"
+    if record.changes == "pending":
+        record.changes = "failed"
+    records.save(record)
+    pull_journal(record, guest)
+    return SANDBOX_FAILED
+
+
+def _record_ended(
+    record: RunRecord,
+    result: GuestResult,
+    guest: GuestControl,
+    spool: BinaryIO,
+    cursor: str | None,
+    *,
+    interrupted: bool,
+) -> int:
+    """The verdict into the record, then the spooled journal into journal.jsonl."""
+    _record_api_use(record, guest)
+    _leave_relay(guest, record)
     code, reason = outcome(result, record.policy)
     if interrupted:
         code, reason = INTERRUPTED, "interrupted (Ctrl-C): vmsbx stopped the run"
@@ -466,9 +496,13 @@ def finish(
         tasks_limit_hits=result.tasks_limit_hits,
     )
     records.save(record)
-    if journal is not None:
-        _store_journal(record, *journal)
-    _collect_changes(record, guest, quiet=quiet)
+    if record.invocation_id:
+        spool.seek(0)
+        with (records.run_dir(record.id) / "journal.jsonl").open("ab") as sink:
+            shutil.copyfileobj(spool, sink, 1 << 20)
+        if cursor != record.journal_cursor:
+            record.journal_cursor = cursor
+            records.save(record)
     return code
 
 
