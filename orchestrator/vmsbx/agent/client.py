@@ -62,13 +62,19 @@ class AgentClient:
 
     def ping(self) -> bool:
         """True if a live agent of this VM answers and runs the same code as this CLI."""
+        return self.build() == agent_build()
+
+    def build(self) -> str | None:
+        """The code build the live agent of this VM runs, or None if none answers."""
         try:
             with self._connect(timeout=2.0) as sock:
                 send_line(sock, {"op": "ping"})
                 reply = recv_line(sock)
         except (AgentError, OSError, ValueError):
-            return False
-        return bool(reply and reply.get("ok") and reply.get("build") == agent_build())
+            return None
+        if not (reply and reply.get("ok")):
+            return None
+        return str(reply.get("build"))
 
     def shutdown(self, *, wait: float = 10.0) -> None:
         """Ask the agent to exit and wait until it has; kill it if it does not. No-op if absent."""
@@ -245,8 +251,16 @@ def ensure_agent(
             if status.error_exit_code == HostKeyMismatch.exit_code:
                 raise HostKeyMismatch(status.error or "the guest presented another host key")
             raise BootTimeout(status.error or "the guest did not answer SSH")
-        if status is not None and status.phase == "ready" and client.ping():
-            return client
+        if status is not None and status.phase == "ready":
+            running = client.build()
+            if running == agent_build():
+                return client
+            if running is not None:  # not worth a wait to the deadline: it will not change
+                raise AgentError(
+                    f"the host agent of VM {vm!r} runs other vmsbx code than this command "
+                    "(vmsbx changed while it started)",
+                    hint="run `vmsbx up` again: it replaces the agent",
+                )
         time.sleep(0.2)
     raise BootTimeout(
         f"the host agent of VM {vm!r} did not become ready in {boot_timeout:.0f} s",
