@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from vmsbx.cli.common import json_option, print_json, progress
@@ -47,3 +49,29 @@ def rebuild(image: str) -> None:
     with progress(f"building image {image}") as report:
         info = ensure_image(load_recipe(image), report, rebuild=True)
     click.echo(f"image {info.name} rebuilt at {info.built_at} (kernel {info.kernel_release})")
+
+
+@command.command("rootfs")
+@click.option("--image", default="bookworm", type=click.Choice(["bookworm", "trixie"]), help="Which image.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the tar (default: ./vmsbx-IMAGE-wsl.tar).",
+)
+def rootfs(image: str, out: Path | None) -> None:
+    """Write the image as the root filesystem tar the wsl2 provider imports (Linux, root).
+
+    The same Debian build the qemu provider boots, minus what only a QEMU boot needs. Copy it to
+    the Windows host and point vm.wsl_rootfs (or VMSBX_VM_WSL_ROOTFS) at it.
+    """
+    from vmsbx.providers.image import ensure_image, load_recipe
+    from vmsbx.providers.rootfs import export_wsl_rootfs
+
+    target = out or Path(f"vmsbx-{image}-wsl.tar")
+    with progress(f"writing the WSL root filesystem of {image}") as report:
+        info = ensure_image(load_recipe(image), report)
+        written = export_wsl_rootfs(info, target, report)
+    size_mb = written.stat().st_size / 1e6
+    click.echo(f"wrote {written} ({size_mb:.0f} MB) from the {image} build of {info.built_at}")
+    click.echo("next: copy it to the Windows host, set vm.wsl_rootfs to its path there, `vmsbx up`")

@@ -168,7 +168,7 @@ class Wsl2Provider:
         if rootfs is None:
             raise ConfigError(
                 "the wsl2 provider imports vmsbx's Debian root filesystem, and none is configured",
-                hint="build it on Linux (`vmsbx image rootfs`, planned) and set vm.wsl_rootfs "
+                hint="build it on Linux (`sudo vmsbx image rootfs`) and set vm.wsl_rootfs "
                 "(or VMSBX_VM_WSL_ROOTFS) to the .tar file",
             )
         directory = ensure_private_dir(vm_dir(vm))
