@@ -1,0 +1,749 @@
+#!/usr/bin/python3
+"""vmsbx guest launcher: the root side of a run, inside the VM. Pushed by `vmsbx up`.
+
+  launch            stdin: one JSON line (the rendered run), then a tar of the workspace.
+                    Prepares the size-capped workspace and tmpfs, starts the unit, prints JSON.
+  attach ID         relays the run's session holder to stdin/stdout/stderr; exits with the
+                    holder's code (which the host double-checks against `result`).
+  result ID         waits for the record ExecStopPost= writes, prints it.
+  record ID         (ExecStopPost=+) records systemd's verdict and the cgroup's peaks.
+  stop ID           stops the run's unit.
+  journal ID INV    the run's journal as JSON lines (trusted selectors only), after a cursor.
+  score             stdin: a unit file; prints its offline exposure score.
+  score-live ID     the exposure score of the running unit.
+  release ID        after the host recorded an ended run: frees its tmpfs and its hold on the
+                    project's workspace.
+  wsync run ID manifest|pack @ws …
+                    after the run: its workspace's manifest, or a tar of the paths on stdin.
+  wsync project ID manifest @ws … [--size=BYTES]
+                    the project's mirror as it is now (what the next sync starts from); with a
+                    size (the run's workspace cap) an image of another size is replaced by an
+                    empty one.
+  bundle ID BASE…   a git bundle of the run's workspace HEAD minus the host's commits (stdout),
+                    made by an unprivileged throw-away user (the repository is the agent's).
+  cleanup ID        unmounts and removes everything the run left in the guest.
+
+Standard library only; every path comes from the run id, never from free text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import selectors
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+
+RUNS = "/var/lib/vmsbx/runs"
+PROJECTS = "/var/lib/vmsbx/projects"
+RUN_ID = re.compile(r"^[a-z0-9]{12}$")
+PROJECT_ID = re.compile(r"^[0-9a-f]{16}$")
+# Keep in step with vmsbx.sandbox.layout.BRIDGES: host services a run may reach.
+BRIDGES = ("relay", "proxy", "socks")
+# The bridge forwarder: root, outside the sandbox, but with nothing to do except copy bytes
+# between the run's socket and one loopback port of the guest (the SSH reverse tunnel).
+BRIDGE_PROPERTIES = [
+    "ProtectSystem=strict", "ProtectHome=yes", "PrivateDevices=yes", "NoNewPrivileges=yes",
+    "CapabilityBoundingSet=", "RestrictAddressFamilies=AF_UNIX AF_INET",
+    "IPAddressDeny=any", "IPAddressAllow=localhost", "SystemCallFilter=@system-service",
+    "SystemCallArchitectures=native", "MemoryMax=64M", "TasksMax=64",
+]  # fmt: skip
+HEADER = struct.Struct(">BI")
+STDIN, STDOUT, STDERR, STDIN_EOF, RESIZE, EXIT = 0, 1, 2, 3, 4, 5
+SCORE_RE = re.compile(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)")
+
+
+def fail(message: str, code: int = 125) -> int:
+    sys.stderr.write(f"vmsbx-guest: {message}\n")
+    return code
+
+
+def paths(run_id: str) -> dict[str, str]:
+    if not RUN_ID.fullmatch(run_id):
+        raise SystemExit(fail(f"invalid run id {run_id!r}", 2))
+    run_dir = f"{RUNS}/{run_id}"
+    return {
+        "run_id": run_id,
+        "run_dir": run_dir,
+        "tmp": f"{run_dir}/tmp",
+        "image": f"{run_dir}/workspace.img",
+        "mount": f"/var/lib/private/vmsbx-ws-{run_id}",
+        "link": f"/var/lib/vmsbx-ws-{run_id}",
+        "result": f"{run_dir}/result.json",
+        "unit": f"vmsbx-run-{run_id}.service",
+        "socket": f"{run_dir}/tmp/.vmsbx/holder.sock",
+        "transcript": f"{run_dir}/tmp/.vmsbx/transcript",
+    }
+
+
+def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+
+# -- launch ----------------------------------------------------------------------------------
+
+
+def launch() -> int:
+    stdin = sys.stdin.buffer
+    request = json.loads(stdin.readline())
+    run_id = str(request["run_id"])
+    p = paths(run_id)
+    os.makedirs(RUNS, mode=0o700, exist_ok=True)
+    try:
+        os.mkdir(p["run_dir"], 0o700)
+    except FileExistsError:
+        return fail(f"run {run_id} already exists")
+    except OSError as exc:  # e.g. a full guest disk: say so, no traceback
+        return fail(f"preparing the run failed: {exc.strerror}: {p['run_dir']}")
+    try:
+        _prepare(request, p, stdin)
+        jail = request.get("nsjail")
+        if jail:  # nsjail mode: the config, the outside uid, the workspace handed to it
+            import nsjail_prep  # imported where used: every import costs each guest call
+
+            nsjail_prep.prepare(run_id, str(jail["config"]), int(jail["outside_uid"]))  # type: ignore[index]
+        _start_bridges(p, request.get("bridges") or {})
+        started = run(list(request["systemd_run"]))
+        if started.returncode != 0:
+            _discard(p)
+            return fail("the sandbox did not start: " + started.stderr.strip())
+        invocation = run(["systemctl", "show", "-p", "InvocationID", "--value", p["unit"]]).stdout.strip()
+        print(json.dumps({"unit": p["unit"], "invocation_id": invocation}), flush=True)
+        return 0
+    except Exception as exc:  # leave nothing half-made behind
+        _discard(p)
+        return fail(f"preparing the run failed: {exc}")
+
+
+def _prepare(request: dict[str, object], p: dict[str, str], stdin: object) -> None:
+    tmp_size = int(request["tmp_size"])  # type: ignore[call-overload]
+    ws_size = int(request["workspace_size"])  # type: ignore[call-overload]
+    project = str(request["project"])
+    os.mkdir(p["tmp"], 0o755)
+    _check(["mount", "-t", "tmpfs", "-o", f"size={tmp_size},mode=1777,nosuid,nodev", "tmpfs", p["tmp"]])
+    spec_path = f"{p['tmp']}/.vmsbx-spec.json"
+    with open(spec_path, "w", encoding="utf-8") as spec:
+        json.dump(request["spec"], spec)
+    os.chmod(spec_path, 0o644)
+    proj = project_paths(project)
+    _ensure_project(proj, ws_size)
+    _claim_project(proj, p["run_id"])
+    with open(f"{p['run_dir']}/project", "w", encoding="ascii") as note:
+        note.write(project)
+    # The mirror: exactly the host's project (minus excludes) before the run starts.
+    import wsync  # imported where used: every import costs each guest call
+
+    if wsync.cmd_apply(proj["mnt"], None) != 0:
+        raise RuntimeError("the workspace sync failed")
+    # Root-owned top: systemd's StateDirectory= (or nsjail_prep) then hands the whole tree to
+    # this run's user, even when the dynamic uid happens to equal the last run's.
+    os.chown(proj["mnt"], 0, 0)
+    os.makedirs("/var/lib/private", mode=0o700, exist_ok=True)
+    os.chmod("/var/lib/private", 0o700)
+    os.makedirs(p["mount"], exist_ok=True)
+    _check(["mount", "--bind", proj["mnt"], p["mount"]])
+
+
+# -- per-project workspaces ------------------------------------------------------------------
+#
+# /var/lib/vmsbx/projects/<id>/        root-only (0700)
+#     workspace.img                    the size-capped ext4 image (the project's mirror)
+#     mnt/                             where it stays mounted while the guest is up
+#     owner                            the run that has it (one run per project at a time)
+
+
+def project_paths(project: str) -> dict[str, str]:
+    if not PROJECT_ID.fullmatch(project):
+        raise RuntimeError(f"invalid project id {project!r}")
+    folder = f"{PROJECTS}/{project}"
+    return {"dir": folder, "image": f"{folder}/workspace.img", "mnt": f"{folder}/mnt", "owner": f"{folder}/owner"}
+
+
+def _ensure_project(proj: dict[str, str], size: int) -> None:
+    """The project's image exists and is mounted; with a `size`, the image must have it (the
+    run's workspace cap): the sync's manifest step has already replaced one of another size."""
+    os.makedirs(PROJECTS, mode=0o700, exist_ok=True)
+    os.makedirs(proj["dir"], mode=0o700, exist_ok=True)
+    if size and os.path.exists(proj["image"]) and os.path.getsize(proj["image"]) != size:
+        raise RuntimeError(
+            f"the project's workspace image is {os.path.getsize(proj['image'])} bytes, not the cap of "
+            f"{size} (another run changed it since this sync was planned): run again"
+        )
+    if not os.path.exists(proj["image"]):
+        with open(proj["image"] + ".new", "wb") as image:
+            image.truncate(size)
+        _check(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "root_owner=0:0", proj["image"] + ".new"])
+        os.replace(proj["image"] + ".new", proj["image"])
+    os.makedirs(proj["mnt"], mode=0o755, exist_ok=True)
+    if not os.path.ismount(proj["mnt"]):
+        _check(["mount", "-o", "loop,nosuid,nodev", proj["image"], proj["mnt"]])
+        lost = f"{proj['mnt']}/lost+found"
+        if os.path.isdir(lost) and not os.listdir(lost):
+            os.rmdir(lost)
+
+
+def _active_owner(proj: dict[str, str]) -> str:
+    """The run that holds the project's workspace and is still running ('' if none)."""
+    try:
+        with open(proj["owner"], encoding="ascii") as handle:
+            owner = handle.read().strip()
+    except FileNotFoundError:
+        return ""
+    if not RUN_ID.fullmatch(owner):
+        return ""
+    other = paths(owner)
+    # Still running: its unit is up. (After a VM reset or kill it has neither result nor unit.)
+    state = run(["systemctl", "is-active", other["unit"]]).stdout.strip()
+    if not os.path.exists(other["result"]) and state in ("active", "activating", "deactivating"):
+        return owner
+    return ""
+
+
+def _claim_project(proj: dict[str, str], run_id: str) -> None:
+    """One run per project at a time; a run that has ended gives its claim up."""
+    owner = _active_owner(proj)
+    if owner and owner != run_id:
+        raise RuntimeError(f"the project's workspace is in use by run {owner}, which is still running")
+    with open(proj["owner"] + ".new", "w", encoding="ascii") as handle:
+        handle.write(run_id)
+    os.replace(proj["owner"] + ".new", proj["owner"])
+
+
+def _release_project(run_id: str) -> None:
+    project = _run_project(run_id)
+    if not project:
+        return
+    proj = project_paths(project)
+    try:
+        with open(proj["owner"], encoding="ascii") as handle:
+            if handle.read().strip() != run_id:
+                return
+    except FileNotFoundError:
+        return
+    os.unlink(proj["owner"])
+
+
+def _run_project(run_id: str) -> str:
+    try:
+        with open(f"{paths(run_id)['run_dir']}/project", encoding="ascii") as handle:
+            project = handle.read().strip()
+    except FileNotFoundError:
+        return ""
+    return project if PROJECT_ID.fullmatch(project) else ""
+
+
+def workspace_root(run_id: str) -> str:
+    """The run's workspace after the run (its own mount is gone by then): the project mirror,
+    as long as this run still owns it."""
+    project = _run_project(run_id)
+    if not project:
+        raise RuntimeError(f"run {run_id} has no workspace")
+    proj = project_paths(project)
+    try:
+        with open(proj["owner"], encoding="ascii") as handle:
+            owner = handle.read().strip()
+    except FileNotFoundError:
+        owner = ""
+    if owner != run_id:
+        raise RuntimeError(f"the workspace of run {run_id} has been taken over by run {owner or '(none)'}")
+    if not os.path.ismount(proj["mnt"]):
+        _ensure_project(proj, 0)
+    return proj["mnt"]
+
+
+def _start_bridges(p: dict[str, str], bridges: dict[str, int]) -> None:
+    """One forwarder unit per host service the run may reach; its socket is on the run's
+    tmpfs (seen inside as /tmp/.vmsbx-NAME.sock), root-owned so the run cannot replace it."""
+    for name, port in sorted(bridges.items()):
+        if name not in BRIDGES or not isinstance(port, int) or not 0 < port < 65536:
+            raise RuntimeError(f"invalid bridge {name!r}")
+        sock = f"{p['tmp']}/.vmsbx-{name}.sock"
+        unit = f"vmsbx-bridge-{p['run_id']}-{name}.service"
+        argv = ["systemd-run", f"--unit={unit}", "--collect", "--quiet", "--service-type=exec",
+                "-p", f"ReadWritePaths={p['tmp']}"]  # fmt: skip
+        for prop in BRIDGE_PROPERTIES:
+            argv += ["-p", prop]
+        argv += ["--", "socat", f"UNIX-LISTEN:{sock},fork,mode=0666,unlink-early", f"TCP:127.0.0.1:{port}"]
+        _check(argv)
+        if not _wait_for(sock, 10):
+            raise RuntimeError(f"the {name} bridge did not come up")
+
+
+def _stop_bridges(run_id: str, *, enter: list[str] | None = None) -> None:
+    # One systemctl for all of them (it still stops the loaded ones when others are not): this
+    # runs in ExecStopPost=, under TimeoutStopSec=, where every process start counts on a slow guest.
+    # --no-block: inside a systemd job, waiting for another job could deadlock.
+    units = [f"vmsbx-bridge-{run_id}-{name}.service" for name in sorted(BRIDGES)]
+    run([*(enter or []), "systemctl", "stop", "--no-block", *units])
+
+
+def _check(argv: list[str]) -> None:
+    done = run(argv)
+    if done.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed: {done.stderr.strip()}")
+
+
+def _teardown(p: dict[str, str], *, host_namespace: bool = False) -> None:
+    enter = ["nsenter", "--target", "1", "--mount", "--"] if host_namespace else []
+    _stop_bridges(p["run_id"], enter=enter)
+    for mountpoint in (p["mount"], p["tmp"]):
+        if host_namespace or os.path.ismount(mountpoint):
+            run([*enter, "umount", "--lazy", mountpoint])
+    import nsjail_prep
+
+    nsjail_prep.release(p["run_id"])
+
+
+def _discard(p: dict[str, str]) -> None:
+    """Undo a launch that failed: nothing of it may stay in the guest (the project's mirror
+    stays; only the run's hold on it goes)."""
+    _teardown(p)
+    _remove_mountpoint(p["mount"])
+    _release_project(p["run_id"])
+    shutil.rmtree(p["run_dir"], ignore_errors=True)
+
+
+def _remove_mountpoint(path: str) -> None:
+    """rmdir, never rmtree: if the bind mount were somehow still there, rmtree would empty the
+    project's mirror through it."""
+    if os.path.ismount(path):
+        run(["umount", "--lazy", path])
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+# -- attach ----------------------------------------------------------------------------------
+
+
+def attach(run_id: str) -> int:
+    p = paths(run_id)
+    deadline = time.monotonic() + 30
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    while True:
+        try:
+            sock.connect(p["socket"])
+            break
+        except OSError:
+            if os.path.exists(p["result"]):
+                return _replay_finished(p, 0)
+            if time.monotonic() > deadline:
+                return fail(f"run {run_id} has no session holder to attach to")
+            time.sleep(0.05)
+    tty_state = _raw_stdin()
+    relay = Relay(sock)
+    try:
+        sock.sendall(b"{}\n")
+        code = relay.run()
+    except OSError:
+        code = None
+    finally:
+        _restore_stdin(tty_state)
+    if code is not None:
+        return code
+    # The holder ended before it served us everything (a fast command can finish before we
+    # connect): the rest is in the transcript that ExecStopPost saves, after what we got.
+    if _wait_for(p["result"], 30):
+        return _replay_finished(p, relay.received)
+    return fail("the session holder went away before the command finished", 255)
+
+
+def _wait_for(path: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _raw_stdin() -> object:
+    if not os.isatty(0):
+        return None
+    import termios
+    import tty
+
+    state = termios.tcgetattr(0)
+    tty.setraw(0)
+    return state
+
+
+def _restore_stdin(state: object) -> None:
+    if state is not None:
+        import termios
+
+        termios.tcsetattr(0, termios.TCSADRAIN, state)  # type: ignore[arg-type]
+
+
+def _send_size(sock: socket.socket) -> None:
+    if os.isatty(0):
+        size = os.get_terminal_size(0)
+        payload = json.dumps({"cols": size.columns, "rows": size.lines}).encode()
+        sock.sendall(HEADER.pack(RESIZE, len(payload)) + payload)
+
+
+class Relay:
+    """Copies the holder's frames to stdout/stderr and stdin to the holder; counts what it got
+    (the holder's stream is its transcript, byte for byte, so the count is a resume offset)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.received = 0
+
+    def run(self) -> int | None:
+        sock = self.sock
+        sel = selectors.DefaultSelector()
+        sel.register(sock, selectors.EVENT_READ, "sock")
+        sel.register(0, selectors.EVENT_READ, "stdin")
+        _send_size(sock)
+        signal.signal(signal.SIGWINCH, lambda *_: _send_size(sock))
+        buf = b""
+        out, err = sys.stdout.buffer, sys.stderr.buffer
+        while True:
+            for key, _ in sel.select():
+                if key.data == "stdin":
+                    data = os.read(0, 65536)
+                    if data:
+                        sock.sendall(HEADER.pack(STDIN, len(data)) + data)
+                    else:
+                        sock.sendall(HEADER.pack(STDIN_EOF, 0))
+                        sel.unregister(0)
+                    continue
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return None
+                buf += chunk
+                while len(buf) >= HEADER.size:
+                    kind, length = HEADER.unpack(buf[: HEADER.size])
+                    if len(buf) < HEADER.size + length:
+                        break
+                    payload, buf = buf[HEADER.size : HEADER.size + length], buf[HEADER.size + length :]
+                    self.received += HEADER.size + length
+                    if kind == STDOUT:
+                        out.write(payload)
+                        out.flush()
+                    elif kind == STDERR:
+                        err.write(payload)
+                        err.flush()
+                    elif kind == EXIT:
+                        return int(json.loads(payload)["code"])
+
+
+def _replay_finished(p: dict[str, str], offset: int) -> int:
+    """The run already ended: print its transcript from `offset`, exit with its recorded code."""
+    saved = f"{p['run_dir']}/transcript"
+    code = _recorded_code(p)
+    if os.path.exists(saved):
+        with open(saved, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+        while len(data) >= HEADER.size:
+            kind, length = HEADER.unpack(data[: HEADER.size])
+            payload, data = data[HEADER.size : HEADER.size + length], data[HEADER.size + length :]
+            if kind == STDOUT:
+                sys.stdout.buffer.write(payload)
+            elif kind == STDERR:
+                sys.stderr.buffer.write(payload)
+            elif kind == EXIT:
+                code = int(json.loads(payload)["code"])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
+def _recorded_code(p: dict[str, str]) -> int:
+    """The exit code systemd saw (used when the holder died before writing its own)."""
+    try:
+        with open(p["result"], encoding="utf-8") as handle:
+            result = json.load(handle)
+    except (OSError, ValueError):
+        return 255
+    status = str(result.get("exit_status", ""))
+    return int(status) if result.get("exit_code") == "exited" and status.isdigit() else 255
+
+
+# -- after the run ---------------------------------------------------------------------------
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_keyed(path: str) -> dict[str, int]:
+    values: dict[str, int] = {}
+    try:
+        with open(path, encoding="ascii") as handle:
+            for line in handle:
+                key, _, value = line.partition(" ")
+                if value.strip().isdigit():
+                    values[key] = int(value)
+    except OSError:
+        pass
+    return values
+
+
+def record(run_id: str) -> int:
+    p = paths(run_id)
+    cgroup = f"/sys/fs/cgroup/system.slice/{p['unit']}"
+    memory_events = _read_keyed(f"{cgroup}/memory.events")
+    pids_events = _read_keyed(f"{cgroup}/pids.events")
+    result = {
+        "service_result": os.environ.get("SERVICE_RESULT", ""),
+        "exit_code": os.environ.get("EXIT_CODE", ""),
+        "exit_status": os.environ.get("EXIT_STATUS", ""),
+        "memory_peak": _read_int(f"{cgroup}/memory.peak"),
+        "cpu_usage_usec": _read_keyed(f"{cgroup}/cpu.stat").get("usage_usec"),
+        "tasks_peak": _read_int(f"{cgroup}/pids.peak"),
+        "oom_kills": memory_events.get("oom_kill", 0),
+        "tasks_limit_hits": pids_events.get("max", 0),
+        "ended_at": time.time(),
+    }
+    if os.path.exists(p["transcript"]):
+        shutil.copyfile(p["transcript"], f"{p['run_dir']}/transcript")
+    tmp = p["result"] + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(result, handle)
+    os.replace(tmp, p["result"])
+    # ExecStopPost=+ still runs in the unit's own mount namespace: unmount in PID 1's, where
+    # the launcher mounted them, or every run would leave a tmpfs and a loop device behind.
+    _teardown(p, host_namespace=True)
+    return 0
+
+
+def result(run_id: str, wait: float) -> int:
+    p = paths(run_id)
+    deadline = time.monotonic() + wait
+    while not os.path.exists(p["result"]):
+        if not os.path.isdir(p["run_dir"]):
+            return fail(f"run {run_id} is not known in this guest", 4)
+        if time.monotonic() > deadline:
+            return fail(f"run {run_id} has not ended", 3)
+        time.sleep(0.05)
+    with open(p["result"], encoding="utf-8") as handle:
+        sys.stdout.write(handle.read() + "\n")
+    return 0
+
+
+def ended(run_id: str, wait: float, invocation: str, after: str | None) -> int:
+    """`result`, then the run's journal (as `journal` gives it) when it has ended: the end of a
+    run costs one guest process start instead of two. Exit codes as `result`'s."""
+    if not re.fullmatch(r"[0-9a-f]{32}", invocation):
+        return fail("invalid invocation id", 2)
+    code = result(run_id, wait)
+    if code != 0:
+        return code
+    sys.stdout.flush()
+    return journal(run_id, invocation, after)
+
+
+def stop(run_id: str) -> int:
+    p = paths(run_id)
+    run(["systemctl", "stop", p["unit"]])
+    return 0
+
+
+def journal(run_id: str, invocation: str, after: str | None) -> int:
+    if not re.fullmatch(r"[0-9a-f]{32}", invocation):
+        return fail("invalid invocation id", 2)
+    paths(run_id)
+    # Only trusted fields select entries: the unit's own processes by invocation, and what
+    # PID 1 (systemd) said about that invocation. Never fields the run can write itself.
+    argv = ["journalctl", "-o", "json", "--all", "--no-pager", "--show-cursor",
+            f"_SYSTEMD_INVOCATION_ID={invocation}", "+", "_PID=1", f"INVOCATION_ID={invocation}"]  # fmt: skip
+    if after:
+        argv.insert(1, f"--after-cursor={after}")
+    os.execvp("journalctl", argv)
+    return 0
+
+
+def score() -> int:
+    unit_text = sys.stdin.read()
+    with tempfile.TemporaryDirectory(prefix="vmsbx-score-") as work:
+        unit = os.path.join(work, "vmsbx-score.service")
+        with open(unit, "w", encoding="utf-8") as handle:
+            handle.write(unit_text)
+        done = run(["systemd-analyze", "security", "--offline=true", "--no-pager", unit])
+    return _print_score(done)
+
+
+def score_live(run_id: str) -> int:
+    p = paths(run_id)
+    return _print_score(run(["systemd-analyze", "security", "--no-pager", p["unit"]]))
+
+
+def _print_score(done: subprocess.CompletedProcess[str]) -> int:
+    found = SCORE_RE.search(done.stdout)
+    if not found:
+        return fail("systemd-analyze gave no score: " + (done.stderr.strip() or done.stdout[-400:]))
+    print(json.dumps({"exposure": float(found.group(1))}))
+    return 0
+
+
+def release(run_id: str) -> int:
+    """After the host has recorded an ended run (and collected its changes): free its tmpfs and
+    its hold on the project's workspace; keep its record and transcript (small) so that
+    `attach` of an ended run can still replay it."""
+    p = paths(run_id)
+    if not os.path.exists(p["result"]):
+        return fail(f"run {run_id} has not ended", 3)
+    _teardown(p)
+    _remove_mountpoint(p["mount"])
+    if os.path.isdir(p["tmp"]) and not os.path.ismount(p["tmp"]):
+        shutil.rmtree(p["tmp"], ignore_errors=True)
+    if os.path.islink(p["link"]):
+        os.unlink(p["link"])
+    _release_project(run_id)
+    return 0
+
+
+def _size_option(args: list[str]) -> int | None:
+    """The `--size=BYTES` among wsync's options (0 when absent, None when malformed)."""
+    sizes = [arg.removeprefix("--size=") for arg in args if arg.startswith("--size=")]
+    if not sizes:
+        return 0
+    if len(sizes) > 1 or not re.fullmatch(r"[1-9][0-9]{0,15}", sizes[0]):
+        return None
+    return int(sizes[0])
+
+
+def wsync_for(kind: str, ident: str, args: list[str]) -> int:
+    """wsync.py on a workspace named by the run (after it ended) or by the project (before a
+    sync): `wsync run ID manifest|pack @ws …` / `wsync project ID manifest @ws [--size=BYTES]`.
+    The host never names a guest path: "@ws" is resolved here, and the hash cache is the guest's own."""
+    if len(args) < 2 or args[1] != "@ws" or args[0] not in ("manifest", "pack"):
+        return fail(f"bad wsync arguments: {args!r}", 2)
+    import wsync
+
+    if kind == "run":
+        p = paths(ident)
+        if not os.path.exists(p["result"]):
+            return fail(f"run {ident} has not ended", 3)
+        try:
+            root = workspace_root(ident)
+        except RuntimeError as exc:
+            return fail(str(exc), 4)
+        project = _run_project(ident)
+    elif kind == "project" and PROJECT_ID.fullmatch(ident) and args[0] == "manifest":
+        project = ident
+        proj = project_paths(project)
+        size = _size_option(args[2:])
+        if size is None:
+            return fail(f"bad wsync arguments: {args!r}", 2)
+        if size and os.path.exists(proj["image"]) and os.path.getsize(proj["image"]) != size:
+            # The cap changed: a fresh image of the new size (growing or shrinking ext4 in place
+            # is not always possible: a 10G image's journal alone is 64M). It is only a mirror;
+            # the sync about to be planned from this empty manifest fills it again.
+            owner = _active_owner(proj)
+            if owner:
+                return fail(f"the project's workspace is in use by run {owner}, which is still running", 4)
+            if os.path.ismount(proj["mnt"]):
+                _check(["umount", proj["mnt"]])
+            os.unlink(proj["image"])
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{proj['dir']}/manifest-cache.json")
+        if not os.path.exists(proj["image"]):
+            print(json.dumps({"version": wsync.VERSION, "entries": []}))
+            return 0
+        _ensure_project(proj, 0)
+        root = proj["mnt"]
+    else:
+        return fail(f"bad wsync target {kind} {ident!r}", 2)
+    rest = [arg for arg in args[2:] if arg == "--purge-bad-names"]
+    if args[0] == "manifest":
+        rest += ["--cache", f"{project_paths(project)['dir']}/manifest-cache.json"]
+    return wsync.main([args[0], root, *rest])
+
+
+# git runs on a repository the agent controlled: its config could name programs to run
+# (core.fsmonitor, core.sshCommand …). So git runs as a throw-away user with no network and a
+# read-only view of the workspace, and its output (the bundle) is only data for the host.
+GIT_UNIT_PROPERTIES = [
+    "DynamicUser=yes", "PrivateNetwork=yes", "ProtectSystem=strict", "ProtectHome=yes",
+    "PrivateTmp=yes", "PrivateDevices=yes", "NoNewPrivileges=yes", "CapabilityBoundingSet=",
+    "RestrictNamespaces=yes", "MemoryMax=1G", "TasksMax=64", "RuntimeMaxSec=300",
+    "Environment=GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null HOME=/nonexistent",
+]  # fmt: skip
+
+
+def bundle(run_id: str, bases: list[str]) -> int:
+    """A git bundle of the workspace's HEAD, minus what the host already has, on stdout."""
+    p = paths(run_id)
+    if not all(re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", base) for base in bases):
+        return fail("invalid base commit id", 2)
+    if not os.path.exists(p["result"]):
+        return fail(f"run {run_id} has not ended", 3)
+    try:
+        root = workspace_root(run_id)  # the run's own mount is gone once it ended
+    except RuntimeError as exc:
+        return fail(str(exc), 4)
+    if not os.path.isdir(f"{root}/.git"):
+        return fail("the workspace is not a git repository", 4)
+    argv = ["systemd-run", "--wait", "--pipe", "--quiet", "--collect",
+            "-p", f"BindReadOnlyPaths={root}:/ws"]  # fmt: skip
+    for prop in GIT_UNIT_PROPERTIES:
+        argv += ["-p", prop]
+    argv += ["--", "git", "-c", "safe.directory=*", "-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null",
+             "-C", "/ws", "bundle", "create", "-", "HEAD"]  # fmt: skip
+    if bases:
+        argv += ["--not", *bases]
+    sys.stdout.flush()
+    os.execvp("systemd-run", argv)
+    return 0
+
+
+def cleanup(run_id: str) -> int:
+    p = paths(run_id)
+    run(["systemctl", "stop", p["unit"]])
+    _discard(p)
+    if os.path.islink(p["link"]):
+        os.unlink(p["link"])
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        return fail("usage: guest.py launch|attach|result|record|stop|journal|score|score-live|cleanup", 2)
+    verb, rest = argv[0], argv[1:]
+    if verb == "launch":
+        return launch()
+    if verb == "attach" and len(rest) == 1:
+        return attach(rest[0])
+    if verb == "result" and rest:
+        return result(rest[0], float(rest[1]) if len(rest) > 1 else 0.0)
+    if verb == "record" and len(rest) == 1:
+        return record(rest[0])
+    if verb == "ended" and len(rest) in (3, 4):
+        return ended(rest[0], float(rest[1]), rest[2], rest[3] if len(rest) == 4 else None)
+    if verb == "stop" and len(rest) == 1:
+        return stop(rest[0])
+    if verb == "journal" and len(rest) in (2, 3):
+        return journal(rest[0], rest[1], rest[2] if len(rest) == 3 else None)
+    if verb == "score":
+        return score()
+    if verb == "score-live" and len(rest) == 1:
+        return score_live(rest[0])
+    if verb == "release" and len(rest) == 1:
+        return release(rest[0])
+    if verb == "wsync" and len(rest) >= 2:
+        return wsync_for(rest[0], rest[1], rest[2:])
+    if verb == "bundle" and rest:
+        return bundle(rest[0], rest[1:])
+    if verb == "cleanup" and len(rest) == 1:
+        return cleanup(rest[0])
+    return fail(f"bad arguments: {argv!r}", 2)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
