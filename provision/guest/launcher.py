@@ -545,7 +545,40 @@ def ended(run_id: str, wait: float, invocation: str, after: str | None) -> int:
     if code != 0:
         return code
     sys.stdout.flush()
+    _wait_journal_drained(paths(run_id)["unit"], JOURNAL_DRAIN_SECONDS)
     return journal(run_id, invocation, after)
+
+
+JOURNAL_DRAIN_SECONDS = 60.0
+JOURNAL_STREAMS = "/run/systemd/journal/streams"
+
+
+def _wait_journal_drained(unit: str, seconds: float) -> None:
+    """Wait until journald has read the unit's output streams to their end.
+
+    The unit's processes are gone once its result exists, but journald reads their stdout at
+    its own pace: on a loaded guest a run that printed 100,000 lines ended with thousands still
+    unread, and the journal pulled then missed them. journald keeps a state file per open stream
+    (naming the unit) and removes it only after reading the stream to EOF, so none left for the
+    unit means every line is in the journal."""
+    wanted = f"UNIT={unit}\n"
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            names = os.listdir(JOURNAL_STREAMS)
+        except FileNotFoundError:
+            return
+        if not any(_stream_is(os.path.join(JOURNAL_STREAMS, name), wanted) for name in names):
+            return
+        time.sleep(0.1)
+
+
+def _stream_is(path: str, wanted: str) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return wanted in handle.read(4096)
+    except OSError:  # gone while we looked: drained
+        return False
 
 
 def stop(run_id: str) -> int:
