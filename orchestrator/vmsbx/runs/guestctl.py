@@ -182,10 +182,8 @@ class JournalSink:
 
 def _journal_lines(out: bytes, after: str | None) -> tuple[list[bytes], str | None]:
     """journalctl -o json --show-cursor output: the entries and the cursor to resume from."""
-    entries, cursor = [], after
-    for line in out.splitlines():
-        if line.startswith(b"-- cursor: "):
-            cursor = line[len(b"-- cursor: ") :].decode().strip()
-        elif line.startswith(b"{"):
-            entries.append(line)
-    return entries, cursor
+    spool = io.BytesIO()
+    sink = JournalSink(spool, after)
+    sink.write(out)
+    sink.close()
+    return spool.getvalue().splitlines(), sink.cursor

@@ -444,8 +444,10 @@ def finish(
                 )
             else:
                 result = guest.result(record.id, wait=wait)
+            _record_api_use(record, guest)
+            _leave_relay(guest, record)
             if result is not None:
-                code = _record_ended(record, result, guest, spool, cursor, interrupted=interrupted)
+                code = _record_ended(record, result, spool, cursor, interrupted=interrupted)
     finally:
         spool_path.unlink(missing_ok=True)
     if result is None:
@@ -455,8 +457,6 @@ def finish(
 
 
 def _record_lost(record: RunRecord, guest: GuestControl, wait: float) -> int:
-    _record_api_use(record, guest)
-    _leave_relay(guest, record)
     record.state, record.exit_code = "lost", SANDBOX_FAILED
     record.reason = f"the guest did not report the end of the run within {wait:g} s"
     if record.changes == "pending":
@@ -469,15 +469,12 @@ def _record_lost(record: RunRecord, guest: GuestControl, wait: float) -> int:
 def _record_ended(
     record: RunRecord,
     result: GuestResult,
-    guest: GuestControl,
     spool: BinaryIO,
     cursor: str | None,
     *,
     interrupted: bool,
 ) -> int:
     """The verdict into the record, then the spooled journal into journal.jsonl."""
-    _record_api_use(record, guest)
-    _leave_relay(guest, record)
     code, reason = outcome(result, record.policy)
     if interrupted:
         code, reason = INTERRUPTED, "interrupted (Ctrl-C): vmsbx stopped the run"
