@@ -79,6 +79,7 @@ def paths(run_id: str) -> dict[str, str]:
         "mount": f"/var/lib/private/vmsbx-ws-{run_id}",
         "link": f"/var/lib/vmsbx-ws-{run_id}",
         "result": f"{run_dir}/result.json",
+        "started": f"{run_dir}/started",
         "unit": f"vmsbx-run-{run_id}.service",
         "socket": f"{run_dir}/tmp/.vmsbx/holder.sock",
         "transcript": f"{run_dir}/tmp/.vmsbx/transcript",
@@ -142,8 +143,12 @@ def _prepare(request: dict[str, object], p: dict[str, str], stdin: object) -> No
     # The mirror: exactly the host's project (minus excludes) before the run starts.
     import wsync  # imported where used: every import costs each guest call
 
-    if wsync.cmd_apply(proj["mnt"], None) != 0:
-        raise RuntimeError("the workspace sync failed")
+    written = wsync.apply_stream(proj["mnt"], None)
+    print(json.dumps({"ok": True, "written": len(written)}), flush=True)
+    # The hash cache, checked against the mirror as it is now (nothing else writes it while
+    # this run holds the project): what lets the collect after the run trust files whose only
+    # change is systemd's chown to the run's user (see wsync.cached_digest).
+    wsync.revalidate_cache(proj["mnt"], proj["cache"], written)
     # Root-owned top: systemd's StateDirectory= (or nsjail_prep) then hands the whole tree to
     # this run's user, even when the dynamic uid happens to equal the last run's.
     os.chown(proj["mnt"], 0, 0)
@@ -165,7 +170,13 @@ def project_paths(project: str) -> dict[str, str]:
     if not PROJECT_ID.fullmatch(project):
         raise RuntimeError(f"invalid project id {project!r}")
     folder = f"{PROJECTS}/{project}"
-    return {"dir": folder, "image": f"{folder}/workspace.img", "mnt": f"{folder}/mnt", "owner": f"{folder}/owner"}
+    return {
+        "dir": folder,
+        "image": f"{folder}/workspace.img",
+        "mnt": f"{folder}/mnt",
+        "owner": f"{folder}/owner",
+        "cache": f"{folder}/manifest-cache.json",
+    }
 
 
 def _ensure_project(proj: dict[str, str], size: int) -> None:
@@ -685,7 +696,7 @@ def wsync_for(kind: str, ident: str, args: list[str]) -> int:
                 _check(["umount", proj["mnt"]])
             os.unlink(proj["image"])
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{proj['dir']}/manifest-cache.json")
+                os.unlink(proj["cache"])
         if not os.path.exists(proj["image"]):
             print(json.dumps({"version": wsync.VERSION, "entries": []}))
             return 0
@@ -695,7 +706,12 @@ def wsync_for(kind: str, ident: str, args: list[str]) -> int:
         return fail(f"bad wsync target {kind} {ident!r}", 2)
     rest = [arg for arg in args[2:] if arg == "--purge-bad-names"]
     if args[0] == "manifest":
-        rest += ["--cache", f"{project_paths(project)['dir']}/manifest-cache.json"]
+        rest += ["--cache", project_paths(project)["cache"]]
+        if kind == "run":
+            with contextlib.suppress(FileNotFoundError):
+                # Stamped by the unit's ExecStartPre=+ (root), after systemd's chown and before
+                # any process of the run: see wsync.cached_digest.
+                rest += ["--stable-before", str(os.stat(paths(ident)["started"]).st_mtime_ns)]
     return wsync.main([args[0], root, *rest])
 
 

@@ -8,7 +8,7 @@ O_NOFOLLOW, and every file is opened relative to its parent's descriptor with O_
 Standard library only (the guest's python3 is 3.11: no tarfile extraction filters, and none
 needed: members are written by hand, never extracted).
 
-  wsync.py manifest ROOT [--cache FILE] [--purge-bad-names]
+  wsync.py manifest ROOT [--cache FILE] [--stable-before NS] [--purge-bad-names]
                                           -> manifest JSON on stdout (names that are not
                                              UTF-8 are listed as "special" with backslash
                                              escapes, or removed with --purge-bad-names)
@@ -122,8 +122,27 @@ def hash_file(dir_fd: int, name: str, st: os.stat_result) -> str | None:
         os.close(fd)
 
 
+def cached_digest(cached: object, key: list[object], stable_before: int | None) -> str | None:
+    """The cached sha256 of a file whose stat key is `key`, when the cache still vouches for it.
+
+    The key is (size, mtime, ctime, inode): mtime can be set back by the file's owner, ctime
+    cannot. A run's start changes every file's ctime (systemd chowns the workspace to the run's
+    new user), so a file also counts as unchanged when only its ctime moved and moved to before
+    `stable_before`: the moment, stamped by root before any process of the run started, up to
+    which only root touched the workspace since the launcher checked the cache against it.
+    """
+    if not isinstance(cached, list) or len(cached) != 5 or not isinstance(cached[4], str):
+        return None
+    if cached[:4] == key:
+        return cached[4]
+    same_but_ctime = cached[0] == key[0] and cached[1] == key[1] and cached[3] == key[3]
+    if stable_before is not None and same_but_ctime and int(cached[2]) <= int(key[2]) < stable_before:  # type: ignore[call-overload]
+        return cached[4]
+    return None
+
+
 def scan(
-    root_fd: int, cache: dict[str, list[object]], purge: bool = False
+    root_fd: int, cache: dict[str, list[object]], purge: bool = False, stable_before: int | None = None
 ) -> tuple[list[dict[str, object]], dict[str, list[object]]]:
     entries: list[dict[str, object]] = []
     fresh: dict[str, list[object]] = {}
@@ -158,8 +177,9 @@ def scan(
             elif stat.S_ISREG(st.st_mode):
                 # ctime cannot be set by an unprivileged process, mtime can: key on both.
                 key: list[object] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-                cached = cache.get(path)
-                digest = cached[4] if cached and cached[:4] == key else hash_file(dir_fd, item.name, st)
+                digest = cached_digest(cache.get(path), key, stable_before)
+                if digest is None:
+                    digest = hash_file(dir_fd, item.name, st)
                 if not isinstance(digest, str):
                     entries.append({"path": path, "kind": "special"})
                     continue
@@ -195,16 +215,51 @@ def save_cache(path: str | None, cache: dict[str, list[object]]) -> None:
     os.replace(temp, path)
 
 
-def cmd_manifest(root: str, cache_path: str | None, purge: bool) -> int:
+def cmd_manifest(root: str, cache_path: str | None, purge: bool, stable_before: int | None = None) -> int:
     root_fd = open_root(root)
     try:
-        entries, fresh = scan(root_fd, load_cache(cache_path), purge)
+        entries, fresh = scan(root_fd, load_cache(cache_path), purge, stable_before)
     finally:
         os.close(root_fd)
     save_cache(cache_path, fresh)
     json.dump({"version": VERSION, "entries": entries}, sys.stdout, separators=(",", ":"))
     sys.stdout.write("\n")
     return 0
+
+
+def revalidate_cache(root: str, cache_path: str, written: dict[str, str]) -> int:
+    """Keep only the cache entries that still match their file exactly, and add the files just
+    written (their content was checked against its sha256 as it was written). Run by root right
+    before a run's unit starts, with nothing else writing the workspace: from here until the
+    run's `stable_before` stamp, only root (systemd's chown) touches it. No file is read.
+    Returns the number of entries kept."""
+    cache = load_cache(cache_path)
+    fresh: dict[str, list[object]] = {}
+
+    def walk(dir_fd: int, prefix: str, depth: int) -> None:
+        with os.scandir(dir_fd) as listing:
+            for item in listing:
+                st = item.stat(follow_symlinks=False)
+                path = prefix + item.name
+                if stat.S_ISDIR(st.st_mode) and depth < MAX_DEPTH:
+                    child = os.open(item.name, DIR_FLAGS, dir_fd=dir_fd)
+                    try:
+                        walk(child, path + "/", depth + 1)
+                    finally:
+                        os.close(child)
+                elif stat.S_ISREG(st.st_mode):
+                    key: list[object] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+                    digest = written.get(path) or cached_digest(cache.get(path), key, None)
+                    if digest is not None:
+                        fresh[path] = [*key, digest]
+
+    root_fd = open_root(root)
+    try:
+        walk(root_fd, "", 0)
+    finally:
+        os.close(root_fd)
+    save_cache(cache_path, fresh)
+    return len(fresh)
 
 
 # --- apply ------------------------------------------------------------------------------------
@@ -311,7 +366,8 @@ def apply_file(
     spec: dict[str, object],
     owner: tuple[int, int] | None,
     parents: dict[str, int],
-) -> None:
+) -> str:
+    """Write one member in place of its path; returns its (checked) sha256."""
     parts = check_path(member.name)
     folder, name = "/".join(parts[:-1]), parts[-1]
     parent = parents.get(folder)
@@ -347,6 +403,7 @@ def apply_file(
         raise
     os.close(fd)
     replace(parent, temp, name)
+    return str(spec["sha256"])
 
 
 def parse_owner(text: str | None) -> tuple[int, int] | None:
@@ -357,6 +414,14 @@ def parse_owner(text: str | None) -> tuple[int, int] | None:
 
 
 def cmd_apply(root: str, owner: tuple[int, int] | None) -> int:
+    written = apply_stream(root, owner)
+    json.dump({"ok": True, "written": len(written)}, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+def apply_stream(root: str, owner: tuple[int, int] | None) -> dict[str, str]:
+    """Apply the sync on stdin to ROOT; returns the sha256 of each file written, by path."""
     stream = sys.stdin.buffer
     header = json.loads(stream.readline())
     if header.get("version") != VERSION:
@@ -370,7 +435,7 @@ def cmd_apply(root: str, owner: tuple[int, int] | None) -> int:
         for path, target in header["links"]:
             apply_link(root_fd, path, target, owner)
         files = {spec["path"]: spec for spec in header["files"]}
-        written = 0
+        written: dict[str, str] = {}
         parents: dict[str, int] = {}
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tar:
@@ -378,20 +443,19 @@ def cmd_apply(root: str, owner: tuple[int, int] | None) -> int:
                     spec = files.get(member.name)
                     if not member.isreg() or spec is None or member.size != spec["size"]:
                         raise Refused(f"unexpected stream member {member.name!r}")
-                    apply_file(root_fd, member, tar.extractfile(member), spec, owner, parents)
-                    written += 1
+                    written[member.name] = apply_file(
+                        root_fd, member, tar.extractfile(member), spec, owner, parents
+                    )
         finally:
             for fd in parents.values():
                 os.close(fd)
-        if written != len(files):
-            raise Refused(f"stream ended after {written} of {len(files)} files")
+        if len(written) != len(files):
+            raise Refused(f"stream ended after {len(written)} of {len(files)} files")
         for path, mode in header["modes"]:
             apply_mode(root_fd, path, mode)
     finally:
         os.close(root_fd)
-    json.dump({"ok": True, "written": written}, sys.stdout)
-    sys.stdout.write("\n")
-    return 0
+    return written
 
 
 # --- pack -------------------------------------------------------------------------------------
@@ -442,6 +506,7 @@ def main(argv: list[str]) -> int:
     manifest = sub.add_parser("manifest")
     manifest.add_argument("root")
     manifest.add_argument("--cache")
+    manifest.add_argument("--stable-before", type=int)
     manifest.add_argument("--purge-bad-names", action="store_true")
     apply = sub.add_parser("apply")
     apply.add_argument("root")
@@ -451,7 +516,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "manifest":
-            return cmd_manifest(args.root, args.cache, args.purge_bad_names)
+            return cmd_manifest(args.root, args.cache, args.purge_bad_names, args.stable_before)
         if args.command == "apply":
             return cmd_apply(args.root, parse_owner(args.owner))
         return cmd_pack(args.root)

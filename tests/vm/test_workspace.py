@@ -81,6 +81,24 @@ def test_discarded_changes_are_gone_at_the_next_run(
     assert "changed nothing" in again.stderr.decode()
 
 
+def test_a_rewrite_that_puts_the_old_mtime_back_still_comes_back(
+    cli: Cli, default_vm: dict[str, object], tmp_path: Path
+) -> None:
+    # The guest trusts its hash cache for files whose only change since the launcher checked it
+    # is systemd's chown at the run's start (their ctime predates the unit's ExecStartPre stamp).
+    # An agent that rewrites a file to the same size and puts back its exact mtime (to the
+    # nanosecond) must not slip through that: its ctime is after the stamp. Two runs, so both
+    # the files the sync wrote and the files a collect hashed are in the cache.
+    project = _project(cli, tmp_path)
+    assert "changed nothing" in project.ok("run", "--", "true").stderr.decode()
+    script = "cp -p README.md /tmp/ref && printf 'HELLO\\n' > README.md && touch -r /tmp/ref README.md"
+    done = project.ok("run", "--", "sh", "-c", script + " && stat -c '%s %y' README.md /tmp/ref")
+    same, ref = done.stdout.decode().splitlines()
+    assert same == ref  # size and mtime exactly as before the rewrite
+    assert "~ README.md" in done.stderr.decode()
+    assert "+HELLO" in project.ok("diff", str(_last_run(project)["id"])).stdout.decode()
+
+
 def test_each_run_gets_its_own_workspace_cap(cli: Cli, default_vm: dict[str, object], tmp_path: Path) -> None:
     # The project's mirror outlives runs; a run with another cap must still get that cap, and
     # the project's files, whichever way the cap moved.

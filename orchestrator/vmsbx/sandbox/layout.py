@@ -49,6 +49,11 @@ class RunLayout(BaseModel):
         return f"{RUNS_ROOT}/{self.run_id}"
 
     @property
+    def started_stamp(self) -> str:
+        """Touched by root after systemd's chown of the workspace, before the run's first process."""
+        return f"{self.run_dir}/started"
+
+    @property
     def tmp_dir(self) -> str:
         return f"{self.run_dir}/tmp"
 

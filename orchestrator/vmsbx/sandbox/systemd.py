@@ -113,6 +113,11 @@ def render_run_lifetime_properties(policy: SandboxSettings, layout: RunLayout) -
         # then tells journald nothing and journald's default of 10,000 per 30 s applies.)
         "LogRateLimitIntervalSec=1s",
         "LogRateLimitBurst=1000000",
+        # Root, outside the sandbox, after systemd has chowned the workspace to the run's user
+        # and before the run's first process: files whose ctime is older than this stamp were
+        # only touched by root since the launcher checked the hash cache (the next sync trusts
+        # the cache for them instead of hashing the whole project again).
+        f"ExecStartPre=+/usr/bin/touch {layout.started_stamp}",
         # Runs as root outside the sandbox after the run: records systemd's verdict and the
         # cgroup's peaks before the unit is collected.
         f"ExecStopPost=+{PYTHON} {GUEST} record {layout.run_id}",
