@@ -117,12 +117,23 @@ def launch() -> int:
         if started.returncode != 0:
             _discard(p)
             return fail("the sandbox did not start: " + started.stderr.strip())
-        invocation = run(["systemctl", "show", "-p", "InvocationID", "--value", p["unit"]]).stdout.strip()
+        invocation = _invocation_of(p)
         print(json.dumps({"unit": p["unit"], "invocation_id": invocation}), flush=True)
         return 0
     except Exception as exc:  # leave nothing half-made behind
         _discard(p)
         return fail(f"preparing the run failed: {exc}")
+
+
+def _invocation_of(p: dict[str, str]) -> str:
+    """The unit's invocation ID, as its ExecStartPre=+ wrote it (done before systemd-run
+    returns); systemctl only if that file is missing or odd (one guest process more)."""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        with open(p["started"], encoding="ascii") as handle:
+            written = handle.read().strip()
+        if re.fullmatch(r"[0-9a-f]{32}", written):
+            return written
+    return run(["systemctl", "show", "-p", "InvocationID", "--value", p["unit"]]).stdout.strip()
 
 
 def _prepare(request: dict[str, object], p: dict[str, str], stdin: object) -> None:
@@ -212,11 +223,11 @@ def _active_owner(proj: dict[str, str]) -> str:
     if not RUN_ID.fullmatch(owner):
         return ""
     other = paths(owner)
+    if os.path.exists(other["result"]):  # ended (the common case: no systemctl to start)
+        return ""
     # Still running: its unit is up. (After a VM reset or kill it has neither result nor unit.)
     state = run(["systemctl", "is-active", other["unit"]]).stdout.strip()
-    if not os.path.exists(other["result"]) and state in ("active", "activating", "deactivating"):
-        return owner
-    return ""
+    return owner if state in ("active", "activating", "deactivating") else ""
 
 
 def _claim_project(proj: dict[str, str], run_id: str) -> None:

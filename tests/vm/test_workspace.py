@@ -96,7 +96,12 @@ def test_a_rewrite_that_puts_the_old_mtime_back_still_comes_back(
     same, ref = done.stdout.decode().splitlines()
     assert same == ref  # size and mtime exactly as before the rewrite
     assert "~ README.md" in done.stderr.decode()
-    assert "+HELLO" in project.ok("diff", str(_last_run(project)["id"])).stdout.decode()
+    run = _last_run(project)
+    assert "+HELLO" in project.ok("diff", str(run["id"])).stdout.decode()
+    # The stamp's other job: it carries the invocation ID vmsbx recorded (the launcher reads it
+    # instead of asking systemctl), so the run's journal is selected by the right invocation.
+    stamp = project.ok("ssh", "--", "cat", f"/var/lib/vmsbx/runs/{run['id']}/started").stdout.decode()
+    assert stamp.strip() == run["invocation_id"]
 
 
 def test_each_run_gets_its_own_workspace_cap(cli: Cli, default_vm: dict[str, object], tmp_path: Path) -> None:

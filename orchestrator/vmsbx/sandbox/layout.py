@@ -50,7 +50,8 @@ class RunLayout(BaseModel):
 
     @property
     def started_stamp(self) -> str:
-        """Touched by root after systemd's chown of the workspace, before the run's first process."""
+        """Written by root after systemd's chown of the workspace, before the run's first
+        process: the unit's invocation ID, and by its mtime the time of that moment."""
         return f"{self.run_dir}/started"
 
     @property

