@@ -27,7 +27,7 @@ def _exec(self: client.AgentClient, argv: list[str], **kwargs: Any) -> int:
     try:
         return _original_exec(self, argv, **kwargs)
     finally:
-        words = [word for word in argv[2:5] if not word.startswith("/")]
+        words = [word for word in argv[1:6] if not word.startswith(("/", "-"))][:3]
         _calls.append(("guest " + " ".join(words), time.perf_counter() - began))
 
 

@@ -28,18 +28,17 @@ Standard library only; every path comes from the run id, never from free text.
 
 from __future__ import annotations
 
+# Only what most verbs need is imported here: every import costs each guest call (a Python
+# start under TCG); socket, selectors, shutil, tempfile, wsync and nsjail_prep are imported by
+# the verbs that use them.
 import contextlib
 import json
 import os
 import re
-import selectors
-import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 
 
@@ -109,7 +108,7 @@ def launch() -> int:
         _prepare(request, p, stdin)
         jail = request.get("nsjail")
         if jail:  # nsjail mode: the config, the outside uid, the workspace handed to it
-            import nsjail_prep  # imported where used: every import costs each guest call
+            import nsjail_prep
 
             nsjail_prep.prepare(run_id, str(jail["config"]), int(jail["outside_uid"]))  # type: ignore[index]
         _start_bridges(p, request.get("bridges") or {})
@@ -152,7 +151,7 @@ def _prepare(request: dict[str, object], p: dict[str, str], stdin: object) -> No
     with open(f"{p['run_dir']}/project", "w", encoding="ascii") as note:
         note.write(project)
     # The mirror: exactly the host's project (minus excludes) before the run starts.
-    import wsync  # imported where used: every import costs each guest call
+    import wsync
 
     written = wsync.apply_stream(proj["mnt"], None)
     print(json.dumps({"ok": True, "written": len(written)}), flush=True)
@@ -328,6 +327,7 @@ def _teardown(p: dict[str, str], *, host_namespace: bool = False) -> None:
 def _discard(p: dict[str, str]) -> None:
     """Undo a launch that failed: nothing of it may stay in the guest (the project's mirror
     stays; only the run's hold on it goes)."""
+    import shutil
     _teardown(p)
     _remove_mountpoint(p["mount"])
     _release_project(p["run_id"])
@@ -347,6 +347,7 @@ def _remove_mountpoint(path: str) -> None:
 
 
 def attach(run_id: str) -> int:
+    import socket
     p = paths(run_id)
     deadline = time.monotonic() + 30
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -421,6 +422,7 @@ class Relay:
         self.received = 0
 
     def run(self) -> int | None:
+        import selectors
         sock = self.sock
         sel = selectors.DefaultSelector()
         sel.register(sock, selectors.EVENT_READ, "sock")
@@ -517,6 +519,7 @@ def _read_keyed(path: str) -> dict[str, int]:
 
 
 def record(run_id: str) -> int:
+    import shutil
     p = paths(run_id)
     cgroup = f"/sys/fs/cgroup/system.slice/{p['unit']}"
     memory_events = _read_keyed(f"{cgroup}/memory.events")
@@ -624,6 +627,7 @@ def journal(run_id: str, invocation: str, after: str | None) -> int:
 
 
 def score() -> int:
+    import tempfile
     unit_text = sys.stdin.read()
     with tempfile.TemporaryDirectory(prefix="vmsbx-score-") as work:
         unit = os.path.join(work, "vmsbx-score.service")
@@ -650,6 +654,7 @@ def release(run_id: str) -> int:
     """After the host has recorded an ended run (and collected its changes): free its tmpfs and
     its hold on the project's workspace; keep its record and transcript (small) so that
     `attach` of an ended run can still replay it."""
+    import shutil
     p = paths(run_id)
     if not os.path.exists(p["result"]):
         return fail(f"run {run_id} has not ended", 3)

@@ -356,6 +356,7 @@ def test_systemd_run_argv_runs_nsjail_then_the_holder() -> None:
         CONFIG_PATH,
         "--",
         "/usr/bin/python3",
+        "-S",
         "/usr/local/lib/vmsbx/holder.py",
         LAYOUT.run_id,
     ]
@@ -374,7 +375,7 @@ def test_unit_file_has_the_same_exec_and_properties() -> None:
     lines = text.splitlines()
     assert lines[:2] == ["[Unit]", f"Description=vmsbx run {LAYOUT.run_id} (nsjail)"]
     assert (
-        f"ExecStart={NSJAIL} --config {CONFIG_PATH} -- /usr/bin/python3 /usr/local/lib/vmsbx/holder.py "
+        f"ExecStart={NSJAIL} --config {CONFIG_PATH} -- /usr/bin/python3 -S /usr/local/lib/vmsbx/holder.py "
         in text
     )
     for prop in render_nsjail_unit_properties(POLICY, LAYOUT)[1:]:

@@ -122,7 +122,8 @@ def test_writable_places_are_only_the_capped_ones() -> None:
 def test_the_command_is_not_in_the_unit() -> None:
     argv = render_systemd_run_argv(SandboxSettings(), LAYOUT)
     separator = argv.index("--")
-    assert argv[separator + 1 :] == ["/usr/bin/python3", "/usr/local/lib/vmsbx/holder.py", LAYOUT.run_id]
+    holder = ["/usr/bin/python3", "-S", "/usr/local/lib/vmsbx/holder.py", LAYOUT.run_id]
+    assert argv[separator + 1 :] == holder
     assert f"--unit={LAYOUT.unit}" in argv
 
 

@@ -14,7 +14,7 @@ from vmsbx.runs.outcome import GuestResult
 from vmsbx.sandbox.layout import GUEST_LIB
 from vmsbx.textsafe import strip_control
 
-GUEST = ["/usr/bin/python3", f"{GUEST_LIB}/guest.py"]
+GUEST = ["/usr/bin/python3", "-S", f"{GUEST_LIB}/guest.py"]  # -S: see sandbox.systemd.NO_SITE
 
 
 class LaunchFailed(VmsbxError):

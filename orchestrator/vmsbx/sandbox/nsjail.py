@@ -37,6 +37,7 @@ from vmsbx.config.models import SandboxSettings
 from vmsbx.sandbox.layout import GUEST_LIB, RunLayout
 from vmsbx.sandbox.systemd import (
     HOLDER,
+    NO_SITE,
     PYTHON,
     render_run_lifetime_properties,
     render_shared_confinement_properties,
@@ -365,7 +366,7 @@ def render_nsjail_unit_properties(policy: SandboxSettings, layout: RunLayout) ->
 
 def render_nsjail_exec_argv(layout: RunLayout, *, config_path: str) -> list[str]:
     """What the outer unit runs: nsjail with the run's config, then the session holder."""
-    return [NSJAIL, "--config", config_path, "--", PYTHON, HOLDER, layout.run_id]
+    return [NSJAIL, "--config", config_path, "--", PYTHON, NO_SITE, HOLDER, layout.run_id]
 
 
 def render_nsjail_systemd_run_argv(

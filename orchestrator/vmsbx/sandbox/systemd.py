@@ -15,6 +15,9 @@ from vmsbx.sandbox.layout import GUEST_LIB, RunLayout
 HOLDER = f"{GUEST_LIB}/holder.py"
 GUEST = f"{GUEST_LIB}/guest.py"
 PYTHON = "/usr/bin/python3"
+# The guest programs use the standard library only: -S skips site's scan of site-packages and
+# .pth files, ~0.1 s of every guest Python start under TCG.
+NO_SITE = "-S"
 
 
 def _seconds(value: float) -> str:
@@ -121,7 +124,7 @@ def render_run_lifetime_properties(policy: SandboxSettings, layout: RunLayout) -
         f'ExecStartPre=+/bin/sh -c "echo $$INVOCATION_ID > {layout.started_stamp}"',
         # Runs as root outside the sandbox after the run: records systemd's verdict and the
         # cgroup's peaks before the unit is collected.
-        f"ExecStopPost=+{PYTHON} {GUEST} record {layout.run_id}",
+        f"ExecStopPost=+{PYTHON} {NO_SITE} {GUEST} record {layout.run_id}",
     ]
 
 
@@ -141,7 +144,7 @@ def render_systemd_run_argv(policy: SandboxSettings, layout: RunLayout) -> list[
     argv = render_systemd_run_head(layout)
     for prop in render_unit_properties(policy, layout):
         argv += ["-p", prop]
-    return [*argv, "--", PYTHON, HOLDER, layout.run_id]
+    return [*argv, "--", PYTHON, NO_SITE, HOLDER, layout.run_id]
 
 
 def render_unit_file(policy: SandboxSettings, layout: RunLayout) -> str:
@@ -149,7 +152,7 @@ def render_unit_file(policy: SandboxSettings, layout: RunLayout) -> str:
     lines = ["[Unit]"]
     props = render_unit_properties(policy, layout)
     lines.append(props[0])
-    lines += ["", "[Service]", "Type=exec", f"ExecStart={PYTHON} {HOLDER} {layout.run_id}"]
+    lines += ["", "[Service]", "Type=exec", f"ExecStart={PYTHON} {NO_SITE} {HOLDER} {layout.run_id}"]
     lines += props[1:]
     return "\n".join(lines) + "\n"
 
