@@ -197,6 +197,32 @@ def test_up_restarts_a_dead_host_agent(cli: Cli, default_vm: dict[str, object]) 
     assert cli.run("ssh", "--", "true").returncode == 0
 
 
+def test_the_host_agent_serves_over_loopback_tcp_as_on_windows(
+    cli: Cli, default_vm: dict[str, object]
+) -> None:
+    # CPython has no AF_UNIX on Windows: there the agent listens on 127.0.0.1 and every
+    # connection proves a key both ways (agent/endpoint.py). Forced here, the whole path runs:
+    # up replaces the Unix-socket agent, then ssh and a sandboxed run go through the TCP one.
+    vm_dir = cli.home / "vms" / "default"
+    tcp = {"VMSBX_TEST_AGENT_TRANSPORT": "tcp"}
+    try:
+        cli.ok("up", extra_env=tcp)
+        published = vm_dir / "agent.endpoint"
+        assert not (vm_dir / "agent.sock").exists()
+        assert published.stat().st_mode & 0o777 == 0o600
+        assert set(json.loads(published.read_text())) == {"port", "key"}
+        assert cli.ok("ssh", "--", "echo", "over tcp", extra_env=tcp).stdout == b"over tcp\n"
+        done = cli.ok("run", "--", "sh", "-c", "echo sandboxed; id -u", extra_env=tcp)
+        assert done.stdout.split()[0] == b"sandboxed" and int(done.stdout.split()[1]) >= 60000
+        # A CLI on the other transport does not reach this agent, and says what to do.
+        other = cli.run("ssh", "--", "true")
+        assert other.returncode == 9 and b"vmsbx up" in other.stderr
+    finally:
+        cli.ok("up")  # the Unix socket again, for the rest of the session
+    assert (vm_dir / "agent.sock").exists() and not (vm_dir / "agent.endpoint").exists()
+    assert cli.ok("ssh", "--", "echo", "back").stdout == b"back\n"
+
+
 def test_interrupted_up_is_recovered_by_the_next_up(cli: Cli) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "vmsbx", "up", "--name", SECOND],

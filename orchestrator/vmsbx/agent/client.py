@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from vmsbx.agent import endpoint
 from vmsbx.agent.protocol import (
     AgentStatus,
     ExecRequest,
@@ -40,25 +41,26 @@ class ByteSink(Protocol):
 
 
 class AgentClient:
-    """Talks to the agent of one VM over its Unix socket."""
+    """Talks to the agent of one VM over its endpoint (agent.endpoint explains which)."""
 
     def __init__(self, vm: str) -> None:
         self.vm = vm
         self.dir = vm_dir(vm)
-        self.socket_path = self.dir / "agent.sock"
+        self.transport = endpoint.transport()
 
     def _connect(self, timeout: float | None = 5.0) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
         try:
-            sock.connect(str(self.socket_path))
+            return endpoint.connect(self.dir, self.transport, timeout)
+        except endpoint.HandshakeFailed as exc:
+            raise AgentError(
+                f"something other than the host agent of VM {self.vm!r} answers on its port ({exc})",
+                hint=f"`vmsbx up --name {self.vm}` starts a new agent on a new port",
+            ) from exc
         except OSError as exc:
-            sock.close()
             raise AgentError(
                 f"the host agent of VM {self.vm!r} is not running ({exc.strerror or exc})",
                 hint=f"`vmsbx up --name {self.vm}` starts it",
             ) from exc
-        return sock
 
     def ping(self) -> bool:
         """True if a live agent of this VM answers and runs the same code as this CLI."""

@@ -1,7 +1,8 @@
 """The host agent process: `python -m vmsbx.agent --vm NAME`.
 
 It connects to the guest once (pinned host key, the project's one retry policy), serves the CLI
-on `agent.sock`, reconnects when the link drops, and exits when the VM is gone or on request.
+on its endpoint (agent/endpoint.py: a Unix socket, or loopback TCP with a key), reconnects when
+the link drops, and exits when the VM is gone or on request.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import paramiko
 
+from vmsbx.agent import endpoint
 from vmsbx.agent.protocol import (
     AgentStatus,
     ExecRequest,
@@ -117,18 +119,11 @@ class HostAgent:
             log.error("cannot connect: %s", exc)
             self.write_status("failed", str(exc), exc.exit_code)
             return 1
-        sock_path = self.dir / "agent.sock"
-        sock_path.unlink(missing_ok=True)
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)
-        try:
-            server.bind(str(sock_path))
-        finally:
-            os.umask(old_umask)
-        server.listen(16)
+        listener = endpoint.listen(self.dir, endpoint.transport())
+        server = listener.sock
         server.settimeout(_WATCH_SECONDS)
         self.write_status("ready")
-        log.info("serving on %s", sock_path)
+        log.info("serving on %s", server.getsockname())
         # Resource samples of live runs for `vmsbx top` and reports; idle while none is live.
         self.sampler = Sampler(self.vm, runs_root(), self._run_quietly)
         threading.Thread(target=self.sampler.run_forever, name="sampler", daemon=True).start()
@@ -145,10 +140,9 @@ class HostAgent:
                         with contextlib.suppress(VmsbxError):
                             self.connection()
                     continue
-                threading.Thread(target=self._handle, args=(client,), daemon=True).start()
+                threading.Thread(target=self._admit, args=(listener, client), daemon=True).start()
         finally:
-            server.close()
-            sock_path.unlink(missing_ok=True)
+            listener.close()
             self.write_status("stopped")
             self.services.close()
             if self._conn is not None:
@@ -159,6 +153,13 @@ class HostAgent:
     def _run_quietly(self, argv: list[str], stdin: bytes) -> tuple[int, bytes]:
         result = self.connection().run(argv, stdin=stdin, timeout=10)
         return result.exit_code, result.stdout
+
+    def _admit(self, listener: endpoint.Listener, client: socket.socket) -> None:
+        if listener.admit(client):
+            self._handle(client)
+        else:
+            log.warning("refused a connection that did not prove the agent key")
+            client.close()
 
     def _handle(self, client: socket.socket) -> None:
         with client:

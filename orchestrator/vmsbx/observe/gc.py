@@ -25,8 +25,8 @@ from vmsbx.observe import fmt
 GcKind = Literal["run", "leftover", "image"]
 # Files of a VM folder that only matter while it runs, or only as history of earlier boots.
 STOPPED_VM_LEFTOVERS = (
-    "agent.sock", "agent.pid", "agent.json", "agent.log", "qmp.sock", "qemu.pid", "runtime.json",
-    "qemu.log", "serial.log.1",
+    "agent.sock", "agent.endpoint", "agent.pid", "agent.json", "agent.log", "qmp.sock", "qemu.pid",
+    "runtime.json", "qemu.log", "serial.log.1",
 )  # fmt: skip
 
 
