@@ -94,7 +94,8 @@ class AgentClient:
             time.sleep(0.05)
         if _alive(pid):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                # Windows has no SIGKILL; its os.kill with SIGTERM is TerminateProcess.
+                os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
 
     def pid(self) -> int | None:
         try:
@@ -213,14 +214,40 @@ def _pump_stdin(stdin: BinaryIO, writer: FrameWriter) -> None:
             writer.send(Frame.STDIN, chunk)
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, proc: Path = Path("/proc")) -> bool:
+    """Whether process `pid` still runs, on Linux, macOS (no /proc) and Windows."""
+    if sys.platform == "win32":
+        return _alive_windows(pid)
     with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+    except PermissionError:
+        return True  # exists, another user's
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return True  # no /proc here (macOS): kill(0) found it
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"  # a zombie has exited
+
+
+if sys.platform == "win32":
+
+    def _alive_windows(pid: int) -> bool:
+        # os.kill(pid, 0) on Windows would send CTRL_C_EVENT (0) to the process: ask the kernel.
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        try:
+            code = ctypes.c_ulong()
+            return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == 259
+        finally:  # 259: STILL_ACTIVE
+            kernel32.CloseHandle(handle)
 
 
 def ensure_agent(
