@@ -6,6 +6,8 @@
   attach ID         relays the run's session holder to stdin/stdout/stderr; exits with the
                     holder's code (which the host double-checks against `result`).
   result ID         waits for the record ExecStopPost= writes, prints it.
+  ended ID WAIT INV [CURSOR] [--manifest]
+                    result, then (--manifest) the workspace's manifest line, then the journal.
   record ID         (ExecStopPost=+) records systemd's verdict and the cgroup's peaks.
   stop ID           stops the run's unit.
   journal ID INV    the run's journal as JSON lines (trusted selectors only), after a cursor.
@@ -561,15 +563,25 @@ def result(run_id: str, wait: float) -> int:
     return 0
 
 
-def ended(run_id: str, wait: float, invocation: str, after: str | None) -> int:
-    """`result`, then the run's journal (as `journal` gives it) when it has ended: the end of a
-    run costs one guest process start instead of two. Exit codes as `result`'s."""
+def ended(run_id: str, wait: float, invocation: str, after: str | None, *, manifest: bool = False) -> int:
+    """`result`, then (with `manifest`) the run's workspace manifest as `wsync run ID manifest
+    @ws` gives it, or `null` if it cannot, as one line, then the run's journal (as `journal`
+    gives it) when it has ended: the end of a run costs one guest process start instead of three.
+    The manifest is made while journald drains the run's output. Exit codes as `result`'s."""
     if not re.fullmatch(r"[0-9a-f]{32}", invocation):
         return fail("invalid invocation id", 2)
     code = result(run_id, wait)
     if code != 0:
         return code
     sys.stdout.flush()
+    if manifest:
+        try:
+            listed = wsync_for("run", run_id, ["manifest", "@ws"]) == 0
+        except Exception as exc:  # the verdict is out: the journal must still follow
+            listed = bool(fail(f"the workspace manifest failed: {exc}") == 0)
+        if not listed:
+            print("null")  # the host asks again on its own and reports why
+        sys.stdout.flush()
     _wait_journal_drained(paths(run_id)["unit"], JOURNAL_DRAIN_SECONDS)
     return journal(run_id, invocation, after)
 
@@ -789,6 +801,8 @@ def main(argv: list[str]) -> int:
         return result(rest[0], float(rest[1]) if len(rest) > 1 else 0.0)
     if verb == "record" and len(rest) == 1:
         return record(rest[0])
+    if verb == "ended" and rest[-1:] == ["--manifest"] and len(rest) in (4, 5):
+        return ended(rest[0], float(rest[1]), rest[2], rest[3] if len(rest) == 5 else None, manifest=True)
     if verb == "ended" and len(rest) in (3, 4):
         return ended(rest[0], float(rest[1]), rest[2], rest[3] if len(rest) == 4 else None)
     if verb == "stop" and len(rest) == 1:

@@ -23,11 +23,11 @@ def _reply(entries: int) -> bytes:
 def test_any_chunking_gives_the_same_split(chunk: int) -> None:
     reply = _reply(500)
     spool = io.BytesIO()
-    sink = JournalSink(spool, None, head=True)
+    sink = JournalSink(spool, None, heads=1)
     for start in range(0, len(reply), chunk):
         sink.write(reply[start : start + chunk])
     sink.close()
-    assert sink.head == HEAD
+    assert sink.heads == [HEAD]
     assert sink.cursor == "s=abc;i=42"
     assert sink.entries == 500
     lines = spool.getvalue().splitlines()
@@ -39,14 +39,14 @@ def test_without_head_the_first_line_is_an_entry_and_a_missing_cursor_keeps_the_
     sink = JournalSink(spool, "old-cursor")
     sink.write(b'{"MESSAGE": "a"}\n{"MESSAGE": "b"}')  # no final newline
     sink.close()
-    assert sink.entries == 2 and sink.head == b""
+    assert sink.entries == 2 and sink.heads == []
     assert sink.cursor == "old-cursor"
     assert spool.getvalue() == b'{"MESSAGE": "a"}\n{"MESSAGE": "b"}\n'
 
 
 def test_only_one_line_is_ever_buffered() -> None:
     spool = io.BytesIO()
-    sink = JournalSink(spool, None, head=True)
+    sink = JournalSink(spool, None, heads=1)
     sink.write(HEAD + b"\n")
     line = b'{"MESSAGE": "' + b"x" * 1000 + b'"}\n'
     for _ in range(2000):  # ~2 MB through the sink
@@ -65,3 +65,13 @@ def test_lines_that_are_not_entries_are_dropped() -> None:
     sink.close()
     assert sink.entries == 0 and spool.getvalue() == b""
     assert sink.cursor == "c2"
+
+
+def test_two_heads_keep_the_verdict_and_the_manifest_out_of_the_journal() -> None:
+    manifest = json.dumps({"version": 1, "entries": [{"path": "a", "kind": "file"}]}).encode()
+    spool = io.BytesIO()
+    sink = JournalSink(spool, None, heads=2)
+    sink.write(_reply(3).replace(HEAD + b"\n", HEAD + b"\n" + manifest + b"\n", 1))
+    sink.close()
+    assert sink.heads == [HEAD, manifest]
+    assert sink.entries == 3 and sink.cursor == "s=abc;i=42"

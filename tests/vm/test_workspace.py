@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,32 @@ def test_a_rewrite_that_puts_the_old_mtime_back_still_comes_back(
     # instead of asking systemctl), so the run's journal is selected by the right invocation.
     stamp = project.ok("ssh", "--", "cat", f"/var/lib/vmsbx/runs/{run['id']}/started").stdout.decode()
     assert stamp.strip() == run["invocation_id"]
+
+
+def test_a_run_makes_these_guest_calls_and_no_more(
+    cli: Cli, default_vm: dict[str, object], tmp_path: Path
+) -> None:
+    # Each guest call starts a guest process over SSH (0.5-1.5 s under TCG): the sequence is
+    # the run overhead, so it is pinned here. The workspace manifest after the run comes back
+    # inside `ended` (no `wsync run … manifest` of its own); nothing changed, so no `pack`.
+    project = _project(cli, tmp_path)
+    project.ok("run", "--", "true")  # the first sync and the policy's score happen here
+    trace = Path(__file__).resolve().parents[2] / "benchmarks" / "trace_calls.py"
+    done = subprocess.run(
+        [sys.executable, str(trace), "run", "--", "true"],
+        env=project.env, cwd=project.cwd, capture_output=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    calls = [
+        " ".join(line.split()[3:5])
+        for line in done.stderr.decode().splitlines()
+        if line.startswith("trace:") and " in " not in line
+    ]
+    assert calls == [
+        "guest wsync", "agent run_register", "guest launch", "guest attach", "guest ended",
+        "agent run_unregister", "guest release",
+    ]  # fmt: skip
+    assert "changed nothing" in done.stderr.decode()
 
 
 def test_each_run_gets_its_own_workspace_cap(cli: Cli, default_vm: dict[str, object], tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from vmsbx.agent.client import AgentClient, ByteSink
@@ -80,27 +81,36 @@ class GuestControl:
         return out.strip() in (b"active", b"activating", b"deactivating", b"reloading")
 
     def ended(
-        self, run_id: str, invocation_id: str, after: str | None, *, wait: float, spool: BinaryIO
-    ) -> tuple[GuestResult | None, int, str | None]:
-        """`result` and, once the run has ended, `journal` from `after`, in one guest call:
-        (verdict or None if not ended within `wait`, how many new journal entries went to
-        `spool` as lines, cursor). The journal streams to `spool`: a run that printed 100,000
-        lines must not sit in memory."""
+        self,
+        run_id: str,
+        invocation_id: str,
+        after: str | None,
+        *,
+        wait: float,
+        spool: BinaryIO,
+        manifest: bool = False,
+    ) -> Ended | None:
+        """`result`, with `manifest` the run's workspace manifest, and `journal` from `after`,
+        in one guest call; None if the run did not end within `wait`. The journal streams to
+        `spool`: a run that printed 100,000 lines must not sit in memory."""
         argv = [*GUEST, "ended", run_id, str(wait), invocation_id]
         if after:
             argv.append(after)
-        out, err = JournalSink(spool, after, head=True), io.BytesIO()
+        if manifest:
+            argv.append("--manifest")
+        out, err = JournalSink(spool, after, heads=2 if manifest else 1), io.BytesIO()
         code = self.client.exec(argv, stdin=None, stdout=out, stderr=err)
         out.close()
         if code == 3:
-            return None, 0, after
+            return None
         if code != 0:
             raise TransportError(
                 "could not read the run's result: "
                 + strip_control(err.getvalue().decode(errors="replace")).strip(),
                 hint="`vmsbx runs` shows what vmsbx recorded",
             )
-        return GuestResult.model_validate_json(out.head), out.entries, out.cursor
+        listed = out.heads[1] if len(out.heads) > 1 and out.heads[1] != b"null" else None
+        return Ended(GuestResult.model_validate_json(out.heads[0]), out.entries, out.cursor, listed)
 
     def release(self, run_id: str) -> None:
         """Free an ended run's workspace and tmpfs in the guest (its record stays)."""
@@ -138,17 +148,27 @@ class GuestControl:
         return float(json.loads(out)["exposure"])
 
 
+@dataclass(frozen=True)
+class Ended:
+    """What `GuestControl.ended` brings back besides the journal it spooled."""
+
+    result: GuestResult
+    entries: int  # new journal entries, written to the spool
+    cursor: str | None
+    manifest: bytes | None  # the workspace manifest's JSON, when asked for and made
+
+
 class JournalSink:
     """`journalctl -o json --show-cursor` output as it arrives: entries go to `spool` one line
-    each, the cursor is kept, and with `head` the first line (the verdict) too. At most one
-    line is held in memory (a journal line is capped by journald's own line limit)."""
+    each, the cursor is kept, and the first `heads` lines (the verdict, the manifest) too. At
+    most one line is held in memory (a journal line is capped by journald's own line limit)."""
 
-    def __init__(self, spool: BinaryIO, after: str | None, *, head: bool = False) -> None:
+    def __init__(self, spool: BinaryIO, after: str | None, *, heads: int = 0) -> None:
         self.spool = spool
         self.cursor = after
         self.entries = 0
-        self.head = b""
-        self._want_head = head
+        self.heads: list[bytes] = []
+        self._want_heads = heads
         self._partial = bytearray()
 
     def write(self, data: bytes, /) -> int:
@@ -171,8 +191,8 @@ class JournalSink:
         self.flush()
 
     def _line(self, line: bytes) -> None:
-        if self._want_head:
-            self.head, self._want_head = line, False
+        if len(self.heads) < self._want_heads:
+            self.heads.append(line)
         elif line.startswith(b"-- cursor: "):
             self.cursor = line[len(b"-- cursor: ") :].decode(errors="replace").strip()
         elif line.startswith(b"{"):

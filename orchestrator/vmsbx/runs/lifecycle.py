@@ -434,14 +434,22 @@ def finish(
     # journal streams into a spool file, appended to journal.jsonl once the verdict is recorded.
     spool_path = records.run_dir(record.id) / "journal.spool"
     cursor: str | None = None
+    listed: bytes | None = None  # the workspace's manifest, made in the same guest call
     code = SANDBOX_FAILED
     # Unlinked whatever happens: until the cursor is saved, a later pull fetches the same entries.
     try:
         with spool_path.open("w+b") as spool:
             if record.invocation_id:
-                result, _count, cursor = guest.ended(
-                    record.id, record.invocation_id, record.journal_cursor, wait=wait, spool=spool
+                end = guest.ended(
+                    record.id,
+                    record.invocation_id,
+                    record.journal_cursor,
+                    wait=wait,
+                    spool=spool,
+                    manifest=_wants_changes(record),
                 )
+                result = end.result if end else None
+                cursor, listed = (end.cursor, end.manifest) if end else (None, None)
             else:
                 result = guest.result(record.id, wait=wait)
             _record_api_use(record, guest)
@@ -452,8 +460,12 @@ def finish(
         spool_path.unlink(missing_ok=True)
     if result is None:
         return _record_lost(record, guest, wait)
-    _collect_changes(record, guest, quiet=quiet)
+    _collect_changes(record, guest, quiet=quiet, listed=listed)
     return code
+
+
+def _wants_changes(record: RunRecord) -> bool:
+    return record.changes == "pending" and bool(record.project)
 
 
 def _record_lost(record: RunRecord, guest: GuestControl, wait: float) -> int:
@@ -503,14 +515,19 @@ def _record_ended(
     return code
 
 
-def _collect_changes(record: RunRecord, guest: GuestControl, *, quiet: bool) -> None:
+def _collect_changes(
+    record: RunRecord, guest: GuestControl, *, quiet: bool, listed: bytes | None = None
+) -> None:
     """Bring the agent's changes to the run's folder (not the project), then free the guest's
-    hold on the workspace. If that fails, the hold stays so that nothing is lost."""
-    if record.changes != "pending" or not record.project:
+    hold on the workspace. If that fails, the hold stays so that nothing is lost. `listed`: the
+    workspace's manifest if `ended` already brought it."""
+    if not _wants_changes(record) or not record.project:
         guest.release(record.id)
         return
     try:
-        collected = workspace.collect(record.id, records.run_dir(record.id), guest, Path(record.project))
+        collected = workspace.collect(
+            record.id, records.run_dir(record.id), guest, Path(record.project), listed=listed
+        )
     except VmsbxError as exc:
         record.changes = "failed"
         record.reason = (record.reason or "") + f"; changes not collected: {exc.message}"

@@ -30,7 +30,7 @@ from vmsbx.sync.changeset import Changeset
 from vmsbx.sync.delta import SyncPlan, plan_sync
 from vmsbx.sync.driver import collect as driver_collect
 from vmsbx.sync.driver import guest_manifest, load_manifest, save_manifest
-from vmsbx.sync.manifest import ExcludedItem, Scan, scan
+from vmsbx.sync.manifest import ExcludedItem, Manifest, Scan, scan
 from vmsbx.sync.rules import exclude_rules
 from vmsbx.sync.stream import write_stream
 from vmsbx.textsafe import strip_control
@@ -122,11 +122,21 @@ class Collected:
     problems: tuple[str, ...]
 
 
-def collect(run_id: str, run_folder: Path, guest: GuestControl, project: Path) -> Collected:
-    """After the run: the changeset, the new contents and the agent's commits, on the host."""
+def collect(
+    run_id: str, run_folder: Path, guest: GuestControl, project: Path, *, listed: bytes | None = None
+) -> Collected:
+    """After the run: the changeset, the new contents and the agent's commits, on the host.
+    `listed`: the workspace's manifest as the guest already sent it (else it is asked for)."""
     changes = ensure_private_dir(run_folder / "changes")
     base = load_manifest(changes / "base.json")
-    got = driver_collect(guest.client, base, "@ws", changes, wsync=[*GUEST, "wsync", "run", run_id])
+    got = driver_collect(
+        guest.client,
+        base,
+        "@ws",
+        changes,
+        wsync=[*GUEST, "wsync", "run", run_id],
+        listed=Manifest.from_json(listed) if listed is not None else None,
+    )
     problems = [f"{strip_control(name)}: {why}" for name, why in (*got.received.rejected, *got.pack_problems)]
     problems += [f"{strip_control(name)}: did not arrive" for name in got.received.missing]
     bundle = _collect_bundle(run_id, changes, guest, project, got.changeset, problems)

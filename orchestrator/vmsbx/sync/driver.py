@@ -140,13 +140,17 @@ def collect(
     *,
     max_bytes: int = blobs_module.DEFAULT_MAX_BYTES,
     wsync: Sequence[str] = WSYNC_ARGV,
+    listed: Manifest | None = None,
 ) -> Collected:
     """After a run: compute the changeset against `base`, fetch the changed files' contents.
 
     Writes changes_dir/changeset.json and changes_dir/blobs/<sha256>. Call it only once the
-    run's unit has stopped (nothing may write the workspace meanwhile).
+    run's unit has stopped (nothing may write the workspace meanwhile). `listed` is the
+    workspace's manifest if the caller already has it (one guest call fewer).
     """
-    changeset = compute(base, guest_manifest(channel, workspace, wsync=wsync))
+    changeset = compute(
+        base, listed if listed is not None else guest_manifest(channel, workspace, wsync=wsync)
+    )
     changes_dir.mkdir(parents=True, exist_ok=True)
     changeset_module.save(changeset, changes_dir / "changeset.json")
     wanted = blobs_module.wanted_paths(changeset)
