@@ -578,7 +578,8 @@ def ended(run_id: str, wait: float, invocation: str, after: str | None, *, manif
         try:
             listed = wsync_for("run", run_id, ["manifest", "@ws"]) == 0
         except Exception as exc:  # the verdict is out: the journal must still follow
-            listed = bool(fail(f"the workspace manifest failed: {exc}") == 0)
+            fail(f"the workspace manifest failed: {exc}")
+            listed = False
         if not listed:
             print("null")  # the host asks again on its own and reports why
         sys.stdout.flush()

@@ -142,8 +142,17 @@ def cached_digest(cached: object, key: list[object], stable_before: int | None) 
 
 
 def scan(
-    root_fd: int, cache: dict[str, list[object]], purge: bool = False, stable_before: int | None = None
+    root_fd: int,
+    cache: dict[str, list[object]],
+    purge: bool = False,
+    stable_before: int | None = None,
+    *,
+    read: bool = True,
+    known: dict[str, str] | None = None,
 ) -> tuple[list[dict[str, object]], dict[str, list[object]]]:
+    """The manifest entries of the tree and the fresh hash cache. `known`: digests of files
+    just written and checked; with `read` False no file is read, so a file neither known nor
+    vouched for by the cache is left out of the fresh cache (its entry is then meaningless)."""
     entries: list[dict[str, object]] = []
     fresh: dict[str, list[object]] = {}
 
@@ -177,7 +186,9 @@ def scan(
             elif stat.S_ISREG(st.st_mode):
                 # ctime cannot be set by an unprivileged process, mtime can: key on both.
                 key: list[object] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-                digest = cached_digest(cache.get(path), key, stable_before)
+                digest = (known or {}).get(path) or cached_digest(cache.get(path), key, stable_before)
+                if digest is None and not read:
+                    continue
                 if digest is None:
                     digest = hash_file(dir_fd, item.name, st)
                 if not isinstance(digest, str):
@@ -233,29 +244,9 @@ def revalidate_cache(root: str, cache_path: str, written: dict[str, str]) -> int
     before a run's unit starts, with nothing else writing the workspace: from here until the
     run's `stable_before` stamp, only root (systemd's chown) touches it. No file is read.
     Returns the number of entries kept."""
-    cache = load_cache(cache_path)
-    fresh: dict[str, list[object]] = {}
-
-    def walk(dir_fd: int, prefix: str, depth: int) -> None:
-        with os.scandir(dir_fd) as listing:
-            for item in listing:
-                st = item.stat(follow_symlinks=False)
-                path = prefix + item.name
-                if stat.S_ISDIR(st.st_mode) and depth < MAX_DEPTH:
-                    child = os.open(item.name, DIR_FLAGS, dir_fd=dir_fd)
-                    try:
-                        walk(child, path + "/", depth + 1)
-                    finally:
-                        os.close(child)
-                elif stat.S_ISREG(st.st_mode):
-                    key: list[object] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-                    digest = written.get(path) or cached_digest(cache.get(path), key, None)
-                    if digest is not None:
-                        fresh[path] = [*key, digest]
-
     root_fd = open_root(root)
     try:
-        walk(root_fd, "", 0)
+        _entries, fresh = scan(root_fd, load_cache(cache_path), read=False, known=written)
     finally:
         os.close(root_fd)
     save_cache(cache_path, fresh)

@@ -110,7 +110,7 @@ class GuestControl:
                 hint="`vmsbx runs` shows what vmsbx recorded",
             )
         listed = out.heads[1] if len(out.heads) > 1 and out.heads[1] != b"null" else None
-        return Ended(GuestResult.model_validate_json(out.heads[0]), out.entries, out.cursor, listed)
+        return Ended(GuestResult.model_validate_json(out.heads[0]), out.cursor, listed)
 
     def release(self, run_id: str) -> None:
         """Free an ended run's workspace and tmpfs in the guest (its record stays)."""
@@ -153,7 +153,6 @@ class Ended:
     """What `GuestControl.ended` brings back besides the journal it spooled."""
 
     result: GuestResult
-    entries: int  # new journal entries, written to the spool
     cursor: str | None
     manifest: bytes | None  # the workspace manifest's JSON, when asked for and made
 

@@ -521,12 +521,13 @@ def _collect_changes(
     """Bring the agent's changes to the run's folder (not the project), then free the guest's
     hold on the workspace. If that fails, the hold stays so that nothing is lost. `listed`: the
     workspace's manifest if `ended` already brought it."""
-    if not _wants_changes(record) or not record.project:
+    project = record.project if _wants_changes(record) else None
+    if not project:
         guest.release(record.id)
         return
     try:
         collected = workspace.collect(
-            record.id, records.run_dir(record.id), guest, Path(record.project), listed=listed
+            record.id, records.run_dir(record.id), guest, Path(project), listed=listed
         )
     except VmsbxError as exc:
         record.changes = "failed"
