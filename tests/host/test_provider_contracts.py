@@ -39,6 +39,10 @@ class Env:
         )
         self.vars.pop("WSL_UTF8", None)
         self.vars.pop("VMSBX_TEST_FAKE_FAIL", None)
+        # No image build here: a folder shaped like `vmsbx image lima` output (the fake limactl
+        # boots nothing without VMSBX_TEST_FAKE_LIMA_BOOT). tests/vm/test_lima_image.py boots the real one.
+        self.lima_image = stub_lima_image(root / "lima-image")
+        self.vars["VMSBX_VM_LIMA_IMAGE"] = str(self.lima_image)
 
     def vmsbx(self, *args: str, fail: str = "", **extra: str) -> subprocess.CompletedProcess[str]:
         env = dict(self.vars, VMSBX_TEST_FAKE_FAIL=fail, **extra)
@@ -55,6 +59,20 @@ class Env:
     def calls(self, tool: str) -> list[list[str]]:
         path = self.state / tool / "calls.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def stub_lima_image(folder: Path, name: str = "bookworm-lima") -> Path:
+    from vmsbx.providers.image import ImageInfo, load_recipe
+
+    folder.mkdir()
+    for filename, content in (("disk.qcow2", b"QFI\xfb disk"), ("vmlinuz", b"kernel"), ("initrd", b"initrd")):
+        (folder / filename).write_bytes(content)
+    info = ImageInfo(
+        name=name, recipe_hash="0" * 16, built_at="2026-11-27T00:00:00+00:00",
+        recipe=load_recipe("bookworm-lima"), kernel_release="6.1.0-1-amd64", directory=folder,
+    )  # fmt: skip
+    (folder / "image.json").write_text(info.model_dump_json())
+    return folder
 
 
 @pytest.fixture
@@ -92,6 +110,42 @@ def test_lima_lifecycle_through_the_cli(env: Env) -> None:
     assert env.vmsbx("destroy", "-y", "--name", "l1").returncode == 0
     assert not (env.lima_home / "vmsbx-l1").exists() and env.status() == {}
     assert env.vmsbx("destroy", "-y", "--name", "l1").returncode == 0  # already gone: fine
+
+
+def test_lima_instance_file_boots_the_configured_vmsbx_image_pinned_by_sha256(env: Env) -> None:
+    import hashlib
+
+    import yaml
+
+    _waited_for_ssh(env.vmsbx("up", "--provider", "lima", "--name", "li"))
+    config = yaml.safe_load((env.lima_home / "vmsbx-li" / "lima.yaml").read_text())
+    (image,) = config["images"]
+    for entry, filename in ((image, "disk.qcow2"), (image["kernel"], "vmlinuz"), (image["initrd"], "initrd")):
+        path = env.lima_image / filename
+        assert entry["location"] == str(path) and entry["arch"] == config["arch"] == "x86_64"
+        assert entry["digest"] == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    assert config["mounts"] == [] and config["plain"] is True
+
+
+@pytest.mark.parametrize("damage", ["missing-file", "not-lima", "no-record"])
+def test_lima_refuses_a_bad_image_folder_before_creating_anything(env: Env, damage: str) -> None:
+    folder = stub_lima_image(env.root / "bad", name="bookworm" if damage == "not-lima" else "bookworm-lima")
+    if damage == "missing-file":
+        (folder / "initrd").unlink()
+    if damage == "no-record":
+        (folder / "image.json").unlink()
+    done = env.vmsbx("up", "--provider", "lima", "--name", "lb", VMSBX_VM_LIMA_IMAGE=str(folder))
+    assert done.returncode == 4 and "vm.lima_image" in done.stderr and "vmsbx image lima" in done.stderr
+    expected = {"missing-file": "missing", "not-lima": "no cloud-init", "no-record": "cannot read"}[damage]
+    assert expected in done.stderr
+    assert not any("create" in call for call in env.calls("limactl"))
+
+
+def test_a_project_cannot_choose_the_lima_image(env: Env) -> None:
+    (env.root / "vmsbx.toml").write_text(f'[vm]\nlima_image = "{env.root}"\n')
+    done = env.vmsbx("up", "--provider", "lima", "--name", "lp")
+    assert done.returncode == 2 and "vm.lima_image" in done.stderr
+    assert env.calls("limactl") == []
 
 
 def test_lima_refusing_root_is_said_plainly(env: Env) -> None:
@@ -224,6 +278,13 @@ def test_doctor_reports_every_provider(env: Env) -> None:
     for name in ("qemu", "lima", "multipass", "wsl2", "ssh"):
         assert f"provider {name}" in rows
     assert rows["provider lima"]["provider"]["version"] == "2.2.0" and rows["provider lima"]["ok"]
+    # The image prerequisite: which folder a new Lima VM would boot (on a Mac, the one copied over).
+    assert rows["provider lima"]["provider"]["notes"] == [
+        f"image bookworm-lima built 2026-11-27T00:00:00+00:00 (x86_64) from {env.lima_image}"
+    ]
+    unset = env.vmsbx("doctor", "--json", VMSBX_VM_LIMA_IMAGE=str(env.root / "nowhere"))
+    notes = {row["check"]: row for row in json.loads(unset.stdout)}["provider lima"]["provider"]["notes"]
+    assert "not a folder written by `vmsbx image lima`" in notes[0]
     assert rows["provider multipass"]["provider"]["version"] == "1.16.3"
     assert rows["provider wsl2"]["provider"]["version"] == "2.5.7"
     assert rows["provider qemu"]["optional"] is False  # what auto picks on Linux decides the exit code

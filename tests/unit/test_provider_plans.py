@@ -15,7 +15,7 @@ import pytest
 import yaml
 from test_argv_golden import assert_matches_golden
 
-from vmsbx.errors import ProviderError
+from vmsbx.errors import ProviderError, UsageError
 from vmsbx.paths import data_dir
 from vmsbx.providers import (
     AUTO_ORDER,
@@ -29,9 +29,10 @@ from vmsbx.providers import (
 from vmsbx.providers.guest_setup import heredoc, render_stock_sshd_setup, render_wsl_setup
 from vmsbx.providers.guestkeys import VMKeys
 from vmsbx.providers.hosttool import ToolResult, decode_tool_text, parse_version
+from vmsbx.providers.image import load_recipe, recipe_hash, render_mmdebstrap_argv, resolve_recipe
 from vmsbx.providers.lima import parse_list_json
 from vmsbx.providers.lima_ssh_config import parse_lima_ssh_config
-from vmsbx.providers.lima_template import render_lima_yaml
+from vmsbx.providers.lima_template import LimaImage, render_lima_yaml
 from vmsbx.providers.multipass import parse_info_json
 from vmsbx.providers.multipass_template import render_user_data
 from vmsbx.providers.wsl2 import parse_list_verbose, wsl_error_code
@@ -114,10 +115,18 @@ def test_wsl2_argv_golden() -> None:
 # -- templates ------------------------------------------------------------------------------------
 
 
+IMAGE = LimaImage(
+    arch="x86_64",
+    disk=Path("/img/disk.qcow2"), disk_sha256="a" * 64,
+    kernel=Path("/img/vmlinuz"), kernel_sha256="b" * 64,
+    initrd=Path("/img/initrd"), initrd_sha256="c" * 64,
+)  # fmt: skip
+
+
 def test_lima_template_is_hardened_and_rendered_values_stay_in_their_fields() -> None:
     template = (TEMPLATES / "lima" / "vmsbx.yaml").read_text()
     base = yaml.safe_load(template)
-    known = {"images", "plain", "mounts", "portForwards", "containerd", "ssh", "propagateProxyEnv", "rosetta"}
+    known = {"plain", "mounts", "portForwards", "containerd", "ssh", "propagateProxyEnv", "rosetta"}
     assert set(base) <= known, f"unexpected Lima keys: {set(base) - known}"
     assert base["plain"] is True and base["mounts"] == []
     assert {"guestIP": "0.0.0.0", "guestPortRange": [1, 65535], "proto": "any", "ignore": True} in base[
@@ -125,17 +134,52 @@ def test_lima_template_is_hardened_and_rendered_values_stay_in_their_fields() ->
     ]
     assert base["ssh"]["loadDotSSHPubKeys"] is False and base["ssh"]["forwardAgent"] is False
     assert base["containerd"] == {"system": False, "user": False} and base["propagateProxyEnv"] is False
-    assert {image["arch"] for image in base["images"]} == {"x86_64", "aarch64"}
+    assert "http" not in template  # nothing is downloaded: the image is vmsbx's own local build
     script = render_stock_sshd_setup(KEYS)
     rendered = render_lima_yaml(
-        template, cpus=2, memory_bytes=4 << 30, disk_bytes=20 << 30, setup_script=script
+        template, image=IMAGE, cpus=2, memory_bytes=4 << 30, disk_bytes=20 << 30, setup_script=script
     )
     parsed = yaml.safe_load(rendered)
     assert (parsed["cpus"], parsed["memory"], parsed["disk"]) == (2, "4GiB", "20GiB")
     assert parsed["provision"] == [{"mode": "system", "script": script}]
     assert parsed["mounts"] == [] and parsed["plain"] is True
-    with pytest.raises(ValueError, match="must not set 'provision'"):
-        render_lima_yaml(template + "provision: []\n", cpus=1, memory_bytes=1, disk_bytes=1, setup_script="")
+    assert parsed["arch"] == "x86_64"
+    assert parsed["images"] == [
+        {
+            "location": "/img/disk.qcow2", "arch": "x86_64", "digest": "sha256:" + "a" * 64,
+            "kernel": {"location": "/img/vmlinuz", "arch": "x86_64", "digest": "sha256:" + "b" * 64,
+                       "cmdline": "root=/dev/vda rw console=hvc0 console=ttyS0 panic=-1"},
+            "initrd": {"location": "/img/initrd", "arch": "x86_64", "digest": "sha256:" + "c" * 64},
+        }
+    ]  # fmt: skip
+    for key in ("provision", "images", "arch"):
+        with pytest.raises(ValueError, match=f"must not set '{key}'"):
+            render_lima_yaml(
+                template + f"{key}: []\n", image=IMAGE, cpus=1, memory_bytes=1, disk_bytes=1, setup_script=""
+            )
+
+
+def test_the_lima_recipe_is_the_bookworm_recipe_plus_what_limas_boot_needs() -> None:
+    base, variant = load_recipe("bookworm"), load_recipe("bookworm-lima")
+    assert variant.packages[: len(base.packages)] == base.packages
+    assert variant.packages[len(base.packages) :] == ("cloud-init", "sudo")
+    assert variant.hooks == (*base.hooks, "customize-lima.sh")
+    assert (variant.suite, variant.variant, variant.sources) == (base.suite, base.variant, base.sources)
+    assert recipe_hash(variant) != recipe_hash(base)
+    hooks = [arg for arg in render_mmdebstrap_argv(variant, Path("/t")) if arg.startswith("--customize-hook")]
+    assert [hook.split("/")[-1] for hook in hooks] == ['customize.sh "$1"', 'customize-lima.sh "$1"']
+    table: dict[str, dict[str, object]] = {
+        "a": {"suite": "x", "variant": "v", "disk_size": "1G", "sources": [], "packages": ["p"]},
+        "b": {"extends": "a", "add_packages": ["q"]},
+        "c": {"extends": "b"},
+        "d": {"add_packages": ["q"]},
+    }
+    assert resolve_recipe(table, "b").packages == ("p", "q")
+    for bad in ("c", "d"):  # a chain of variants, or additions to nothing
+        with pytest.raises(UsageError):
+            resolve_recipe(table, bad)
+    cloud_cfg = (TEMPLATES / "qemu" / "customize-lima.sh").read_text()
+    assert "datasource_list: [NoCloud]" in cloud_cfg  # never a network metadata service
 
 
 def test_cloud_init_keeps_the_default_user_and_carries_the_pinned_keys() -> None:
@@ -286,3 +330,17 @@ def test_auto_picks_the_first_usable_provider_of_the_platform() -> None:
     assert choose_auto(AUTO_ORDER["darwin"], lambda name: True) == "lima"
     # none usable: the platform default, whose probe names the install command
     assert choose_auto(AUTO_ORDER["win32"], lambda name: False) == "wsl2"
+
+
+def test_off_linux_the_lima_image_is_built_on_linux_and_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from vmsbx.providers.lima_image import lima_recipe_name, resolve_lima_image
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with pytest.raises(ProviderError) as caught:
+        resolve_lima_image("bookworm", None, lambda _message: None)
+    assert "sudo vmsbx image lima" in str(caught.value.hint) and "vm.lima_image" in str(caught.value.hint)
+    assert lima_recipe_name("bookworm") == "bookworm-lima"
+    with pytest.raises(UsageError, match="no image for trixie"):
+        lima_recipe_name("trixie")

@@ -93,7 +93,7 @@ def _inventory() -> Inventory:
     from vmsbx.paths import cache_root, state_root
     from vmsbx.providers import existing_provider_name, get_provider
     from vmsbx.providers.base import VMState
-    from vmsbx.providers.image import load_recipe, recipe_hash, templates_dir
+    from vmsbx.providers.image import load_recipe, recipe_hash, recipe_names
     from vmsbx.providers.qemu import QemuVMRecord, list_vm_names
     from vmsbx.runs.record import runs_root
 
@@ -108,10 +108,8 @@ def _inventory() -> Inventory:
             continue
         if state is VMState.STOPPED:
             stopped.append(vm)
-    import tomllib
-
     families = set()
-    for name in tomllib.loads((templates_dir() / "recipe.toml").read_text()):
+    for name in recipe_names():
         recipe = load_recipe(name)
         families.add(f"{recipe.name}-{recipe_hash(recipe)}")
     return garbage.Inventory(

@@ -11,20 +11,17 @@ from vmsbx.cli.common import json_option, print_json, progress
 
 @click.group("image")
 def command() -> None:
-    """List or rebuild the cached base images (qemu provider)."""
+    """List, rebuild or export the cached base images (qemu provider; lima and wsl2 exports)."""
 
 
 @command.command("list")
 @json_option
 def list_images(as_json: bool) -> None:
     """Show each image: recipe hash, when it was built, its kernel."""
-    import tomllib
+    from vmsbx.providers.image import current_image, image_record, load_recipe, recipe_names
 
-    from vmsbx.providers.image import current_image, image_record, load_recipe, templates_dir
-
-    names = sorted(tomllib.loads((templates_dir() / "recipe.toml").read_text()))
     rows = []
-    for name in names:
+    for name in recipe_names():
         info = current_image(load_recipe(name))
         rows.append(image_record(info) if info else {"name": name, "built_at": None})
     if as_json:
@@ -33,12 +30,17 @@ def list_images(as_json: bool) -> None:
     for row in rows:
         built = row.get("built_at") or "not built"
         click.echo(
-            f"{row['name']:10} {row.get('recipe_hash', '-'):16} {built:25} {row.get('kernel_release', '')}"
+            f"{row['name']:14} {row.get('recipe_hash', '-'):16} {built:25} {row.get('kernel_release', '')}"
         )
 
 
 @command.command("rebuild")
-@click.option("--image", default="bookworm", type=click.Choice(["bookworm", "trixie"]), help="Which image.")
+@click.option(
+    "--image",
+    default="bookworm",
+    type=click.Choice(["bookworm", "trixie", "bookworm-lima"]),
+    help="Which image.",
+)
 def rebuild(image: str) -> None:
     """Build the image again from its recipe (picks up security updates).
 
@@ -75,3 +77,32 @@ def rootfs(image: str, out: Path | None) -> None:
     size_mb = written.stat().st_size / 1e6
     click.echo(f"wrote {written} ({size_mb:.0f} MB) from the {image} build of {info.built_at}")
     click.echo("next: copy it to the Windows host, set vm.wsl_rootfs to its path there, `vmsbx up`")
+
+
+@command.command("lima")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder to write (must not exist; default: ./vmsbx-bookworm-lima).",
+)
+def lima(out: Path | None) -> None:
+    """Write the lima provider's guest image to a folder, to copy to a Mac (Linux host).
+
+    The qemu provider's Debian build plus cloud-init and sudo for Lima's boot, with its kernel
+    and initrd. On the Mac, set vm.lima_image to the copied folder, then `vmsbx up --provider lima`.
+    On a Linux host the lima provider builds this image itself; no export is needed there.
+    """
+    from vmsbx.providers.image import ensure_image, load_recipe
+    from vmsbx.providers.lima_image import export_lima_image, lima_recipe_name
+
+    name = lima_recipe_name("bookworm")
+    target = out or Path(f"vmsbx-{name}")
+    with progress(f"writing the Lima image {name}") as report:
+        info = ensure_image(load_recipe(name), report)
+        written = export_lima_image(info, target, report)
+    size_mb = sum(path.stat().st_size for path in written.iterdir()) / 1e6
+    click.echo(f"wrote {written} ({size_mb:.0f} MB) from the {name} build of {info.built_at} ({info.arch})")
+    click.echo(
+        "next: copy the folder to the Mac, set vm.lima_image to its path there, `vmsbx up --provider lima`"
+    )

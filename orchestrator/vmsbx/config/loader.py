@@ -552,6 +552,7 @@ _PROJECT_RULES: dict[str, _Rule] = {
     "vm.ssh_key": _TrustedOnly("it names a key file on your host"),
     "vm.ssh_host_key": _TrustedOnly("it decides which host key vmsbx trusts"),
     "vm.wsl_rootfs": _TrustedOnly("it chooses the system vmsbx imports as the VM"),
+    "vm.lima_image": _TrustedOnly("it chooses the system Lima boots as the VM"),
     "sandbox.mode": _Unchanged("it switches the sandbox implementation"),
     "sandbox.network": _Narrower(NETWORK_ORDER),
     "sandbox.memory_max": _AtMost(),

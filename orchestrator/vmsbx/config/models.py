@@ -229,6 +229,10 @@ class VMSettings(_Section):
     wsl_rootfs: HostPath | None = Field(
         default=None, description="wsl2 provider: vmsbx's Debian root filesystem tar to import."
     )
+    lima_image: HostPath | None = Field(
+        default=None,
+        description="lima provider: folder written by `vmsbx image lima` (on Linux vmsbx builds it itself).",
+    )
 
 
 class SandboxSettings(_Section):

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import platform
 import shlex
 import shutil
 import subprocess
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +37,9 @@ class ImageRecipe(BaseModel):
     disk_size: str = Field(description="Size of the root filesystem, e.g. 8G.")
     sources: tuple[str, ...] = Field(description="APT source lines used to bootstrap.")
     packages: tuple[str, ...] = Field(description="Packages installed on top of the variant.")
+    hooks: tuple[str, ...] = Field(
+        default=("customize.sh",), description="customize hooks (in vm-templates/qemu), run in order."
+    )
 
 
 class ImageInfo(BaseModel):
@@ -46,6 +51,9 @@ class ImageInfo(BaseModel):
     built_at: str = Field(description="UTC ISO time the build finished.")
     recipe: ImageRecipe
     kernel_release: str
+    # Builds run natively (mmdebstrap on the build host): the host's arch. Absent from records
+    # written before it was kept, all of which were built on x86_64.
+    arch: Literal["x86_64", "aarch64"] = "x86_64"
     directory: Path
 
     @property
@@ -65,17 +73,47 @@ def templates_dir() -> Path:
     return data_dir() / "vm-templates" / "qemu"
 
 
+def recipe_names() -> list[str]:
+    return sorted(tomllib.loads((templates_dir() / "recipe.toml").read_text()))
+
+
 def load_recipe(name: str) -> ImageRecipe:
     table = tomllib.loads((templates_dir() / "recipe.toml").read_text())
+    return resolve_recipe(table, name)
+
+
+def resolve_recipe(table: dict[str, dict[str, object]], name: str) -> ImageRecipe:
+    """The recipe `name` with its `extends` applied: the base's fields, plus `add_packages` and
+    `add_hooks` (a variant can only add to its base, so it runs everything the base's walls need)."""
     if name not in table:
         raise UsageError(f"unknown image {name!r}", hint=f"choose one of: {', '.join(sorted(table))}")
-    return ImageRecipe(name=name, **table[name])
+    entry = dict(table[name])
+    base_name = entry.pop("extends", None)
+    add_packages = tuple(_strings(entry.pop("add_packages", ())))
+    add_hooks = tuple(_strings(entry.pop("add_hooks", ())))
+    if base_name is None:
+        if add_packages or add_hooks:
+            raise UsageError(f"image {name!r} adds packages or hooks but extends nothing")
+        return ImageRecipe.model_validate({"name": name, **entry})
+    if not isinstance(base_name, str) or base_name == name or "extends" in table.get(base_name, {}):
+        raise UsageError(f"image {name!r} must extend one plain image of recipe.toml")
+    base = resolve_recipe(table, base_name).model_dump()
+    base.update(entry, name=name)
+    base["packages"] = (*base["packages"], *add_packages)
+    base["hooks"] = (*base["hooks"], *add_hooks)
+    return ImageRecipe.model_validate(base)
+
+
+def _strings(value: object) -> list[str]:
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise UsageError(f"expected a list of strings in recipe.toml, got {value!r}")
+    return list(value)
 
 
 def recipe_hash(recipe: ImageRecipe) -> str:
     """Hash of the recipe and of every file the build runs: any change means a new image."""
     digest = hashlib.sha256(recipe.model_dump_json().encode())
-    for script in ("customize.sh", "load-keys.sh"):
+    for script in (*recipe.hooks, "load-keys.sh"):
         digest.update(script.encode() + b"\0" + (templates_dir() / script).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -86,8 +124,11 @@ def render_mmdebstrap_argv(recipe: ImageRecipe, target: Path) -> list[str]:
         "mmdebstrap",
         f"--variant={recipe.variant}",
         "--include=" + ",".join(recipe.packages),
-        # Run through sh so the hook needs no executable bit once installed from a wheel.
-        "--customize-hook=sh " + shlex.quote(str(templates_dir() / "customize.sh")) + ' "$1"',
+        # Run through sh so the hooks need no executable bit once installed from a wheel.
+        *(
+            "--customize-hook=sh " + shlex.quote(str(templates_dir() / hook)) + ' "$1"'
+            for hook in recipe.hooks
+        ),
         recipe.suite,
         str(target),
         *recipe.sources,
@@ -173,6 +214,7 @@ def _build(recipe: ImageRecipe, family: Path, progress: Progress) -> ImageInfo:
             built_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             recipe=recipe,
             kernel_release=kernel_release,
+            arch=host_arch(),
             directory=family / stamp,
         )
         (work / "image.json").write_text(info.model_dump_json(indent=2))
@@ -184,6 +226,18 @@ def _build(recipe: ImageRecipe, family: Path, progress: Progress) -> ImageInfo:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+def host_arch() -> Literal["x86_64", "aarch64"]:
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        return "x86_64"
+    if machine in ("aarch64", "arm64"):
+        return "aarch64"
+    raise ImageBuildError(
+        f"vmsbx builds guest images on x86_64 and aarch64 hosts only, not {machine}",
+        hint="build the image on an x86_64 or aarch64 Linux machine",
+    )
 
 
 def _copy_boot_files(tree: Path, work: Path) -> str:

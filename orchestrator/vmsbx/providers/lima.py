@@ -1,8 +1,9 @@
 """The lima provider: a VM run by Lima (`limactl`), the default on macOS.
 
 Each VM is a Lima instance `vmsbx-<vm>` created from `vm-templates/lima/vmsbx.yaml` (no mounts,
-no port forwarding, plain mode) plus a provision script that installs the SSH host key vmsbx
-generated and pinned, and vmsbx's client key for root. vmsbx's own directory holds:
+no port forwarding, plain mode), booting vmsbx's own Debian image (lima_image.py), plus a
+provision script that installs the SSH host key vmsbx generated and pinned, and vmsbx's client
+key for root. vmsbx's own directory holds:
   vm.json       the record (provider, Lima instance name, sizes)
   keys/         host key and client key (vmsbx's, never Lima's)
   known_hosts   the pinned host key, alias vmsbx-<vm>
@@ -31,6 +32,7 @@ from vmsbx.providers.base import ProbeResult, ProviderFeatures, SSHInfo, VMState
 from vmsbx.providers.guest_setup import render_stock_sshd_setup
 from vmsbx.providers.guestkeys import client_key_file, create_vm_keys, host_key_alias, now_iso
 from vmsbx.providers.hosttool import ToolResult, format_version, parse_version, run_tool
+from vmsbx.providers.lima_image import image_note, resolve_lima_image
 from vmsbx.providers.lima_ssh_config import parse_lima_ssh_config
 from vmsbx.providers.lima_template import render_lima_yaml
 from vmsbx.textsafe import strip_control
@@ -115,7 +117,8 @@ class LimaProvider:
                 provider=self.name, usable=False, version=shown,
                 missing=(f"limactl >= {format_version(MIN_VERSION)}",), install_hint="brew upgrade lima",
             )  # fmt: skip
-        return ProbeResult(provider=self.name, usable=True, version=format_version(version))
+        note = image_note(self._settings.image, self._settings.lima_image)
+        return ProbeResult(provider=self.name, usable=True, version=format_version(version), notes=(note,))
 
     def _require_usable(self) -> None:
         result = self.probe()
@@ -177,9 +180,11 @@ class LimaProvider:
             return
         ensure_private_dir(directory)
         keys = create_vm_keys(directory, vm)
+        image = resolve_lima_image(self._settings.image, self._settings.lima_image, self._progress)
         template = (data_dir() / "vm-templates" / "lima" / "vmsbx.yaml").read_text()
         rendered = render_lima_yaml(
             template,
+            image=image,
             cpus=self._settings.cpus,
             memory_bytes=self._settings.memory,
             disk_bytes=self._settings.disk,
