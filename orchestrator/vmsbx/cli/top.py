@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import click
 
 from vmsbx.cli.common import json_option, print_json
+from vmsbx.terminal import key_mode, read_keys
 
 REFRESH = 1.0
 _KEYS = {b"\x1b[A": "up", b"\x1bOA": "up", b"\x1b[B": "down", b"\x1bOB": "down"}
@@ -52,19 +51,6 @@ def _width() -> int:
         return 80
 
 
-@contextlib.contextmanager
-def _cbreak() -> Iterator[None]:
-    import termios
-    import tty
-
-    saved = termios.tcgetattr(0)
-    tty.setcbreak(0)
-    try:
-        yield
-    finally:
-        termios.tcsetattr(0, termios.TCSADRAIN, saved)
-
-
 def parse_keys(data: bytes) -> list[str]:
     """Keys in one read from the terminal (several may arrive together): arrows by name,
     other keys as their lowercase character."""
@@ -83,10 +69,9 @@ def parse_keys(data: bytes) -> list[str]:
 
 
 def _read_keys(timeout: float) -> list[str]:
-    ready, _, _ = select.select([0], [], [], timeout)
-    if not ready:
+    data = read_keys(timeout)
+    if data is None:
         return []
-    data = os.read(0, 64)
     return parse_keys(data) if data else ["q"]
 
 
@@ -101,7 +86,8 @@ def _interactive() -> None:
     console = Console()
     stoppers: list[threading.Thread] = []
     snapshot = collect()
-    with _cbreak(), Live(render(snapshot, state), console=console, screen=True, auto_refresh=False) as live:
+    live_view = Live(render(snapshot, state), console=console, screen=True, auto_refresh=False)
+    with key_mode(raw=False), live_view as live:
         next_refresh = time.monotonic() + REFRESH
         running = True
         while running:

@@ -589,16 +589,9 @@ def _follow_resizes(writer: FrameWriter) -> None:
 
 @contextlib.contextmanager
 def _raw_terminal() -> Iterator[tuple[int, int]]:
-    """The host terminal in raw mode for a --tty run: keys (Ctrl-C too) go to the program."""
-    if not sys.stdin.isatty() or os.name != "posix":
-        yield _terminal_size()
-        return
-    import termios
-    import tty
+    """The host terminal (or Windows console) in raw mode for a --tty run: keys, Ctrl-C too,
+    go to the program."""
+    from vmsbx.terminal import key_mode
 
-    saved = termios.tcgetattr(0)
-    tty.setraw(0)
-    try:
+    with key_mode(raw=True):
         yield _terminal_size()
-    finally:
-        termios.tcsetattr(0, termios.TCSADRAIN, saved)
