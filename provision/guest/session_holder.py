@@ -11,6 +11,7 @@ Runs with the run's dynamic user and no privileges. Standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -165,7 +166,7 @@ class Holder:
             if pid == 0:
                 self._exec(argv, base, cwd)
             self.master = master
-            self._resize(int(self.spec.get("cols") or 80), int(self.spec.get("rows") or 24))
+            self._resize(int(str(self.spec.get("cols") or 80)), int(str(self.spec.get("rows") or 24)))
             self.child_stdin = master
             self.outputs = {master: STDOUT}
             return pid
@@ -231,10 +232,8 @@ class Holder:
     def _drop(self, client: Client) -> None:
         if client in self.clients:
             self.clients.remove(client)
-            try:
+            with contextlib.suppress(KeyError, ValueError):
                 self.sel.unregister(client.sock)
-            except (KeyError, ValueError):
-                pass
             client.sock.close()
 
     # -- clients ---------------------------------------------------------------------------

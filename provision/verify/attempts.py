@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import fcntl
 import glob
 import json
@@ -408,7 +407,7 @@ def open_files() -> str:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted + 16, max(hard, wanted + 16)))
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    opened = []
+    opened: list[int] = []
     try:
         while len(opened) < wanted:
             opened.append(os.open("/dev/null", os.O_RDONLY))
@@ -515,7 +514,7 @@ def _reap() -> None:
 
 def memory_bomb() -> str:
     wanted = int(env("MEMORY")) + 128 * MiB
-    chunks = []
+    chunks: list[bytes] = []
     while len(chunks) * 16 * MiB < wanted:
         chunks.append(b"x" * (16 * MiB))
     return f"allocated {wanted // MiB} MiB"

@@ -32,7 +32,7 @@ def main(port: int, token: str, canary: str, seconds: float) -> int:
     sel = selectors.DefaultSelector()
     tcp = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("0.0.0.0", port))
+    udp.bind(("0.0.0.0", port))  # noqa: S104 - every address a probe from the sandbox may try
     abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     abstract.bind(f"\0vmsbx-verify-{token}")
     abstract.listen()
@@ -42,8 +42,9 @@ def main(port: int, token: str, canary: str, seconds: float) -> int:
     try:
         while time.monotonic() < deadline:
             for key, _ in sel.select(timeout=1):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
+                ready = key.fileobj
+                assert isinstance(ready, socket.socket)
+                sock = ready
                 if sock is udp:
                     data, peer = udp.recvfrom(512)
                     udp.sendto(data[:2] + b"\x81\x80" + data[4:], peer)
