@@ -127,6 +127,18 @@ def test_lima_instance_file_boots_the_configured_vmsbx_image_pinned_by_sha256(en
     assert config["mounts"] == [] and config["plain"] is True
 
 
+def test_an_image_changed_after_create_is_refused_by_its_pinned_digest(env: Env) -> None:
+    _waited_for_ssh(env.vmsbx("up", "--provider", "lima", "--name", "ld"))  # created, digests pinned
+    assert env.vmsbx("stop", "--name", "ld").returncode == 0
+    (env.lima_image / "vmlinuz").chmod(0o644)
+    (env.lima_image / "vmlinuz").write_bytes(b"another kernel")
+    # The fake now does what Lima's host agent does on a first boot: fetch each file, check its digest.
+    done = env.vmsbx("up", "--name", "ld", VMSBX_TEST_FAKE_LIMA_BOOT="qemu")
+    assert done.returncode == 4, done.stderr
+    assert "limactl start failed: expected digest" in done.stderr
+    assert not (env.lima_home / "vmsbx-ld" / "kernel").exists()
+
+
 @pytest.mark.parametrize("damage", ["missing-file", "not-lima", "no-record"])
 def test_lima_refuses_a_bad_image_folder_before_creating_anything(env: Env, damage: str) -> None:
     folder = stub_lima_image(env.root / "bad", name="bookworm" if damage == "not-lima" else "bookworm-lima")
