@@ -579,3 +579,34 @@ def test_close_cancels_forwards(ssh_info: SSHInfo, echo: _EchoServer) -> None:
             return
         time.sleep(0.1)
     pytest.fail("the guest still listens after close()")
+
+
+def test_a_frozen_guest_is_detected_and_the_link_closed(ssh_info: SSHInfo) -> None:
+    import signal
+
+    with Connection(ssh_info, probe_every=0.2, dead_after=2.0) as connection:
+        time.sleep(1.0)
+        assert connection.is_alive()  # probes asked and answered
+        # $PPID of a command is the sshd process serving this connection: stopping it is the
+        # guest freezing (its TCP stack still holds the connection open; nothing answers).
+        pid = int(connection.run(["sh", "-c", "echo $PPID"]).stdout)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(TransportError):
+                connection.run(["true"], timeout=60)
+            assert time.monotonic() - started < 15  # not the minutes until TCP gives up
+            assert not connection.is_alive()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_probes_and_forward_requests_never_take_each_others_replies(ssh_info: SSHInfo) -> None:
+    # paramiko keeps one pending-reply slot per transport; probes every few ms make overlaps with
+    # the forwards' own requests certain if they were not serialized.
+    with Connection(ssh_info, probe_every=0.002, dead_after=30.0) as connection:
+        for _ in range(25):
+            forward = connection.forward_remote("127.0.0.1", 0, "127.0.0.1", 9)
+            assert forward.remote_port > 0
+            forward.close()
+        assert connection.is_alive()

@@ -46,6 +46,11 @@ _TMP_SUFFIX = ".vmsbx-tmp"
 # NAT in front of the guest (QEMU user networking, WSL, cloud firewalls) drops idle flows;
 # a keepalive well under the usual 5-minute NAT timeout keeps long agent sessions up.
 _KEEPALIVE_SECONDS = 30
+# A guest whose sshd answers no request for this long is taken as frozen and the link is closed:
+# without it, a hung guest kept every command waiting ~10 minutes (until TCP gave up), since
+# paramiko's own keepalive asks for no reply. Minutes, not seconds: a guest under a memory or
+# fork-bomb wall test is slow, not dead.
+_DEAD_AFTER_SECONDS = 180.0
 # A busy guest under software emulation can take tens of seconds to fork a session (measured
 # at load 13 on 2 cores): slow, not dead. A dropped link fails faster, through the transport.
 _CHANNEL_OPEN_TIMEOUT = 90.0
@@ -127,9 +132,21 @@ class Connection:
     Use as a context manager to open on entry and close on exit.
     """
 
-    def __init__(self, info: SSHInfo, *, vm_name: str | None = None) -> None:
+    def __init__(
+        self,
+        info: SSHInfo,
+        *,
+        vm_name: str | None = None,
+        probe_every: float = _KEEPALIVE_SECONDS,
+        dead_after: float = _DEAD_AFTER_SECONDS,
+    ) -> None:
         self.info = info
         self.vm_name = vm_name
+        self._probe_every = probe_every
+        self._dead_after = dead_after
+        # paramiko keeps one pending reply slot per transport: requests that wait for a reply
+        # (liveness probes, forward requests and cancels) must not overlap.
+        self._global_lock = threading.Lock()
         # fabric is untyped (mypy override ignores it): its Connection is Any here.
         self._fabric: Any = None
         self._transport: paramiko.Transport | None = None
@@ -228,9 +245,41 @@ class Connection:
         if transport is None or not transport.is_active():
             client.close()
             raise SSHUnreachable(f"{self.target}: the SSH session closed right after login")
-        transport.set_keepalive(_KEEPALIVE_SECONDS)
         self._fabric = fabric_conn
         self._transport = transport
+        threading.Thread(
+            target=self._watch_liveness, args=(transport,), name=f"ssh-liveness {self.target}", daemon=True
+        ).start()
+
+    def global_request(self, kind: str, data: tuple[object, ...] | None = None) -> paramiko.Message | None:
+        """A global request that waits for its reply, never overlapping another one."""
+        transport = self._active_transport()
+        with self._global_lock:
+            return transport.global_request(kind, data, wait=True)
+
+    def _probe(self, transport: paramiko.Transport, answered: threading.Event) -> None:
+        with contextlib.suppress(paramiko.SSHException, OSError, EOFError), self._global_lock:
+            transport.global_request("keepalive@openssh.com", wait=True)
+        answered.set()
+
+    def _watch_liveness(self, transport: paramiko.Transport) -> None:
+        """Ask the guest's sshd for a reply every `probe_every` seconds (also the keepalive
+        traffic); close the link when none comes within `dead_after`."""
+        while transport.is_active():
+            time.sleep(self._probe_every)
+            if not transport.is_active():
+                return
+            answered = threading.Event()
+            threading.Thread(
+                target=self._probe, args=(transport, answered), name=f"ssh-probe {self.target}", daemon=True
+            ).start()
+            if not answered.wait(self._dead_after) and transport.is_active():
+                _log.warning(
+                    "%s answered nothing for %.0f s: the guest looks frozen; closing the link",
+                    self.target, self._dead_after,
+                )  # fmt: skip
+                transport.close()
+                return
 
     def close(self) -> None:
         """Cancel forwards and close the SFTP session and the connection. Safe to repeat."""
@@ -575,9 +624,10 @@ class Connection:
         pick; the returned forward's `remote_port` is the port actually bound."""
         transport = self._active_transport()
         try:
-            bound = transport.request_port_forward(
-                remote_host, remote_port, handler=self._on_forwarded_channel
-            )
+            with self._global_lock:
+                bound = transport.request_port_forward(
+                    remote_host, remote_port, handler=self._on_forwarded_channel
+                )
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(
                 f"{self.target} refused to listen on {remote_host}:{remote_port}: {exc}",
@@ -672,10 +722,8 @@ class RemoteForward:
             # Not transport.cancel_port_forward(): that also drops paramiko's one shared handler,
             # silently killing every other forward on this connection.
             try:
-                self._transport.global_request(
-                    "cancel-tcpip-forward", (self.remote_host, self.remote_port), wait=True
-                )
-            except (paramiko.SSHException, OSError, EOFError):
+                self._connection.global_request("cancel-tcpip-forward", (self.remote_host, self.remote_port))
+            except (paramiko.SSHException, OSError, EOFError, TransportError):
                 _log.debug("cancelling forward %r failed", self, exc_info=True)
         for channel, sock in tunnels:
             channel.close()
