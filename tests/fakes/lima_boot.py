@@ -37,11 +37,8 @@ _SLIRP_MAC = "52:55:55:12:34:56"
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _bytes(size: str) -> int:
@@ -196,12 +193,10 @@ def write_cidata(directory: Path, name: str, config: dict[str, Any], public_key:
     for filename, content in files.items():
         (tree / filename).write_text(content)
     (tree / "boot.sh").chmod(0o755)
-    provision = [entry for entry in config.get("provision") or [] if entry.get("mode") == "system"]
-    if provision:
-        (tree / "provision.system").mkdir()
     for index, entry in enumerate(config.get("provision") or []):
-        if entry.get("mode") == "system":
+        if entry.get("mode") == "system":  # Lima numbers entries by their place in the whole list
             script = tree / "provision.system" / f"{index:08d}"
+            script.parent.mkdir(exist_ok=True)
             script.write_text(entry["script"])
             script.chmod(0o755)
     iso = directory / "cidata.iso"
@@ -214,7 +209,7 @@ def write_cidata(directory: Path, name: str, config: dict[str, Any], public_key:
 
 def qemu_argv(directory: Path, config: dict[str, Any], port: int) -> list[str]:
     """QEMU as Lima's qemu driver runs it, on TCG (the only accelerator these machines boot)."""
-    args = [
+    return [
         "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max",
         "-m", str(_bytes(str(config.get("memory") or "4GiB")) >> 20), "-smp", str(config.get("cpus") or 4),
         "-kernel", str(directory / "kernel"), "-initrd", str(directory / "initrd"),
@@ -231,7 +226,6 @@ def qemu_argv(directory: Path, config: dict[str, Any], port: int) -> list[str]:
         "-qmp", f"unix:{directory / 'qmp.sock'},server=on,wait=off",
         "-pidfile", str(directory / "qemu.pid"), "-daemonize",
     ]  # fmt: skip
-    return args
 
 
 def alive(pid: int) -> bool:

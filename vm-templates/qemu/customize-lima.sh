@@ -29,5 +29,3 @@ CFG
 # script (run by Lima's boot script) installs the keys instead.
 printf 'Keys come from Lima provisioning (cloud-init), not from QEMU fw_cfg.\n' \
   > "$root/etc/vmsbx/keys-from-cloud-init"
-
-rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin

@@ -73,13 +73,16 @@ def templates_dir() -> Path:
     return data_dir() / "vm-templates" / "qemu"
 
 
+def _recipe_table() -> dict[str, dict[str, object]]:
+    return tomllib.loads((templates_dir() / "recipe.toml").read_text())
+
+
 def recipe_names() -> list[str]:
-    return sorted(tomllib.loads((templates_dir() / "recipe.toml").read_text()))
+    return sorted(_recipe_table())
 
 
 def load_recipe(name: str) -> ImageRecipe:
-    table = tomllib.loads((templates_dir() / "recipe.toml").read_text())
-    return resolve_recipe(table, name)
+    return resolve_recipe(_recipe_table(), name)
 
 
 def resolve_recipe(table: dict[str, dict[str, object]], name: str) -> ImageRecipe:

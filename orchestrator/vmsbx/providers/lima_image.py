@@ -39,11 +39,8 @@ def lima_recipe_name(release: str) -> str:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def lima_image(disk: Path, kernel: Path, initrd: Path, info: ImageInfo) -> LimaImage:
