@@ -44,8 +44,10 @@ def _clean_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("build", reason="needs the `build` package: pip install build")
-    pytest.importorskip("hatchling", reason="needs hatchling (the build backend): pip install hatchling")
+    # Both come with the test extra (scripts/setup installs it); under CI a skip fails.
+    install = "pip install -e '.[test]'"
+    pytest.importorskip("build", reason=f"needs the `build` package: {install}")
+    pytest.importorskip("hatchling", reason=f"needs hatchling (the build backend): {install}")
     outdir = tmp_path_factory.mktemp("dist")
     result = subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(outdir)],

@@ -6,7 +6,8 @@ loosens a wall, runs a host command or decides where the API key goes must come 
 config, the environment or a flag.
 
 Each layer is validated as it is applied, so an error always names the one place (file,
-variable or flag) that holds the bad value. Reading the two TOML files is the only I/O here.
+variable or flag) that holds the bad value. Reading the two TOML files is the only I/O here,
+besides the VM records read when the project file names a VM.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ def resolve_settings(
     project_layer = read_toml_layer(project_file, LayerKind.PROJECT)
     tightened = _apply(settings, project_layer)
     _check_tighten_only(settings, tightened, project_layer, user_file)
+    default_vm = settings.vm.name
     settings = tightened
     for layer in (user_layer, project_layer):
         origins.update(layer.origins)
@@ -135,6 +137,9 @@ def resolve_settings(
     for layer in (env_layer(environ), flags_layer(flags or {})):
         settings = _apply(settings, layer)
         origins.update(layer.origins)
+    # After the env and flags: a VM the user names there overrides the project's choice.
+    if origins["vm.name"].layer is LayerKind.PROJECT:
+        _check_project_vm(settings.vm.name, default_vm, origins["vm.name"], user_file)
     return ResolvedSettings(settings=settings, origins=origins)
 
 
@@ -523,6 +528,12 @@ class _Narrower:
 
 
 @dataclass(frozen=True, slots=True)
+class _NoLooserVM:
+    """A VM name: the project file may name only an existing VM whose wall is no looser than the
+    default VM's (checked against the VMs' records by `_check_project_vm`)."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Subset:
     """A list of permissions: the project file may drop entries, never add them."""
 
@@ -532,10 +543,12 @@ class _Superset:
     """A list of restrictions: the project file may add entries, never drop them."""
 
 
-_Rule = _Superset | _Free | _TrustedOnly | _OnlyValue | _Unchanged | _AtMost | _Narrower | _Subset
+_Rule = (
+    _Superset | _Free | _TrustedOnly | _OnlyValue | _Unchanged | _AtMost | _Narrower | _Subset | _NoLooserVM
+)
 
 _PROJECT_RULES: dict[str, _Rule] = {
-    "vm.name": _Free(),
+    "vm.name": _NoLooserVM(),
     "vm.image": _Free(),
     "vm.provider": _TrustedOnly("it chooses which program vmsbx runs on your host"),
     "vm.accel": _TrustedOnly("it changes how your host runs the VM"),
@@ -602,7 +615,7 @@ def _refusal(key: str, rule: _Rule, below: object, wanted: object) -> str | None
     below_shown = _show_setting(key, below)
     loosens = f"would loosen isolation (the layers below say {below_shown})"
     match rule:
-        case _Free():
+        case _Free() | _NoLooserVM():
             return None
         case _TrustedOnly(reason):
             return f"is not allowed in a project file: {reason}"
@@ -633,6 +646,39 @@ def _refusal(key: str, rule: _Rule, below: object, wanted: object) -> str | None
             if not added:
                 return None
             return f"{loosens}: it adds {', '.join(_show(host) for host in added)}"
+
+
+def _check_project_vm(wanted: str, default_vm: str, origin: Origin, user_file: Path) -> None:
+    """Refuse a project-chosen VM that is absent, a real host, or looser than the default VM.
+
+    The default VM is the one the defaults and the user config name; one that does not exist yet
+    counts as the strictest wall. A real host is never the project's to pick, even when the
+    default is one too: unlike guests, two hosts are not interchangeable sandboxes.
+    """
+    if wanted == default_vm:
+        return
+    from vmsbx.providers.walls import VMWall, recorded_wall
+
+    wall = recorded_wall(wanted)
+    default_wall = recorded_wall(default_vm) or VMWall.RESTRICTED_GUEST
+    if wall is None:
+        problem = "names a VM that does not exist, and vmsbx creates only VMs you name yourself"
+    elif wall is VMWall.REAL_HOST:
+        problem = f"names {wall.describe()}, which only you may choose"
+    elif wall > default_wall:
+        problem = (
+            f"names {wall.describe()}, which is looser than the default VM {_show(default_vm)} "
+            f"({default_wall.describe()})"
+        )
+    else:
+        return
+    raise ConfigError(
+        f"{origin.where}: key 'vm.name' = {_show(wanted)} {problem}. The project file may only "
+        f"choose a VM that exists and is no looser than the default one; to use this VM, name it "
+        f"yourself: --name {wanted} (after `vmsbx up --name {wanted}` if it does not exist), "
+        f"{env_var_name('vm.name')}={wanted}, or vm.name in your user config "
+        f"({_display_path(user_file)})."
+    )
 
 
 def _get(settings: Settings, key: str) -> object:
