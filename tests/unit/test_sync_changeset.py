@@ -411,3 +411,37 @@ def test_the_rules_a_run_used_round_trip_as_stored() -> None:
     assert rules_from_json(rules_to_json(rules)) == rules
     with pytest.raises(ValueError):
         rules_from_json(b'{"secret_patterns": [1], "exclude": []}')
+
+
+def test_files_reached_through_a_link_as_a_sensitive_name_are_classified_as_that_name() -> None:
+    base = m(
+        d("config"),
+        d("config/claude"),
+        f("config/claude/settings.json"),
+        ln(".claude", "config/claude"),
+        d("realgit"),
+        d("realgit/hooks"),
+        ln(".git", "realgit"),
+        d("ci"),
+        ln(".github", "ci"),
+        d("scripts"),
+        f("scripts/env.sh"),
+        ln(".envrc", "scripts/env.sh"),
+    )
+    after = m(
+        *[entry for entry in base.entries if entry.path != "config/claude/settings.json"],
+        f("config/claude/settings.json", b"evil"),
+        f("realgit/hooks/pre-commit"),
+        d("ci/workflows"),
+        f("ci/workflows/x.yml"),
+        f("ci/README.md"),
+        f("scripts/env.sh", b"evil"),
+        f("config/other.txt"),
+    )
+    changes = by_path(compute(base, after))
+    assert changes["config/claude/settings.json"][1] == "sensitive"
+    assert "through the link '.claude'" in changes["config/claude/settings.json"][2]
+    assert changes["realgit/hooks/pre-commit"][1] == "git"
+    assert changes["ci/workflows/x.yml"][1] == "sensitive"
+    assert changes["scripts/env.sh"][1] == "sensitive"
+    assert changes["ci/README.md"][1] == changes["config/other.txt"][1] == "apply"

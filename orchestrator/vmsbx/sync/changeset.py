@@ -14,6 +14,7 @@ never writes them — not even with --include-sensitive.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import unicodedata
@@ -25,7 +26,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from vmsbx.errors import SyncError
-from vmsbx.sync.links import unsafe_links
+from vmsbx.sync.links import Lookup, link_destination, unsafe_links
 from vmsbx.sync.manifest import EntryKind, Manifest, ManifestEntry
 from vmsbx.sync.names import canonical_parts, fold_key, is_short_name, path_problem, sort_key
 from vmsbx.sync.rules import ExcludeRules
@@ -142,17 +143,56 @@ def compute(
         if entry is not None:
             changed.append(entry)
     new_links = {entry.path for entry in changed if entry.kind == "symlink" and entry.change != "deleted"}
-    links = unsafe_links(
-        ((item.path, item.target or "") for item in after.entries if item.kind == "symlink"),
-        lambda path: (item.kind, item.target) if (item := now.get(path)) is not None else None,
-        new_links,
-    )
+    all_links = [(item.path, item.target or "") for item in after.entries if item.kind == "symlink"]
+
+    def lookup(path: str) -> tuple[EntryKind, str | None] | None:
+        item = now.get(path)
+        return None if item is None else (item.kind, item.target)
+
+    links = unsafe_links(all_links, lookup, new_links)
+    aliased = _aliased(all_links, lookup, [entry.path for entry in changed])
     entries = []
     for entry in changed:
         classification, reason = _classify(entry, folds, links, rules)
+        stronger = aliased.get(entry.path)
+        if stronger is not None and _STRENGTH[stronger[0]] > _STRENGTH[classification]:
+            classification, reason = stronger
         entries.append(entry.model_copy(update={"classification": classification, "reason": reason}))
     frozen = tuple(entries)
     return Changeset(entries=frozen, digest=entries_digest(frozen))
+
+
+# Which class wins when a path is also reached under another name through a link.
+_STRENGTH: dict[Classification, int] = {"apply": 0, "sensitive": 1, "git": 2, "refused": 3}
+
+
+def _aliased(
+    links: list[tuple[str, str]], lookup: Lookup, paths: list[str]
+) -> dict[str, tuple[Classification, str]]:
+    """Changed paths that a link of the tree makes git or sensitive under another name: with
+    `.claude -> config/claude`, config/claude/settings.json is .claude/settings.json; with
+    `.envrc -> scripts/env.sh`, scripts/env.sh is what direnv runs."""
+    ordered = sorted(paths)
+    no_rules = ExcludeRules(secret_patterns=(), extra_patterns=())
+    found: dict[str, tuple[Classification, str]] = {}
+    for link, target in links:
+        destination = link_destination(link, target, lookup)
+        if destination is None:
+            continue
+        start = bisect.bisect_left(ordered, destination) if destination else 0
+        for path in ordered[start:]:
+            inside = not destination or path == destination or path.startswith(destination + "/")
+            if not inside:
+                if path > destination + "/\U0010ffff":
+                    break
+                continue
+            alias = link + path[len(destination) :] if destination else f"{link}/{path}"
+            classification, why = classify_path(alias, no_rules)
+            if classification in {"git", "sensitive"}:
+                current = found.get(path)
+                if current is None or _STRENGTH[classification] > _STRENGTH[current[0]]:
+                    found[path] = (classification, f"{why} (reached as {alias!r} through the link {link!r})")
+    return found
 
 
 def applied_mode(guest_mode: int, umask: int) -> int:

@@ -35,14 +35,21 @@ class LinkVerdict:
 
 def link_problem(path: str, target: str, lookup: Lookup) -> LinkVerdict | None:
     """Why the link at `path` (a project-relative path) pointing at `target` is unsafe, or None."""
-    return _walk(path, target, lookup, hops=0)
+    return _walk(path, target, lookup, hops=0)[0]
 
 
-def _walk(path: str, target: str, lookup: Lookup, *, hops: int) -> LinkVerdict | None:
+def link_destination(path: str, target: str, lookup: Lookup) -> str | None:
+    """The project path (root: "") a safe link leads to, or None when unsafe or not all known."""
+    verdict, destination = _walk(path, target, lookup, hops=0)
+    return destination if verdict is None else None
+
+
+def _walk(path: str, target: str, lookup: Lookup, *, hops: int) -> tuple[LinkVerdict | None, str | None]:
+    """(why it is unsafe or None, where it leads when every component was known, else None)."""
     if not target or "\0" in target:
-        return LinkVerdict("empty symlink target")
+        return LinkVerdict("empty symlink target"), None
     if target.startswith("/"):
-        return LinkVerdict(f"symlink pointing outside the project ({target!r})")
+        return LinkVerdict(f"symlink pointing outside the project ({target!r})"), None
     # The link's own folders are folders: apply never writes through a link.
     stack = path.split("/")[:-1]
     unknown = False  # a component the tree does not hold: the rest of the walk is blind
@@ -53,9 +60,10 @@ def _walk(path: str, target: str, lookup: Lookup, *, hops: int) -> LinkVerdict |
             continue
         if part == "..":
             if unknown:
-                return LinkVerdict(f"symlink going up out of a folder the project does not hold ({target!r})")
+                why = f"symlink going up out of a folder the project does not hold ({target!r})"
+                return LinkVerdict(why), None
             if not stack:
-                return LinkVerdict(f"symlink pointing outside the project ({target!r})")
+                return LinkVerdict(f"symlink pointing outside the project ({target!r})"), None
             stack.pop()
             continue
         stack.append(part)
@@ -69,17 +77,19 @@ def _walk(path: str, target: str, lookup: Lookup, *, hops: int) -> LinkVerdict |
         kind, link_target = found
         if kind == "symlink":
             if not last:
-                return LinkVerdict(f"symlink that passes through the link {here!r} ({target!r})", here)
+                why = f"symlink that passes through the link {here!r} ({target!r})"
+                return LinkVerdict(why, here), None
             if hops >= _MAX_HOPS:
-                return LinkVerdict("symlink chain too long or looping")
-            onward = _walk(here, link_target or "", lookup, hops=hops + 1)
+                return LinkVerdict("symlink chain too long or looping"), None
+            onward, destination = _walk(here, link_target or "", lookup, hops=hops + 1)
             if onward is not None:
                 cause = onward.cause or onward.problem
-                return LinkVerdict(f"symlink to the link {here!r}, which is refused: {cause}", cause=cause)
-            return None
+                why = f"symlink to the link {here!r}, which is refused: {cause}"
+                return LinkVerdict(why, cause=cause), None
+            return None, destination
         if kind != "dir" and not last:
             unknown = True  # a file used as a folder: the kernel stops here (ENOTDIR)
-    return None
+    return None, None if unknown else "/".join(stack)
 
 
 def unsafe_links(links: Iterable[tuple[str, str]], lookup: Lookup, changed: set[str]) -> dict[str, str]:
