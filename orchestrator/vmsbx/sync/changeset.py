@@ -284,13 +284,14 @@ def classify_path(path: str, rules: ExcludeRules | None = None) -> tuple[Classif
     parts = canonical_parts(path)
     if any(part in _GIT_NAMES for part in parts):
         return "git", _GIT_REASON
-    short = next((part for part in path.split("/") if is_short_name(part)), None)
+    short = next((part for part in parts if is_short_name(part)), None)
     if short is not None:
         return "refused", f"{short!r} looks like a DOS 8.3 short name, which may stand for any other name"
-    left_out = rules_reason(path, rules if rules is not None else ExcludeRules())
+    rules = rules if rules is not None else ExcludeRules()
+    left_out = rules.match(path) or _folded_rules(rules).match("/".join(parts))
     if left_out:
         return "refused", f"{left_out}: sync-in leaves it out, so apply never brings it back"
-    sensitive = sensitive_reason(path)
+    sensitive = _sensitive_parts(parts)
     if sensitive:
         return "sensitive", sensitive
     return "apply", ""
@@ -313,7 +314,10 @@ def _folded_rules(rules: ExcludeRules) -> ExcludeRules:
 
 def sensitive_reason(path: str) -> str:
     """Why `path` can run code on the host (folded as any host would see it), or "" if it cannot."""
-    parts = canonical_parts(path)
+    return _sensitive_parts(canonical_parts(path))
+
+
+def _sensitive_parts(parts: list[str]) -> str:
     for part in parts[:-1]:
         if part in _SENSITIVE_DIRS:
             return f"inside {part}/, which tools run on the host"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -56,12 +57,20 @@ def canonical_name(name: str) -> str:
     everything from an NTFS stream separator ":" on dropped; trailing dots and spaces dropped
     (Windows).
     """
+    if name.isascii():
+        folded = name.lower()  # what the steps below make of ASCII, a hundred times faster
+    else:
+        folded = _fold_unicode(name)
+    folded = folded.partition(":")[0]
+    return folded.rstrip(". ") or folded
+
+
+@lru_cache(maxsize=4096)
+def _fold_unicode(name: str) -> str:
     folded = unicodedata.normalize("NFKC", name)
     folded = "".join(char for char in folded if unicodedata.category(char) != "Cf")
     folded = _IGNORABLE.sub("", folded)
-    folded = unicodedata.normalize("NFKC", folded.upper().casefold())
-    folded = folded.partition(":")[0]
-    return folded.rstrip(". ") or folded
+    return unicodedata.normalize("NFKC", folded.upper().casefold())
 
 
 def canonical_parts(path: str) -> list[str]:
@@ -69,9 +78,10 @@ def canonical_parts(path: str) -> list[str]:
     return [canonical_name(part) for part in path.replace("\\", "/").split("/")]
 
 
-def is_short_name(name: str) -> bool:
-    """Whether `name` has the shape of a DOS 8.3 short name (see `canonical_name`'s folding)."""
-    return _SHORT_NAME.fullmatch(canonical_name(name)) is not None
+def is_short_name(canonical: str) -> bool:
+    """Whether a component, already folded by `canonical_name`, has the shape of a DOS 8.3
+    short name."""
+    return "~" in canonical and _SHORT_NAME.fullmatch(canonical) is not None
 
 
 def sort_key(path: str) -> list[str]:
