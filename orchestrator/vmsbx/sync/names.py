@@ -57,10 +57,8 @@ def canonical_name(name: str) -> str:
     everything from an NTFS stream separator ":" on dropped; trailing dots and spaces dropped
     (Windows).
     """
-    if name.isascii():
-        folded = name.lower()  # what the steps below make of ASCII, a hundred times faster
-    else:
-        folded = _fold_unicode(name)
+    # For ASCII the Unicode steps amount to lower(), which is far faster.
+    folded = name.lower() if name.isascii() else _fold_unicode(name)
     folded = folded.partition(":")[0]
     return folded.rstrip(". ") or folded
 
