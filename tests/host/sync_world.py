@@ -62,9 +62,11 @@ def sync(
     return Synced(host, plan, len(buffer.getvalue()))
 
 
-def collect(base: Manifest, workspace: Path, store_dir: Path) -> tuple[Changeset, blobs_module.BlobStore]:
+def collect(
+    base: Manifest, workspace: Path, store_dir: Path, rules: ExcludeRules | None = None
+) -> tuple[Changeset, blobs_module.BlobStore]:
     """After a run: guest manifest, changeset, `wsync.py pack` of the wanted files, blob store."""
-    changeset = compute(base, guest_manifest(workspace))
+    changeset = compute(base, guest_manifest(workspace), rules=rules or ExcludeRules())
     wanted = sorted(blobs_module.wanted_paths(changeset))
     done = wsync("pack", str(workspace), stdin=json.dumps(wanted).encode())
     assert done.returncode == 0, done.stderr

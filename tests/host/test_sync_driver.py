@@ -112,3 +112,28 @@ def test_collect_without_new_contents_makes_one_guest_call(tmp_path: Path) -> No
     assert [(entry.path, entry.change) for entry in deleted.changeset.entries] == [("b.txt", "deleted")]
     assert [call[2] for call in channel.calls] == ["manifest"]
     assert (run_dir / "changes2" / "blobs").is_dir()
+
+
+def test_collect_refuses_and_does_not_fetch_what_the_sync_rules_left_out(tmp_path: Path) -> None:
+    project, workspace, run_dir = tmp_path / "project", tmp_path / "ws", tmp_path / "runs" / "r1"
+    (project / "dist").mkdir(parents=True)
+    (project / "dist" / "old.bin").write_bytes(b"host build\n")
+    (project / "app.py").write_text("x = 1\n")
+    workspace.mkdir()
+    run_dir.mkdir(parents=True)
+    channel = LocalExec()
+    rules = exclude_rules(None, ("dist",))
+    base = sync_in(channel, project, str(workspace), rules, owner=(0, 0), wsync=LOCAL).scan.manifest
+    (workspace / "dist").mkdir()
+    (workspace / "dist" / "evil.pth").write_text("import os\n")
+    (workspace / ".env").write_text("NODE_OPTIONS=--require ./x.js\n")
+    (workspace / "app.py").write_text("x = 2\n")
+    (workspace / "app.py").chmod(0o777)
+    collected = collect(channel, base, str(workspace), run_dir / "changes", wsync=LOCAL, rules=rules)
+    classes = {entry.path: entry.classification for entry in collected.changeset.entries}
+    assert classes == {".env": "refused", "app.py": "apply", "dist": "refused", "dist/evil.pth": "refused"}
+    assert collected.received.stored == ("app.py",)
+    (entry,) = [entry for entry in collected.changeset.entries if entry.path == "app.py"]
+    umask = os.umask(0o077)
+    os.umask(umask)
+    assert (entry.new_mode, entry.guest_mode) == (0o777 & ~(umask | 0o002), 0o777)

@@ -193,3 +193,255 @@ def test_summary_groups_paths_by_what_apply_will_do() -> None:
     assert "Git metadata" in text and "  A .git/" in text
     assert "Refused (never applied): 1\n  A x - symlink pointing outside the project" in text
     assert render_summary(compute(base, base)) == "No changes.\n"
+
+
+# --- issue 16: names that are the sensitive ones on another file system ----------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "classification"),
+    [
+        (".Claude/settings.json", "sensitive"),
+        (".VSCode/tasks.json", "sensitive"),
+        (".NPMRC", "refused"),  # also a secret pattern: never brought back
+        (".Yarnrc", "sensitive"),
+        (".Cargo/config.toml", "sensitive"),
+        (".GIT/config", "git"),
+        (".Git/hooks/pre-commit", "git"),
+        ("sub/.gIt/config", "git"),
+        (".git./config", "git"),  # Windows drops trailing dots and spaces
+        (".git /config", "git"),
+        (".git::$INDEX_ALLOCATION/config", "git"),  # an NTFS stream of .git
+        ("git~1/config", "git"),  # the 8.3 short name of .git
+        (".g\u200cit/config", "git"),  # HFS+ ignores zero-width joiners (CVE-2014-9390)
+        (".git\u200d/config", "git"),
+        ("\ufeff.git/config", "git"),
+        (".g\u0131t/config", "git"),  # NTFS upper-cases dotless i to I
+        (".claude\u200c/settings.json", "sensitive"),
+        (".ENVRC", "sensitive"),
+        (".envrc.", "sensitive"),
+        ("VMSBX.TOML", "sensitive"),
+        (".GitHub/Workflows/ci.yml", "sensitive"),
+        (".GITLAB-CI.YML", "sensitive"),
+        (unicodedata.normalize("NFD", ".hu\u017fky") + "/pre-commit", "sensitive"),  # long s folds to s
+        ("\uff0evscode/tasks.json", "sensitive"),  # a fullwidth full stop: compatibility-equal
+        ("CLAUDE~1/settings.json", "refused"),  # an 8.3 short name can stand for any long name
+        ("PRE-CO~1.YAM", "refused"),
+    ],
+)
+def test_case_and_unicode_variants_of_sensitive_names_are_classified_as_those_names(
+    path: str, classification: str
+) -> None:
+    changes = by_path(compute(m(), m(f(path))))
+    assert changes[path][1] == classification, changes[path]
+
+
+def test_the_sensitive_classifier_is_public_and_folds_names() -> None:
+    from vmsbx.sync.changeset import classify_path, sensitive_reason
+
+    assert sensitive_reason(".husky/pre-commit")
+    assert sensitive_reason(".HUSKY/pre-commit")
+    assert sensitive_reason("src/app.py") == ""
+    assert classify_path(".GIT/config")[0] == "git"
+    assert classify_path("a/.Github/workflows/x.yml")[0] == "sensitive"
+    assert classify_path(".env") == ("refused", classify_path(".env")[1])
+    assert classify_path("src/app.py") == ("apply", "")
+
+
+def test_ordinary_names_that_merely_resemble_sensitive_ones_are_applied() -> None:
+    changes = by_path(compute(m(), m(f("gitignore.md"), f("my.git.txt"), f("claude.md"), f("a~b"))))
+    assert {path: value[1] for path, value in changes.items()} == dict.fromkeys(changes, "apply")
+
+
+# --- issue 16: link chains -------------------------------------------------------------------
+
+
+def test_a_chain_of_links_that_resolves_outside_the_project_is_refused() -> None:
+    after = m(ln("a", "."), ln("b", "a/.."), ln("c", "b/.."), ln("keys", "c/.ssh"))
+    changes = by_path(compute(m(), after))
+    for path in ("b", "c", "keys"):
+        assert changes[path][1] == "refused", (path, changes[path])
+        assert "link" in changes[path][2]
+    # `a -> .` itself: other links of the tree pass through it, so it is refused too.
+    assert changes["a"][1] == "refused"
+
+
+def test_a_link_through_a_link_is_refused_and_a_link_to_a_link_inside_is_kept() -> None:
+    after = m(
+        d("lib"),
+        f("lib/libfoo.so.1.2"),
+        ln("lib/libfoo.so.1", "libfoo.so.1.2"),
+        ln("lib/libfoo.so", "libfoo.so.1"),
+        ln("vendor", "lib"),
+        ln("deep", "vendor/libfoo.so"),
+        ln("up", "lib/../lib/libfoo.so"),
+    )
+    changes = by_path(compute(m(), after))
+    assert changes["lib/libfoo.so"][1] == changes["lib/libfoo.so.1"][1] == "apply"
+    assert changes["up"][1] == "apply"
+    assert changes["deep"][1] == "refused" and "passes through the link 'vendor'" in changes["deep"][2]
+    assert changes["vendor"][1] == "refused"
+
+
+def test_a_new_link_that_an_existing_link_would_pass_through_is_refused() -> None:
+    base = m(d("a"), ln("x", "a/.."))
+    after = m(ln("a", "."), ln("x", "a/.."))
+    changes = by_path(compute(base, after))
+    assert changes["a"][1] == "refused" and "'x'" in changes["a"][2]
+
+
+def test_a_link_to_an_outside_link_or_a_loop_is_refused() -> None:
+    base = m(ln("data", "/mnt/data"))
+    after = m(ln("data", "/mnt/data"), ln("x", "data"), ln("p", "q"), ln("q", "p"))
+    changes = by_path(compute(base, after))
+    assert changes["x"][1] == "refused" and "'data'" in changes["x"][2]
+    assert changes["p"][1] == changes["q"][1] == "refused"
+
+
+def test_going_up_out_of_a_folder_the_tree_does_not_hold_is_refused() -> None:
+    # `.venv` may be a link on the host (excluded, so the guest never saw it).
+    changes = by_path(compute(m(), m(ln("x", ".venv/../README.md"), ln("y", "build/out.json"))))
+    assert changes["x"][1] == "refused"
+    assert changes["y"][1] == "apply"
+
+
+# --- issue 16: excluded and secret-pattern paths ---------------------------------------------
+
+
+def test_paths_the_sync_rules_leave_out_are_never_applied() -> None:
+    from vmsbx.sync.rules import exclude_rules
+
+    rules = exclude_rules(None, (".venv", "/build"))
+    after = m(
+        d(".venv"),
+        d(".venv/lib"),
+        f(".venv/lib/zzz.pth"),
+        f(".env"),
+        f("sub/.ENV"),
+        f("sub/.env.local"),
+        f(".env.example"),
+        d("build"),
+        f("build/x"),
+        f(".VENV.txt"),
+        f("id_rsa"),
+        d(".SSH"),
+        f(".SSH/authorized_keys"),
+    )
+    changes = by_path(compute(m(), after, rules=rules))
+    for path in (".venv", ".venv/lib", ".venv/lib/zzz.pth", ".env", "sub/.env.local", "build", "build/x"):
+        assert changes[path][1] == "refused", (path, changes[path])
+        assert "never" in changes[path][2]
+    assert "exclude '.venv'" in changes[".venv/lib/zzz.pth"][2]
+    assert "secret pattern '.env'" in changes[".env"][2]
+    for path in ("sub/.ENV", "id_rsa", ".SSH/authorized_keys"):
+        assert changes[path][1] == "refused", path
+    assert changes[".env.example"][1] == "apply"
+    assert changes[".VENV.txt"][1] == "apply"
+
+
+def test_without_rules_the_default_secret_patterns_still_hold() -> None:
+    assert by_path(compute(m(), m(f(".env"))))[".env"][1] == "refused"
+
+
+def test_content_of_refused_paths_is_not_fetched() -> None:
+    from vmsbx.sync.blobs import wanted_paths
+
+    assert wanted_paths(compute(m(), m(f(".env"), f("ok")))) == {"ok": sha(b"x")}
+
+
+# --- issue 16: modes -------------------------------------------------------------------------
+
+
+def test_setuid_keeps_the_rest_of_the_mode() -> None:
+    changes = compute(m(f("run.sh", mode=0o644)), m(f("run.sh", mode=0o4755)))
+    (entry,) = changes.entries
+    assert (entry.change, entry.new_mode, entry.guest_mode) == ("mode", 0o755, 0o4755)
+
+
+@pytest.mark.parametrize(
+    ("guest", "umask", "applied"),
+    [
+        (0o777, 0o022, 0o755),
+        (0o666, 0o022, 0o644),
+        (0o777, 0o077, 0o700),
+        (0o1777, 0o022, 0o755),
+        (0o777, 0, 0o775),
+    ],
+)
+def test_world_writable_modes_are_reduced_to_the_umask(guest: int, umask: int, applied: int) -> None:
+    (entry,) = compute(m(), m(f("x", mode=guest)), umask=umask).entries
+    assert entry.new_mode == applied and entry.guest_mode == guest
+
+
+def test_a_group_writable_mode_is_kept_and_plain_modes_carry_no_note() -> None:
+    entries = compute(m(), m(f("g", mode=0o775), f("p", mode=0o755)), umask=0o022).entries
+    assert [(e.new_mode, e.guest_mode) for e in entries] == [(0o775, None), (0o755, None)]
+
+
+def test_diff_shows_new_modes_and_says_what_was_reduced(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    store.folder.mkdir()
+    (store.folder / sha(b"x")).write_bytes(b"x")
+    after = m(d("bin"), f("bin/tool", mode=0o755), f("open", mode=0o777), f("suid", mode=0o4755))
+    changeset = compute(m(), after, umask=0o022)
+    text = render_diff(changeset, store, tmp_path)
+    assert "added dir bin\nnew mode 755\n" in text
+    assert "added file bin/tool\nnew mode 755\n" in text
+    assert "world-writable mode 777 from the guest reduced to 755 by your umask" in text
+    assert "setuid/setgid/sticky bits dropped (4755 in the guest)" in text
+    summary = render_summary(changeset)
+    assert "A open (mode 755, reduced from 777)" in summary
+    assert "A bin/tool (mode 755)" in summary
+
+
+def test_digest_of_a_changeset_stored_before_guest_mode_is_unchanged() -> None:
+    entry = compute(m(), m(f("a"))).entries[0]
+    legacy = entry.model_dump(mode="json")
+    del legacy["guest_mode"]
+    import json as json_module
+
+    canonical = json_module.dumps([legacy], sort_keys=True, separators=(",", ":"))
+    assert entries_digest((entry,)) == hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def test_the_rules_a_run_used_round_trip_as_stored() -> None:
+    from vmsbx.sync.rules import exclude_rules, rules_from_json, rules_to_json
+
+    rules = exclude_rules(("*.pem",), (".venv", "!keep"))
+    assert rules_from_json(rules_to_json(rules)) == rules
+    with pytest.raises(ValueError):
+        rules_from_json(b'{"secret_patterns": [1], "exclude": []}')
+
+
+def test_files_reached_through_a_link_as_a_sensitive_name_are_classified_as_that_name() -> None:
+    base = m(
+        d("config"),
+        d("config/claude"),
+        f("config/claude/settings.json"),
+        ln(".claude", "config/claude"),
+        d("realgit"),
+        d("realgit/hooks"),
+        ln(".git", "realgit"),
+        d("ci"),
+        ln(".github", "ci"),
+        d("scripts"),
+        f("scripts/env.sh"),
+        ln(".envrc", "scripts/env.sh"),
+    )
+    after = m(
+        *[entry for entry in base.entries if entry.path != "config/claude/settings.json"],
+        f("config/claude/settings.json", b"evil"),
+        f("realgit/hooks/pre-commit"),
+        d("ci/workflows"),
+        f("ci/workflows/x.yml"),
+        f("ci/README.md"),
+        f("scripts/env.sh", b"evil"),
+        f("config/other.txt"),
+    )
+    changes = by_path(compute(base, after))
+    assert changes["config/claude/settings.json"][1] == "sensitive"
+    assert "through the link '.claude'" in changes["config/claude/settings.json"][2]
+    assert changes["realgit/hooks/pre-commit"][1] == "git"
+    assert changes["ci/workflows/x.yml"][1] == "sensitive"
+    assert changes["scripts/env.sh"][1] == "sensitive"
+    assert changes["ci/README.md"][1] == changes["config/other.txt"][1] == "apply"

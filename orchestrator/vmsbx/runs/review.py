@@ -139,6 +139,7 @@ def report_lines(record: RunRecord, report: applier.ApplyReport) -> list[str]:
     conflict = "  conflict (changed on this machine during the run; yours is kept):"
     lines += [f"{conflict} {_safe(p)} — {_safe(why)}" for p, why in report.conflicts]
     lines += [f"  refused: {_safe(p)} — {_safe(why)}" for p, why in report.refused]
+    lines += [f"  mode: {_safe(p)} — {_safe(what)}" for p, what in report.mode_notes]
     if report.held_back:
         lines.append(f"  held back (sensitive; --include-sensitive applies them): {len(report.held_back)}")
         lines += [f"    {_safe(p)}" for p in report.held_back]

@@ -31,7 +31,7 @@ from vmsbx.sync.delta import SyncPlan, plan_sync
 from vmsbx.sync.driver import collect as driver_collect
 from vmsbx.sync.driver import guest_manifest, load_manifest, save_manifest
 from vmsbx.sync.manifest import ExcludedItem, Manifest, Scan, scan
-from vmsbx.sync.rules import exclude_rules
+from vmsbx.sync.rules import ExcludeRules, exclude_rules, rules_from_json, rules_to_json
 from vmsbx.sync.stream import write_stream
 from vmsbx.textsafe import strip_control
 
@@ -50,6 +50,7 @@ class SyncIn:
     key: str
     scan: Scan
     plan: SyncPlan
+    rules: ExcludeRules
 
     @property
     def excluded(self) -> tuple[ExcludedItem, ...]:
@@ -79,7 +80,7 @@ def plan_sync_in(settings: Settings, project: Path, guest: GuestControl, vm: str
         wsync=[*GUEST, "wsync", "project", key],
         options=[f"--size={settings.sandbox.workspace_size}"],
     )
-    return SyncIn(key=key, scan=host, plan=plan_sync(host.manifest, mirror))
+    return SyncIn(key=key, scan=host, plan=plan_sync(host.manifest, mirror), rules=rules)
 
 
 @contextlib.contextmanager
@@ -111,6 +112,7 @@ def launch_stream(request: dict[str, object], sync: SyncIn) -> Iterator[BinaryIO
 def save_base(run_folder: Path, sync: SyncIn, bases: list[str]) -> None:
     changes = ensure_private_dir(run_folder / "changes")
     save_manifest(sync.scan.manifest, changes / "base.json")
+    (changes / "rules.json").write_bytes(rules_to_json(sync.rules))
     (changes / "base-commits.json").write_text(json.dumps(bases))
     (run_folder / "sync.json").write_text(json.dumps(sync.summary(), indent=1))
 
@@ -136,11 +138,21 @@ def collect(
         changes,
         wsync=[*GUEST, "wsync", "run", run_id],
         listed=Manifest.from_json(listed) if listed is not None else None,
+        rules=_stored_rules(changes),
     )
     problems = [f"{strip_control(name)}: {why}" for name, why in (*got.received.rejected, *got.pack_problems)]
     problems += [f"{strip_control(name)}: did not arrive" for name in got.received.missing]
     bundle = _collect_bundle(run_id, changes, guest, project, got.changeset, problems)
     return Collected(changeset=got.changeset, bundle=bundle, problems=tuple(problems))
+
+
+def _stored_rules(changes: Path) -> ExcludeRules | None:
+    """The rules the run's sync-in used; None (the default secret patterns) for a run stored
+    before they were kept, or when the file is damaged."""
+    try:
+        return rules_from_json((changes / "rules.json").read_bytes()[: 1 << 20])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _collect_bundle(

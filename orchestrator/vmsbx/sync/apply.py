@@ -7,6 +7,8 @@ Guarantees (each tested in tests/host/test_sync_apply.py):
   O_DIRECTORY|O_NOFOLLOW, so a symlinked parent cannot redirect a write or a deletion;
 - files are written to a temporary name in their folder, fsynced and renamed into place;
   setuid/setgid/sticky bits never come back; nothing outside the project is touched;
+- every link is resolved against the project as it will be (the host's links included, also
+  those the guest never saw): one that leaves the project or passes through a link is refused;
 - if any step fails, every step before it is undone: the project is exactly as before.
 POSIX hosts only (Windows has no directory descriptors).
 """
@@ -26,7 +28,8 @@ from pathlib import Path
 
 from vmsbx.errors import SyncError
 from vmsbx.sync.blobs import BlobStore
-from vmsbx.sync.changeset import ChangeEntry, Changeset, entries_digest
+from vmsbx.sync.changeset import ChangeEntry, Changeset, entries_digest, mode_notes
+from vmsbx.sync.links import NodeKind, unsafe_links
 from vmsbx.sync.manifest import Manifest
 from vmsbx.sync.names import fold_key, sort_key
 
@@ -50,6 +53,8 @@ class ApplyReport:
     """Paths under .git/: never written as files."""
     already: tuple[str, ...] = ()
     """Paths the host already has as the changeset wants them (an earlier apply): left alone."""
+    mode_notes: tuple[tuple[str, str], ...] = ()
+    """(path, what): applied paths whose mode is not the guest's (bits dropped or reduced)."""
 
 
 class _Unsafe(Exception):
@@ -82,7 +87,8 @@ def apply(
     root_fd = os.open(project.resolve(), _DIR_FLAGS)
     tree = _Tree(root_fd)
     try:
-        plan = _decide(tree, changeset, blobs, include_sensitive=include_sensitive)
+        base_links = tuple(entry.path for entry in base.entries if entry.kind == "symlink")
+        plan = _decide(tree, changeset, blobs, include_sensitive=include_sensitive, base_links=base_links)
         accepted = [entry for entry in changeset.entries if entry.path in plan.accepted]
         journal = _Journal()
         try:
@@ -104,6 +110,9 @@ def apply(
         held_back=tuple(plan.held_back),
         git=tuple(plan.git),
         already=tuple(sorted(plan.already)),
+        mode_notes=tuple(
+            (entry.path, "; ".join(mode_notes(entry))) for entry in accepted if mode_notes(entry)
+        ),
     )
 
 
@@ -238,7 +247,14 @@ class _Decision:
     already: set[str] = field(default_factory=set)
 
 
-def _decide(tree: _Tree, changeset: Changeset, blobs: BlobStore, *, include_sensitive: bool) -> _Decision:
+def _decide(
+    tree: _Tree,
+    changeset: Changeset,
+    blobs: BlobStore,
+    *,
+    include_sensitive: bool,
+    base_links: tuple[str, ...],
+) -> _Decision:
     decision = _Decision()
     by_path = {entry.path: entry for entry in changeset.entries}
     for entry in changeset.entries:
@@ -258,6 +274,7 @@ def _decide(tree: _Tree, changeset: Changeset, blobs: BlobStore, *, include_sens
                 decision.conflicts[entry.path] = problem
     # A change that depends on one not applied is not applied either: children of a folder
     # that is not created, and the removal of a folder whose contents are not all removed.
+    # Links are judged against the outcome, which each change left out alters: to a fixpoint.
     changed = True
     while changed:
         changed = False
@@ -267,7 +284,51 @@ def _decide(tree: _Tree, changeset: Changeset, blobs: BlobStore, *, include_sens
                 decision.accepted.discard(path)
                 decision.conflicts[path] = f"depends on {blocker!r}, which is not applied"
                 changed = True
+        for path, why in _unsafe_links_after(tree, by_path, decision.accepted, base_links).items():
+            decision.accepted.discard(path)
+            decision.refused[path] = why
+            changed = True
     return decision
+
+
+def _unsafe_links_after(
+    tree: _Tree, by_path: dict[str, ChangeEntry], accepted: set[str], base_links: tuple[str, ...]
+) -> dict[str, str]:
+    """The accepted links that would leave the project or pass through a link once applied."""
+
+    def lookup(path: str) -> tuple[NodeKind, str | None] | None:
+        entry = by_path.get(path)
+        if entry is not None and path in accepted:
+            return None if entry.change == "deleted" else (entry.kind, entry.target)
+        return _host_node(tree, path)
+
+    new_links = {
+        path for path in accepted if by_path[path].kind == "symlink" and by_path[path].change != "deleted"
+    }
+    links = []
+    for path in sorted({*new_links, *base_links}):
+        node = lookup(path)
+        if node is not None and node[0] == "symlink":
+            links.append((path, node[1] or ""))
+    return unsafe_links(links, lookup, new_links)
+
+
+def _host_node(tree: _Tree, path: str) -> tuple[NodeKind, str | None] | None:
+    """What the host holds at `path` (links not followed); None when nothing, or when a folder
+    on the way is a link or not a folder (apply replaces such a folder or writes nothing there)."""
+    parent_path, _, name = path.rpartition("/")
+    try:
+        parent = tree.dir(parent_path)
+        if parent is None:
+            return None
+        info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except (_Unsafe, FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISLNK(info.st_mode):
+        return "symlink", os.readlink(name, dir_fd=parent)
+    if stat.S_ISDIR(info.st_mode):
+        return "dir", None
+    return ("file" if stat.S_ISREG(info.st_mode) else "special"), None
 
 
 def _blocker(entry: ChangeEntry, by_path: dict[str, ChangeEntry], accepted: set[str]) -> str | None:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from vmsbx.sync.blobs import BlobStore
-from vmsbx.sync.changeset import ChangeEntry, Changeset
+from vmsbx.sync.changeset import ChangeEntry, Changeset, mode_notes
 from vmsbx.sync.names import path_problem
 from vmsbx.textsafe import strip_control
 
@@ -50,7 +50,13 @@ def render_summary(changeset: Changeset) -> str:
             if entry.kind == "dir":
                 line += "/"
             if entry.change == "mode" and entry.old_mode is not None and entry.new_mode is not None:
-                line += f" (mode {entry.old_mode:o} -> {entry.new_mode:o})"
+                line += f" (mode {entry.old_mode:o} -> {entry.new_mode:o}{_reduced(entry)})"
+            elif (
+                entry.change == "added"
+                and entry.new_mode is not None
+                and entry.new_mode != _PLAIN[entry.kind]
+            ):
+                line += f" (mode {entry.new_mode:o}{_reduced(entry)})"
             if entry.classification == "refused":
                 line += f" - {entry.reason}"
             out.append(line + "\n")
@@ -67,13 +73,23 @@ def render_entry(entry: ChangeEntry, blobs: BlobStore, project: Path, *, context
     lines = [head + "\n"]
     if entry.old_mode is not None and entry.new_mode is not None and entry.old_mode != entry.new_mode:
         lines.append(f"mode {entry.old_mode:o} -> {entry.new_mode:o}\n")
-    if entry.mode_dropped:
-        lines.append("setuid/setgid/sticky bits dropped\n")
+    elif entry.change == "added" and entry.new_mode is not None:
+        lines.append(f"new mode {entry.new_mode:o}\n")
+    lines += [note + "\n" for note in mode_notes(entry)]
     if entry.kind == "symlink" or entry.old_kind == "symlink":
         lines.append(f"link {entry.old_target!r} -> {entry.target!r}\n")
     if entry.change in {"added", "modified", "deleted"} and "file" in {entry.kind, entry.old_kind}:
         lines.append(_content_diff(entry, blobs, project, context))
     return "".join(lines) + "\n"
+
+
+# The modes that need no mention in a summary line (what a umask of 022 gives).
+_PLAIN = {"file": 0o644, "dir": 0o755, "symlink": None, "special": None}
+
+
+def _reduced(entry: ChangeEntry) -> str:
+    guest = entry.guest_mode
+    return f", reduced from {guest & 0o777:o}" if guest is not None and guest & 0o002 else ""
 
 
 def _show_path(path: str) -> str:

@@ -141,15 +141,20 @@ def collect(
     max_bytes: int = blobs_module.DEFAULT_MAX_BYTES,
     wsync: Sequence[str] = WSYNC_ARGV,
     listed: Manifest | None = None,
+    rules: ExcludeRules | None = None,
 ) -> Collected:
     """After a run: compute the changeset against `base`, fetch the changed files' contents.
 
     Writes changes_dir/changeset.json and changes_dir/blobs/<sha256>. Call it only once the
     run's unit has stopped (nothing may write the workspace meanwhile). `listed` is the
-    workspace's manifest if the caller already has it (one guest call fewer).
+    workspace's manifest if the caller already has it (one guest call fewer); `rules` the ones
+    sync-in used (None: the default secret patterns): what they match is refused, never fetched.
     """
     changeset = compute(
-        base, listed if listed is not None else guest_manifest(channel, workspace, wsync=wsync)
+        base,
+        listed if listed is not None else guest_manifest(channel, workspace, wsync=wsync),
+        rules=rules,
+        umask=process_umask(),
     )
     changes_dir.mkdir(parents=True, exist_ok=True)
     changeset_module.save(changeset, changes_dir / "changeset.json")
@@ -181,6 +186,19 @@ def collect(
         with contextlib.suppress(FileNotFoundError):
             tar_path.unlink()
     return Collected(changeset, store, received, _pack_problems(err.getvalue()))
+
+
+def process_umask() -> int:
+    """This process's umask (what the user's new files get), read without loosening it."""
+    with contextlib.suppress(OSError, ValueError), Path("/proc/self/status").open() as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    # Reading the umask means setting it: meanwhile a file another thread creates gets the
+    # tight 077, never looser than the user's.
+    previous = os.umask(0o077)
+    os.umask(previous)
+    return previous
 
 
 def save_manifest(manifest: Manifest, path: Path) -> None:

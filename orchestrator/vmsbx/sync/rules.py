@@ -9,6 +9,7 @@ A pattern starting with "!" takes back an earlier match (the last matching patte
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -81,6 +82,20 @@ def exclude_rules(secret_patterns: tuple[str, ...] | None, exclude: tuple[str, .
     """Rules from settings: `secret_patterns` None keeps the defaults."""
     secrets = DEFAULT_SECRET_PATTERNS if secret_patterns is None else secret_patterns
     return ExcludeRules(secret_patterns=secrets, extra_patterns=exclude)
+
+
+def rules_to_json(rules: ExcludeRules) -> bytes:
+    """The rules as stored with a run (what its sync-in left out is what apply refuses)."""
+    return json.dumps({"secret_patterns": rules.secret_patterns, "exclude": rules.extra_patterns}).encode()
+
+
+def rules_from_json(data: bytes) -> ExcludeRules:
+    """Rules stored by `rules_to_json`; raise ValueError for anything else."""
+    loaded = json.loads(data)
+    secrets, extra = loaded["secret_patterns"], loaded["exclude"]
+    if not all(isinstance(item, list) and all(isinstance(p, str) for p in item) for item in (secrets, extra)):
+        raise ValueError("patterns must be lists of strings")
+    return ExcludeRules(secret_patterns=tuple(secrets), extra_patterns=tuple(extra))
 
 
 @lru_cache(maxsize=16)
