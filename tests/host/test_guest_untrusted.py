@@ -69,7 +69,12 @@ def run(tmp_path: Path) -> dict[str, str]:
     (holder / "transcript").write_bytes(b"\x01\x00\x00\x00\x03out")
     for path in (holder, holder / "transcript", workspace):
         os.chown(path, RUN_UID, RUN_UID)
-    return {"run_dir": str(run_dir), "tmp": str(tmp), "mount": str(workspace), "transcript": f"{run_dir}/transcript"}
+    return {
+        "run_dir": str(run_dir),
+        "tmp": str(tmp),
+        "mount": str(workspace),
+        "transcript": f"{run_dir}/transcript",
+    }
 
 
 def _holder(run: dict[str, str]) -> Path:
@@ -109,7 +114,7 @@ def test_the_runs_own_transcript_is_saved_whole(run: dict[str, str]) -> None:
         ("other-file", "transcript is a symbolic link, not a file"),
         ("fifo", "transcript is a FIFO, not a file"),
         ("device", "transcript is a character device, not a file"),
-        ("directory", "transcript is a dir, not a file"),
+        ("directory", "transcript is a directory, not a file"),
         ("someone-elses", f"transcript belongs to uid 0, not to the run's user ({RUN_UID})"),
     ],
 )
@@ -132,14 +137,16 @@ def test_a_swapped_holder_folder_is_refused(run: dict[str, str], tmp_path: Path)
     holder.rename(holder.with_name(".vmsbx-old"))
     holder.symlink_to(elsewhere)
     os.lchown(holder, RUN_UID, RUN_UID)
-    assert launcher.save_transcript(run) == "transcript not saved: .vmsbx is a symbolic link, not a dir"
+    assert launcher.save_transcript(run) == "transcript not saved: .vmsbx is a symbolic link, not a directory"
     assert not Path(run["transcript"]).exists()
 
 
 def test_a_holder_folder_of_another_user_is_refused(run: dict[str, str]) -> None:
     os.chown(_holder(run), OTHER_UID, OTHER_UID)
     note = launcher.save_transcript(run)
-    assert note == f"transcript not saved: .vmsbx belongs to uid {OTHER_UID}, not to the run's user ({RUN_UID})"
+    assert note == (
+        f"transcript not saved: .vmsbx belongs to uid {OTHER_UID}, not to the run's user ({RUN_UID})"
+    )
 
 
 def test_without_a_known_run_user_nothing_is_read(run: dict[str, str]) -> None:
@@ -194,21 +201,23 @@ def test_attach_never_follows_a_link_to_another_socket(run: dict[str, str], tmp_
         link = _holder(run) / "holder.sock"
         link.symlink_to(tmp_path / "victim.sock")
         os.lchown(link, RUN_UID, RUN_UID)
-        with pytest.raises(launcher.Untrusted, match="holder.sock is a symbolic link, not a socket"):
+        with pytest.raises(launcher.Untrusted, match=r"holder\.sock is a symbolic link, not a socket"):
             launcher.connect_holder(run)
         with pytest.raises(BlockingIOError):
             victim.accept()  # nobody connected
 
 
 def test_attach_refuses_a_socket_of_another_user(run: dict[str, str]) -> None:
-    with _listen(_holder(run) / "holder.sock", OTHER_UID):
-        with pytest.raises(launcher.Untrusted, match=f"belongs to uid {OTHER_UID}"):
-            launcher.connect_holder(run)
+    with (
+        _listen(_holder(run) / "holder.sock", OTHER_UID),
+        pytest.raises(launcher.Untrusted, match=f"belongs to uid {OTHER_UID}"),
+    ):
+        launcher.connect_holder(run)
 
 
 def test_attach_refuses_a_file_where_the_socket_should_be(run: dict[str, str]) -> None:
     path = _holder(run) / "holder.sock"
     path.write_text("")
     os.chown(path, RUN_UID, RUN_UID)
-    with pytest.raises(launcher.Untrusted, match="holder.sock is a file, not a socket"):
+    with pytest.raises(launcher.Untrusted, match=r"holder\.sock is a file, not a socket"):
         launcher.connect_holder(run)
