@@ -38,6 +38,7 @@ import json
 import os
 import re
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -88,13 +89,166 @@ def paths(run_id: str) -> dict[str, str]:
         "result": f"{run_dir}/result.json",
         "started": f"{run_dir}/started",
         "unit": f"vmsbx-run-{run_id}.service",
-        "socket": f"{run_dir}/tmp/.vmsbx/holder.sock",
-        "transcript": f"{run_dir}/tmp/.vmsbx/transcript",
+        "transcript": f"{run_dir}/transcript",
     }
 
 
 def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+
+# -- paths the run can write -------------------------------------------------------------------
+#
+# The run's tmpfs belongs to the run: in it, anything may be a symlink, a FIFO, a device node or
+# a sparse file far larger than it looks, planted to make root read, write or connect elsewhere
+# (ln -sf /dev/zero /tmp/.vmsbx/transcript once made `record` fill the guest disk). Root reaches
+# it only from the tmpfs's mount point, in the root-only run folder (the run cannot rename or
+# replace either), one name at a time relative to a directory fd, with O_NOFOLLOW, and checks
+# with fstat what it got: the kind it expects, owned by the run's user, read up to a cap.
+
+HOLDER_DIR = ".vmsbx"  # the holder's folder on the run's tmpfs (made by the holder, the run's)
+TRANSCRIPT_CAP = 257 << 20  # the holder stops at 256 MiB; its last frames (the exit) come after
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+# O_PATH|O_NOFOLLOW opens a symlink itself (fstat then says so) and never the socket's peer.
+OPEN_FLAGS = {"file": FILE_FLAGS, "directory": DIR_FLAGS, "socket": os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC}
+KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "directory", stat.S_IFSOCK: "socket",
+         stat.S_IFLNK: "symbolic link", stat.S_IFIFO: "FIFO", stat.S_IFCHR: "character device",
+         stat.S_IFBLK: "block device"}  # fmt: skip
+
+
+class Untrusted(Exception):
+    """A path the run could write that root will not use; the message (it goes into the run's
+    record) says what it was."""
+
+
+def _kind(mode: int) -> str:
+    return KINDS.get(stat.S_IFMT(mode), "special file")
+
+
+def _check_untrusted(st: os.stat_result, name: str, *, uid: int, kind: str) -> None:
+    if _kind(st.st_mode) != kind:
+        raise Untrusted(f"{name} is a {_kind(st.st_mode)}, not a {kind}")
+    if st.st_uid != uid:
+        raise Untrusted(f"{name} belongs to uid {st.st_uid}, not to the run's user ({uid})")
+
+
+def open_untrusted(dir_fd: int, name: str, *, uid: int, kind: str) -> int:
+    """An fd of `name` in `dir_fd` if it is a `kind` ("file", "directory" or "socket") owned by `uid`:
+    never through a symlink, never blocking (a FIFO or a device is refused from its lstat, and
+    O_NONBLOCK covers one swapped in before the open). A "socket" is an O_PATH fd: connect to
+    /proc/self/fd/N, which is that very inode. Raises Untrusted, or FileNotFoundError; the
+    caller closes the fd and caps what it reads (see copy_capped)."""
+    if "/" in name or name in ("", ".", ".."):
+        raise Untrusted(f"{name!r} is not a plain name")
+    _check_untrusted(os.stat(name, dir_fd=dir_fd, follow_symlinks=False), name, uid=uid, kind=kind)
+    try:
+        fd = os.open(name, OPEN_FLAGS[kind], dir_fd=dir_fd)
+    except OSError as exc:  # ELOOP, ENOTDIR, ENXIO …: replaced after the lstat
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise Untrusted(f"{name} changed while root opened it ({exc.strerror})") from None
+    try:
+        _check_untrusted(os.fstat(fd), name, uid=uid, kind=kind)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def copy_capped(source_fd: int, target: str, cap: int) -> tuple[int, int]:
+    """Copy at most `cap` bytes of an open regular file into `target` (in a root-only folder,
+    replaced whole); returns (bytes copied, the file's size when it was opened)."""
+    size = os.fstat(source_fd).st_size
+    temp = target + ".new"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)
+    out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    copied = 0
+    try:
+        while copied < cap and (chunk := os.read(source_fd, min(1 << 20, cap - copied))):
+            os.write(out, chunk)  # a regular file on a local disk: short writes only on ENOSPC
+            copied += len(chunk)
+    finally:
+        os.close(out)
+    os.replace(temp, target)
+    return copied, size
+
+
+def run_uid(p: dict[str, str]) -> int:
+    """The run's user outside its sandbox: the owner its workspace got at the run's start (from
+    systemd's StateDirectory= chown, or nsjail_prep's hand-over), which the run cannot change:
+    without CAP_CHOWN it cannot give its files to another user."""
+    try:
+        st = os.stat(p["mount"], follow_symlinks=False)
+    except OSError as exc:
+        raise Untrusted(f"the run's user is unknown: its workspace is gone ({exc.strerror})") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid == 0:
+        raise Untrusted("the run's user is unknown: its workspace was never handed to it")
+    return st.st_uid
+
+
+def open_holder_dir(p: dict[str, str], uid: int) -> int:
+    """The holder's folder on the run's tmpfs, pinned: later lookups through the fd cannot be
+    redirected by renaming or replacing the folder."""
+    tmp_fd = os.open(p["tmp"], DIR_FLAGS)  # root's own mount point in the root-only run folder
+    try:
+        if os.fstat(tmp_fd).st_uid != 0:
+            raise Untrusted(f"{p['tmp']} is not the run's tmpfs")
+        return open_untrusted(tmp_fd, HOLDER_DIR, uid=uid, kind="directory")
+    finally:
+        os.close(tmp_fd)
+
+
+def save_transcript(p: dict[str, str]) -> str | None:
+    """Copy the holder's transcript into the run's root-only folder, at most TRANSCRIPT_CAP
+    bytes. None when it was saved whole, else the note for the run's record: a run's planted
+    link or FIFO is refused (never followed, never waited on), a larger file is cut short."""
+    try:
+        uid = run_uid(p)
+        holder_fd = open_holder_dir(p, uid)
+        try:
+            source = open_untrusted(holder_fd, "transcript", uid=uid, kind="file")
+        finally:
+            os.close(holder_fd)
+    except Untrusted as exc:
+        return f"transcript not saved: {exc}"
+    except FileNotFoundError:
+        return "transcript not saved: the run left none"
+    except OSError as exc:
+        return f"transcript not saved: {exc.strerror}"
+    try:
+        copied, size = copy_capped(source, p["transcript"], TRANSCRIPT_CAP)
+    except OSError as exc:  # e.g. a full guest disk: the verdict must still be recorded
+        return f"transcript not saved: {exc.strerror}"
+    finally:
+        os.close(source)
+    if size > copied:
+        return f"transcript cut at {copied} bytes (it was {size})"
+    return None
+
+
+def connect_holder(p: dict[str, str]) -> socket.socket:
+    """A connection to the run's session holder: only to a socket the run's user owns in the
+    holder's folder, reached through the O_PATH fd of that very socket (a path would follow a
+    symlink swapped in after the check). Raises Untrusted or OSError."""
+    import socket
+
+    uid = run_uid(p)
+    holder_fd = open_holder_dir(p, uid)
+    try:
+        sock_fd = open_untrusted(holder_fd, "holder.sock", uid=uid, kind="socket")
+    finally:
+        os.close(holder_fd)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(f"/proc/self/fd/{sock_fd}")
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.close(sock_fd)
+    return sock
 
 
 # -- launch ----------------------------------------------------------------------------------
@@ -215,9 +369,12 @@ def _ensure_project(proj: dict[str, str], size: int) -> None:
     os.makedirs(proj["mnt"], mode=0o755, exist_ok=True)
     if not os.path.ismount(proj["mnt"]):
         _check(["mount", "-o", "loop,nosuid,nodev", proj["image"], proj["mnt"]])
-        lost = f"{proj['mnt']}/lost+found"
-        if os.path.isdir(lost) and not os.listdir(lost):
-            os.rmdir(lost)
+        # Written by earlier runs: a `lost+found` there may be the agent's link to an empty
+        # folder elsewhere (rmdir would fail on it, and every later launch with it).
+        with contextlib.suppress(OSError):
+            lost = f"{proj['mnt']}/lost+found"
+            if stat.S_ISDIR(os.lstat(lost).st_mode) and not os.listdir(lost):
+                os.rmdir(lost)
 
 
 def _active_owner(proj: dict[str, str]) -> str:
@@ -356,20 +513,18 @@ def _remove_mountpoint(path: str) -> None:
 
 
 def attach(run_id: str) -> int:
-    import socket
-
     p = paths(run_id)
     deadline = time.monotonic() + 30
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     while True:
         try:
-            sock.connect(p["socket"])
+            sock = connect_holder(p)
             break
-        except OSError:
+        except (OSError, Untrusted) as exc:
             if os.path.exists(p["result"]):
                 return _replay_finished(p, 0)
             if time.monotonic() > deadline:
-                return fail(f"run {run_id} has no session holder to attach to")
+                why = f" ({exc})" if isinstance(exc, Untrusted) else ""
+                return fail(f"run {run_id} has no session holder to attach to{why}")
             time.sleep(0.05)
     tty_state = _raw_stdin()
     relay = Relay(sock)
@@ -474,7 +629,7 @@ class Relay:
 
 def _replay_finished(p: dict[str, str], offset: int) -> int:
     """The run already ended: print its transcript from `offset`, exit with its recorded code."""
-    saved = f"{p['run_dir']}/transcript"
+    saved = p["transcript"]
     code = _recorded_code(p)
     if os.path.exists(saved):
         with open(saved, "rb") as handle:
@@ -530,13 +685,11 @@ def _read_keyed(path: str) -> dict[str, int]:
 
 
 def record(run_id: str) -> int:
-    import shutil
-
     p = paths(run_id)
     cgroup = f"/sys/fs/cgroup/system.slice/{p['unit']}"
     memory_events = _read_keyed(f"{cgroup}/memory.events")
     pids_events = _read_keyed(f"{cgroup}/pids.events")
-    result = {
+    result: dict[str, object] = {
         "service_result": os.environ.get("SERVICE_RESULT", ""),
         "exit_code": os.environ.get("EXIT_CODE", ""),
         "exit_status": os.environ.get("EXIT_STATUS", ""),
@@ -547,8 +700,8 @@ def record(run_id: str) -> int:
         "tasks_limit_hits": pids_events.get("max", 0),
         "ended_at": time.time(),
     }
-    if os.path.exists(p["transcript"]):
-        shutil.copyfile(p["transcript"], f"{p['run_dir']}/transcript")
+    note = save_transcript(p)
+    result["notes"] = [note] if note else []
     tmp = p["result"] + ".tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(result, handle)

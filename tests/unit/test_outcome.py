@@ -52,3 +52,18 @@ def test_unknown_fields_from_the_guest_are_ignored_not_trusted() -> None:
         '{"service_result": "success", "exit_code": "exited", "exit_status": "0", "extra": "x"}'
     )
     assert outcome(parsed, POLICY) == (0, "exited with code 0")
+
+
+def test_what_root_refused_at_the_end_is_kept_and_clipped() -> None:
+    said = GuestResult.model_validate_json(
+        '{"service_result": "success", "exit_code": "exited", "exit_status": "0",'
+        ' "notes": ["transcript not saved: transcript is a FIFO, not a file"]}'
+    )
+    assert said.notes == ["transcript not saved: transcript is a FIFO, not a file"]
+    assert result("success", "exited", "0").notes == []  # a guest from before notes
+    flooded = GuestResult(
+        service_result="success", exit_code="exited", exit_status="0", notes=["x" * 10_000] * 100
+    )
+    assert len(flooded.notes) == 16 and {len(note) for note in flooded.notes} == {300}
+    odd = GuestResult.model_validate({"service_result": "", "exit_code": "", "exit_status": "", "notes": "a"})
+    assert odd.notes == []

@@ -73,6 +73,7 @@ def summary_fields(report: RunReport) -> list[tuple[str, str]]:
     cpu_seconds = None if r.resources.cpu_usage_usec is None else r.resources.cpu_usage_usec / 1e6
     exit_status = fmt.DASH if r.exit_code is None else str(r.exit_code)
     policy = r.policy
+    notes = [("guest notes", clean("; ".join(r.guest_notes), 1000))] if r.guest_notes else []
     return [
         ("run", r.id),
         ("vm", r.vm),
@@ -96,6 +97,7 @@ def summary_fields(report: RunReport) -> list[tuple[str, str]]:
             f"{fmt.number(cpu_seconds, '{:.1f}')} s used, peak {fmt.number(report.cpu_peak, '{:.0f}')} %",
         ),
         ("oom kills", str(r.resources.oom_kills)),
+        *notes,
     ]
 
 

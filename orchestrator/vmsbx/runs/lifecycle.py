@@ -492,6 +492,7 @@ def _record_ended(
         code, reason = INTERRUPTED, "interrupted (Ctrl-C): vmsbx stopped the run"
     record.exit_code, record.reason = code, reason
     record.service_result = result.service_result
+    record.guest_notes = list(result.notes)
     record.state = (
         "exited" if result.service_result == "success" or result.exit_code == "exited" else "failed"
     )

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import signal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vmsbx.config.models import SandboxSettings
 
 SANDBOX_FAILED = 125
 OOM_CODE = 128 + signal.SIGKILL
 TIMEOUT_CODE = 128 + signal.SIGTERM
+MAX_NOTES, NOTE_CHARS = 16, 300
 
 
 class GuestResult(BaseModel):
@@ -35,6 +36,18 @@ class GuestResult(BaseModel):
     oom_kills: int = 0
     tasks_limit_hits: int = 0
     ended_at: float | None = None
+    notes: list[str] = Field(
+        default_factory=list,
+        description="What root refused or cut short when it recorded the run (a planted link, a FIFO, "
+        "a transcript past its cap); clipped, it comes from the guest.",
+    )
+
+    @field_validator("notes", mode="before")
+    @classmethod
+    def _clip_notes(cls, value: object) -> list[str]:
+        if not isinstance(value, list):
+            return []
+        return [str(note)[:NOTE_CHARS] for note in value[:MAX_NOTES]]
 
 
 def _signal_number(name: str) -> int | None:

@@ -65,6 +65,11 @@ class RunRecord(BaseModel):
     api: dict[str, object] | None = Field(
         default=None, description="The relay's account of the run's API use."
     )
+    guest_notes: list[str] = Field(
+        default_factory=list,
+        description="What root in the guest refused or cut short when it recorded the run "
+        "(e.g. a transcript the run replaced with a symlink or a FIFO).",
+    )
     jail_problems: list[str] = Field(
         default_factory=list, description="nsjail mode: weaknesses found in the rendered jail config."
     )
