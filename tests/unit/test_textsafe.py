@@ -51,7 +51,7 @@ def test_cursor_movement_is_removed(raw: str, shown: str) -> None:
         pytest.param(f"{ESC}]52;c;ZWNobyBwd25lZA=={BEL}x", "x", id="osc-52-clipboard-write"),
         pytest.param(f"before{ESC}]0;never terminated", "before", id="osc-unterminated"),
         pytest.param(
-            f"before{ESC}]0;never terminated\nthe next line\n", "before\nthe next line\n", id="osc-ends-at-newline"
+            f"before{ESC}]0;unclosed\nthe next line\n", "before\nthe next line\n", id="osc-ends-at-newline"
         ),
     ],
 )
