@@ -170,6 +170,14 @@ def _classify(
     return "apply", ""
 
 
+def classify_path(path: str) -> tuple[Classification, str]:
+    """The class and reason the work-tree rules give a file at `path` by its name alone, for
+    paths that reach the host another way (the files the agent's commits touch). Goes through
+    `_classify` itself, so every rule for names (refused, .git, sensitive) holds here too."""
+    probe = ChangeEntry(path=path, change="added", kind="file", classification="apply")
+    return _classify(probe, {fold_key(path): {path}}, {})
+
+
 def _escapes(path: str, target: str) -> bool:
     if not target or target.startswith("/") or "\0" in target:
         return True
