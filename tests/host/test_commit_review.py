@@ -244,3 +244,29 @@ def test_a_bundle_that_cannot_be_read_is_not_fetched(world: World) -> None:
     applied = world.vmsbx("apply", "-y", RUN_ID)
     assert "refused, branch vmsbx/" in applied.stdout
     world.user_repo_untouched()
+
+
+def test_commits_with_names_vmsbx_refuses_are_never_fetched(world: World) -> None:
+    for name in (b"evil\x1b]0;title", b"\xff.txt"):
+        (world.workspace / os.fsdecode(name)).write_bytes(b"x\n")
+    (world.workspace / "keys").symlink_to("/root/.ssh")
+    _git(world.workspace, "add", "-A")
+    _git(world.workspace, *_IDENTITY, "commit", "-qm", "agent: odd names")
+    _git(world.workspace, "rm", "-q", "--cached", "keys")
+    _git(world.workspace, *_IDENTITY, "commit", "-qm", "agent: drop the link")
+    for name in (b"evil\x1b]0;title", b"\xff.txt", b"keys"):
+        (world.workspace / os.fsdecode(name)).unlink()
+    world.finish()
+    diff = world.vmsbx("diff", RUN_ID)
+    assert diff.returncode == 0, diff.stderr
+    assert ESC not in diff.stdout
+    assert "never brings back, so `vmsbx apply` will not fetch them: 2" in diff.stdout
+    reviewed = json.loads(world.vmsbx("diff", "--json", RUN_ID).stdout)["commits"]
+    reasons = {p["path"]: (p["classification"], p["change"], p["reason"]) for p in reviewed["paths"]}
+    assert reasons["evil\x1b]0;title"][:2] == ("refused", "added")
+    assert reasons["\\xff.txt"] == ("refused", "added", "name is not valid UTF-8")
+    assert reasons["keys"][:2] == ("sensitive", "history") and "symbolic link" in reasons["keys"][2]
+    applied = world.vmsbx("apply", "-y", "--include-sensitive", RUN_ID)
+    assert applied.returncode == 0, applied.stderr
+    assert "refused, branch vmsbx/" in applied.stdout and ESC not in applied.stdout
+    world.user_repo_untouched()

@@ -163,11 +163,11 @@ def _review(scratch: _Scratch, bundle: Path, bases: Sequence[str], branch: str) 
     )  # fmt: skip
     old = fork if fork is not None else scratch.empty_tree()
     net = _raw_entries(scratch.output(["diff-tree", "-r", "-z", "--no-renames", old, tip]))
-    paths: dict[str, CommitPath] = {}
-    for path, (_, mode) in touched.items():
-        paths[path] = _classified(path, "history", mode)
-    for path, (status, mode) in net.items():
-        paths[path] = _classified(path, status, mode)
+    paths: dict[bytes, CommitPath] = {}
+    for name, (_, mode) in touched.items():
+        paths[name] = _classified(name, "history", mode)
+    for name, (status, mode) in net.items():
+        paths[name] = _classified(name, status, mode)
     return CommitReview(
         branch=branch,
         tip=tip,
@@ -178,8 +178,11 @@ def _review(scratch: _Scratch, bundle: Path, bases: Sequence[str], branch: str) 
     )
 
 
-def _classified(path: str, change: PathChange, mode: str) -> CommitPath:
-    classification, reason = classify_path(path)
+def _classified(name: bytes, change: PathChange, mode: str) -> CommitPath:
+    # Classified as the work tree sees names (not UTF-8: lone surrogates, refused); stored with
+    # the bad bytes spelled out, since the record must be valid JSON.
+    classification, reason = classify_path(name.decode("utf-8", errors="surrogateescape"))
+    path = name.decode("utf-8", errors="backslashreplace")
     if classification == "apply" and mode == _LINK:
         classification, reason = "sensitive", "a symbolic link: vmsbx does not check where it points"
     elif classification == "apply" and mode == _GITLINK:
@@ -187,13 +190,13 @@ def _classified(path: str, change: PathChange, mode: str) -> CommitPath:
     return CommitPath(path=path, change=change, mode=mode, classification=classification, reason=reason)
 
 
-def _raw_entries(listing: tuple[bytes, bool]) -> dict[str, tuple[PathChange, str]]:
+def _raw_entries(listing: tuple[bytes, bool]) -> dict[bytes, tuple[PathChange, str]]:
     """`--raw -z` output as path -> (change, mode at the end); the last entry per path wins."""
     data, cut = listing
     if cut:
         raise _Failed("the commits touch more paths than vmsbx lists")
     tokens = data.split(b"\0")
-    entries: dict[str, tuple[PathChange, str]] = {}
+    entries: dict[bytes, tuple[PathChange, str]] = {}
     index = 0
     while index < len(tokens):
         header = tokens[index].strip(b"\n")
@@ -203,7 +206,7 @@ def _raw_entries(listing: tuple[bytes, bool]) -> dict[str, tuple[PathChange, str
         matched = _RAW.fullmatch(header)
         if matched is None or index >= len(tokens):
             raise _Failed("git printed a path listing vmsbx cannot read")
-        name = tokens[index].decode("utf-8", errors="surrogateescape")
+        name = tokens[index]
         index += 1
         status = _STATUS.get(matched.group(5), "modified")
         mode = matched.group(2).decode() if status != "deleted" else matched.group(1).decode()
@@ -291,7 +294,7 @@ class _Scratch:
         return tip.strip().decode()
 
     def empty_tree(self) -> str:
-        tree, _ = self.output(["hash-object", "-t", "tree", os.devnull], limit=200)
+        tree, _ = self.output(["hash-object", "-t", "tree", "--stdin"], limit=200)  # stdin: empty
         return tree.strip().decode()
 
     def output(self, args: list[str], *, limit: int = _MAX_LISTING_BYTES) -> tuple[bytes, bool]:
