@@ -50,6 +50,9 @@ def test_cursor_movement_is_removed(raw: str, shown: str) -> None:
         pytest.param(f"{ESC}]8;;https://evil.example/{ST}click{ESC}]8;;{ST}", "click", id="osc-8-hyperlink"),
         pytest.param(f"{ESC}]52;c;ZWNobyBwd25lZA=={BEL}x", "x", id="osc-52-clipboard-write"),
         pytest.param(f"before{ESC}]0;never terminated", "before", id="osc-unterminated"),
+        pytest.param(
+            f"before{ESC}]0;unclosed\nthe next line\n", "before\nthe next line\n", id="osc-ends-at-newline"
+        ),
     ],
 )
 def test_osc_sequences_are_removed_with_their_payload(raw: str, shown: str) -> None:

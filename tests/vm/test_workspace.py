@@ -222,3 +222,32 @@ def test_agent_commits_come_back_as_a_branch(cli: Cli, default_vm: dict[str, obj
     assert head.stdout.splitlines() == ["init"]  # the user's branch is untouched
     record = json.loads((cli.home / "runs" / run_id / "run.json").read_text())
     assert record["changes"] == "applied"
+
+
+def test_commits_that_touch_sensitive_paths_are_shown_and_held_back(
+    cli: Cli, default_vm: dict[str, object], tmp_path: Path
+) -> None:
+    # The attack: commit a CI workflow, then delete it from the work tree so the file changes
+    # show nothing. The run summary, diff and show flag it from the bundle the guest made.
+    project = _project(cli, tmp_path, git=True)
+    script = (
+        "mkdir -p .github/workflows && echo 'on: push' > .github/workflows/x.yml && git add .github"
+        " && git -c user.email=a@vmsbx -c user.name=a commit -qm \"$(printf 'agent: ci \\033]0;pwned')\""
+        " && rm -rf .github"
+    )
+    done = project.ok("run", "--", "sh", "-c", script)
+    summary = done.stderr.decode()
+    run_id = str(_last_run(project)["id"])
+    assert f"merging vmsbx/{run_id} brings 1 path(s)" in summary
+    assert "+ .github/workflows/x.yml  [sensitive]" in summary and "held back" in summary
+    diff = project.ok("diff", run_id).stdout.decode()
+    assert "agent: ci" in diff and "+on: push" in diff and "\x1b" not in diff
+    assert "+ .github/workflows/x.yml  [sensitive]" in diff
+    assert ".github/workflows/x.yml  [sensitive]" in project.ok("show", run_id).stdout.decode()
+    held = project.ok("apply", "-y", run_id).stdout.decode()
+    assert "held back, branch" in held
+    branches = ["git", "-C", str(project.cwd), "branch", "--list", f"vmsbx/{run_id}"]
+    assert subprocess.run(branches, capture_output=True, text=True, check=True).stdout == ""
+    fetched = project.ok("apply", "-y", "--include-sensitive", run_id).stdout.decode()
+    assert f"merging vmsbx/{run_id} brings 1 path(s)" in fetched
+    assert subprocess.run(branches, capture_output=True, text=True, check=True).stdout.strip()

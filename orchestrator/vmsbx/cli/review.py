@@ -18,7 +18,15 @@ def diff_command(run_id: str | None, as_json: bool) -> None:
     record = records.resolve(run_id)
     if as_json:
         changeset = review.stored(record)
-        print_json({"run": record.id, "digest": changeset.digest, **changeset.model_dump(mode="json")})
+        commits = review.commit_review(record)
+        print_json(
+            {
+                "run": record.id,
+                "digest": changeset.digest,
+                **changeset.model_dump(mode="json"),
+                "commits": None if commits is None else commits.model_dump(mode="json"),
+            }
+        )
         return
     changeset = review.stored(record)
     click.echo(review.diff_text(record), nl=False)
@@ -38,13 +46,13 @@ def apply_command(run_id: str | None, include_sensitive: bool, digest: str | Non
     record = records.resolve(run_id)
     changeset = review.stored(record)
     if not yes:
-        for line in review.summary_lines(record.id, changeset, review.bundle_path(record.id)):
+        for line in review.summary_lines(record.id, changeset, review.commit_review(record)):
             click.echo(line, err=True)
         click.confirm(f"Apply these changes to {record.project}?", abort=True, err=True)
-    report = review.apply_run(record, include_sensitive=include_sensitive, digest=digest or changeset.digest)
-    for line in review.report_lines(record, report):
+    applied = review.apply_run(record, include_sensitive=include_sensitive, digest=digest or changeset.digest)
+    for line in review.report_lines(record, applied):
         click.echo(line)
-    if report.conflicts:
+    if applied.files.conflicts:
         raise SystemExit(1)
 
 

@@ -21,8 +21,10 @@ def command(run_id: str | None, as_html: bool, as_json: bool) -> None:
     """
     from vmsbx.observe import report as reports
     from vmsbx.runs import record as records
+    from vmsbx.runs import review
 
     record = records.resolve(run_id)
+    review.commit_review(record)  # inspects runs whose commits were never inspected
     report = reports.load(records.run_dir(record.id), record)
     if as_json:
         print_json(report.model_dump(mode="json"))

@@ -27,7 +27,10 @@ from vmsbx.observe.artifacts import (
     read_tool_calls,
 )
 from vmsbx.observe.samples import SAMPLES_FILE, Sample, read_samples
+from vmsbx.runs import commits as commit_reviews
+from vmsbx.runs.commits import CommitReview
 from vmsbx.runs.record import RunRecord
+from vmsbx.sync.diff import show_path
 
 
 class RunReport(BaseModel):
@@ -39,6 +42,7 @@ class RunReport(BaseModel):
     tool_calls: list[ToolCall] | None = None
     network: NetworkSummary | None = None
     changes: list[ChangedFile] | None = None
+    commits: CommitReview | None = None
 
     @property
     def memory_peak(self) -> int | None:
@@ -64,6 +68,7 @@ def load(run_dir: Path, record: RunRecord) -> RunReport:
         tool_calls=read_tool_calls(run_dir),
         network=read_network(run_dir),
         changes=read_changeset(run_dir),
+        commits=commit_reviews.load(run_dir / "changes" / commit_reviews.COMMITS_FILE),
     )
 
 
@@ -109,6 +114,7 @@ def render_text(report: RunReport) -> str:
     else:
         lines.append(f"files changed   {len(report.changes)}")
         lines += [f"  {c.change or '?':9} {c.path}" for c in report.changes[:200]]
+    lines += _commit_text(report.commits)
     if report.network is None:
         lines.append(f"network         {fmt.DASH}")
     else:
@@ -125,6 +131,49 @@ def render_text(report: RunReport) -> str:
         lines.append(f"tool calls      {len(report.tool_calls)}")
         lines += [f"  {i:3}. {c.outcome:7} {c.label}" for i, c in enumerate(report.tool_calls, 1)]
     return "\n".join(lines) + "\n"
+
+
+def _commit_text(commits: CommitReview | None) -> list[str]:
+    if commits is None:
+        return []
+    if commits.error:
+        why = clean(commits.error, 300)
+        return [f"commits         not inspected: {why} (`vmsbx apply` will not fetch them)"]
+    flagged = commits.flagged
+    lines = [
+        f"commits         {commits.commit_count} new (branch {commits.branch} on apply), "
+        f"{len(commits.brings)} path(s) merging brings, {len(flagged)} flagged"
+    ]
+    lines += [f"  {c.id[:12]} {clean(c.subject)}" for c in commits.commits[:50]]
+    lines += [
+        f"  flagged   {clean(show_path(p.path), 300)}"
+        f"  [{p.classification}] {clean(p.reason)}" + ("  (history only)" if p.change == "history" else "")
+        for p in flagged[:200]
+    ]
+    return lines
+
+
+def _commit_html(commits: CommitReview | None) -> list[str]:
+    if commits is None:
+        return []
+    parts = ["<h2>Commits</h2>"]
+    if commits.error:
+        parts.append(f"<p>not inspected: {_e(clean(commits.error, 300))} (apply will not fetch them)</p>")
+        return parts
+    parts.append(
+        f"<p>{commits.commit_count} new on branch <code>{_e(commits.branch)}</code> (fetched on apply); "
+        f"merging brings {len(commits.brings)} path(s), {len(commits.flagged)} flagged</p>"
+    )
+    items = "".join(f"<li><code>{_e(c.id[:12])}</code> {_e(clean(c.subject))}</li>" for c in commits.commits)
+    parts.append(f'<ul id="commits">{items}</ul>')
+    flagged = "".join(
+        f'<li class="error"><code>{_e(clean(p.path, 300))}</code> {_e(p.change)} [{_e(p.classification)}] '
+        f"{_e(clean(p.reason))}</li>"
+        for p in commits.flagged
+    )
+    if flagged:
+        parts.append(f'<ul id="commit-flagged">{flagged}</ul>')
+    return parts
 
 
 # -- HTML ------------------------------------------------------------------------------------
@@ -228,6 +277,7 @@ def render_html(report: RunReport) -> str:
     else:
         items = "".join(f"<li><code>{_e(c.path)}</code> {_e(c.change)}</li>" for c in report.changes)
         parts.append(f'<ul id="changes">{items}</ul>' if items else "<p>none</p>")
+    parts += _commit_html(report.commits)
     parts.append("<h2>Network</h2>")
     if report.network is None:
         parts.append(f"<p>{fmt.DASH}</p>")

@@ -541,7 +541,7 @@ def _collect_changes(
     guest.release(record.id)
     if not quiet:
         for line in review.summary_lines(
-            record.id, collected.changeset, collected.bundle, collected.problems
+            record.id, collected.changeset, collected.commits, collected.problems
         ):
             print(line, file=sys.stderr)
 

@@ -8,19 +8,25 @@ link-refusing, conflict-checking, all-or-nothing `apply`.
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from vmsbx.errors import SyncError, UsageError
+from vmsbx.runs import commits as commit_reviews
 from vmsbx.runs import gitbundle
 from vmsbx.runs import record as records
+from vmsbx.runs.commits import CommitPath, CommitReview
 from vmsbx.runs.record import RunRecord
 from vmsbx.sync import apply as applier
 from vmsbx.sync.blobs import BlobStore
 from vmsbx.sync.changeset import Changeset
 from vmsbx.sync.changeset import load as load_changeset
-from vmsbx.sync.diff import render_diff
+from vmsbx.sync.diff import render_diff, show_path
 from vmsbx.sync.manifest import Manifest
 from vmsbx.textsafe import strip_control
 
@@ -32,6 +38,34 @@ def _changes_dir(run_id: str) -> Path:
 def bundle_path(run_id: str) -> Path | None:
     path = _changes_dir(run_id) / "commits.bundle"
     return path if path.is_file() else None
+
+
+def base_commits(run_id: str) -> list[str]:
+    """The commits the host had at sync-in (the bundle leaves them out)."""
+    try:
+        listed = json.loads((_changes_dir(run_id) / "base-commits.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [sha for sha in listed if isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", sha)]
+
+
+def inspect_commits(run_id: str, project: Path, bundle: Path) -> CommitReview:
+    """Inspect the bundle (see runs/commits.py) and store the review beside it."""
+    review = commit_reviews.inspect(bundle, project, base_commits(run_id), gitbundle.branch_name(run_id))
+    commit_reviews.save(review, _changes_dir(run_id) / commit_reviews.COMMITS_FILE)
+    return review
+
+
+def commit_review(record: RunRecord) -> CommitReview | None:
+    """What the agent's commits bring, or None when the run made none. Runs collected before
+    reviews were stored, or whose review could not be made, are inspected (again) now."""
+    bundle = bundle_path(record.id)
+    if bundle is None:
+        return None
+    review = commit_reviews.load(_changes_dir(record.id) / commit_reviews.COMMITS_FILE)
+    if review is not None and not review.error:
+        return review
+    return inspect_commits(record.id, Path(record.project or "."), bundle)
 
 
 def stored(record: RunRecord) -> Changeset:
@@ -51,10 +85,10 @@ def stored(record: RunRecord) -> Changeset:
 
 
 def summary_lines(
-    run_id: str, changeset: Changeset, bundle: Path | None, problems: tuple[str, ...] = ()
+    run_id: str, changeset: Changeset, commits: CommitReview | None, problems: tuple[str, ...] = ()
 ) -> list[str]:
     """The end-of-run summary: what changed, what needs care, what to do next."""
-    if not changeset.entries and bundle is None:
+    if not changeset.entries and commits is None:
         return [f"vmsbx: run {run_id} changed nothing in the project"]
     by_class = Counter(entry.classification for entry in changeset.entries)
     kinds = Counter(entry.change for entry in changeset.entries if entry.classification == "apply")
@@ -76,15 +110,51 @@ def summary_lines(
     git = sum(1 for entry in changeset.entries if entry.classification == "git")
     if git:
         lines.append(f"  .git/ changes: {git} (never written as files; new commits come back as a branch)")
-    if bundle is not None:
-        lines.append(f"  git commits: `vmsbx apply` fetches them as branch {gitbundle.branch_name(run_id)}")
+    if commits is not None:
+        lines += commit_lines(commits)
     lines += [f"  problem: {_safe(problem)}" for problem in problems]
     lines.append(f"  next: `vmsbx diff {run_id}`, `vmsbx apply {run_id}` or `vmsbx discard {run_id}`")
     return lines
 
 
+def commit_lines(commits: CommitReview) -> list[str]:
+    """The agent's commits: how many, what merging their branch brings, what is flagged."""
+    if commits.error:
+        why = _safe(commits.error)
+        return [f"  git commits: could not be inspected, so `vmsbx apply` will not fetch them: {why}"]
+    lines = [f"  git commits: {commits.commit_count} new, as branch {commits.branch}:"]
+    lines += [f"    {c.id[:12]} {_safe(c.subject)}" for c in commits.commits[:20]]
+    if commits.commit_count > 20:
+        lines.append(f"    … and {commits.commit_count - 20} more")
+    brings = commits.brings
+    lines.append(f"  merging {commits.branch} brings {len(brings)} path(s):")
+    lines += [f"    {_commit_path(path)}" for path in brings[:200]]
+    if len(brings) > 200:
+        lines.append(f"    … and {len(brings) - 200} more (`vmsbx diff` lists them all)")
+    flagged = commits.flagged
+    if commits.refused:
+        lines.append(
+            f"  the commits touch paths vmsbx never brings back, so `vmsbx apply` will not fetch them: "
+            f"{len(commits.refused)}"
+        )
+    elif flagged:
+        lines.append(
+            "  held back (the commits touch paths that can run code on your machine; "
+            f"`vmsbx apply --include-sensitive` fetches the branch): {len(flagged)}"
+        )
+    lines += [f"    {_commit_path(path)}  ({_safe(path.reason)})" for path in flagged[:200]]
+    return lines
+
+
+def _commit_path(path: CommitPath) -> str:
+    mark = "h" if path.change == "history" else _mark(path.change)
+    flag = "" if path.classification == "apply" else f"  [{path.classification}]"
+    history = "  (in the history only, not at the tip)" if path.change == "history" else ""
+    return f"{mark} {_safe(show_path(path.path))}{flag}{history}"
+
+
 def _mark(change: str) -> str:
-    return {"added": "+", "deleted": "-", "modified": "~", "mode": "m"}.get(change, "?")
+    return {"added": "+", "deleted": "-", "modified": "~", "mode": "m", "type": "t"}.get(change, "?")
 
 
 def _safe(text: str) -> str:
@@ -94,16 +164,29 @@ def _safe(text: str) -> str:
 def diff_text(record: RunRecord) -> str:
     changeset = stored(record)
     text = render_diff(changeset, BlobStore(_changes_dir(record.id) / "blobs"), Path(record.project or "."))
-    bundle = bundle_path(record.id)
-    if bundle is not None:
-        text += f"\n# git commits: a bundle of the agent's HEAD ({bundle.stat().st_size} bytes), "
-        text += f"fetched as branch {gitbundle.branch_name(record.id)} by `vmsbx apply`\n"
-    return text
+    bundle, commits = bundle_path(record.id), commit_review(record)
+    if bundle is None or commits is None:
+        return text
+    header = "\n".join(f"# {line.strip()}" for line in commit_lines(commits))
+    text += f"\n# The agent's git commits (branch {commits.branch} on `vmsbx apply`; not fetched yet)\n"
+    text += strip_control(header) + "\n\n"
+    project = Path(record.project or ".")
+    return text + commit_reviews.patch_text(bundle, project, commits, base_commits(record.id))
 
 
-def apply_run(
-    record: RunRecord, *, include_sensitive: bool, digest: str | None = None
-) -> applier.ApplyReport:
+BranchOutcome = Literal["none", "fetched", "held-back", "refused"]
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What `apply` did with the files and with the agent's commits."""
+
+    files: applier.ApplyReport
+    commits: CommitReview | None
+    branch: BranchOutcome
+
+
+def apply_run(record: RunRecord, *, include_sensitive: bool, digest: str | None = None) -> Applied:
     """Apply the stored changeset (pinned by `digest` if given) to the run's project."""
     if record.changes == "applied":
         raise UsageError(f"run {record.id}'s changes were already applied", hint="nothing left to do")
@@ -125,16 +208,27 @@ def apply_run(
         shown_digest=changeset.digest,
         include_sensitive=include_sensitive,
     )
-    bundle = bundle_path(record.id)
-    if bundle is not None:
-        gitbundle.fetch(project, bundle, record.id)
-    if not report.conflicts and not (report.held_back and not include_sensitive):
+    bundle, commits = bundle_path(record.id), commit_review(record)
+    branch: BranchOutcome = "none"
+    if bundle is not None and commits is not None:
+        # The same rule as for files: sensitive paths need --include-sensitive, refused never
+        # come; a branch whose commits could not be inspected is not fetched either.
+        if commits.error or commits.refused:
+            branch = "refused"
+        elif commits.flagged and not include_sensitive:
+            branch = "held-back"
+        else:
+            gitbundle.fetch(project, bundle, record.id)
+            branch = "fetched"
+    files_done = not report.conflicts and not (report.held_back and not include_sensitive)
+    if files_done and branch in ("none", "fetched"):
         record.changes = "applied"
         records.save(record)
-    return report
+    return Applied(files=report, commits=commits, branch=branch)
 
 
-def report_lines(record: RunRecord, report: applier.ApplyReport) -> list[str]:
+def report_lines(record: RunRecord, applied: Applied) -> list[str]:
+    report, commits = applied.files, applied.commits
     lines = [f"vmsbx: applied {len(report.applied)} change(s) to {record.project}"]
     conflict = "  conflict (changed on this machine during the run; yours is kept):"
     lines += [f"{conflict} {_safe(p)} — {_safe(why)}" for p, why in report.conflicts]
@@ -143,8 +237,29 @@ def report_lines(record: RunRecord, report: applier.ApplyReport) -> list[str]:
     if report.held_back:
         lines.append(f"  held back (sensitive; --include-sensitive applies them): {len(report.held_back)}")
         lines += [f"    {_safe(p)}" for p in report.held_back]
-    if bundle_path(record.id) is not None:
-        lines.append(f"  git: the agent's commits are on branch {gitbundle.branch_name(record.id)}")
+    if commits is None:
+        return lines
+    branch = commits.branch
+    if applied.branch == "fetched":
+        lines.append(f"  git: the agent's {commits.commit_count} commit(s) are on branch {branch} (unmerged)")
+        lines.append(f"  merging {branch} brings {len(commits.brings)} path(s):")
+        lines += [f"    {_commit_path(path)}" for path in commits.brings[:200]]
+        if commits.flagged:
+            flagged = len(commits.flagged)
+            lines.append(f"  flagged in the commits (can run code on your machine; review first): {flagged}")
+            lines += [f"    {_commit_path(path)}  ({_safe(path.reason)})" for path in commits.flagged[:200]]
+        lines.append(f"  inspect: `git log -p HEAD..{branch}`; merge: `git merge {branch}`")
+    elif applied.branch == "held-back":
+        lines.append(
+            f"  git: held back, branch {branch} not fetched: the commits touch paths that can run code on "
+            f"your machine ({len(commits.flagged)}; `vmsbx diff {record.id}` shows them; "
+            "--include-sensitive fetches the branch):"
+        )
+        lines += [f"    {_commit_path(path)}  ({_safe(path.reason)})" for path in commits.flagged[:200]]
+    else:
+        why = _safe(commits.error) if commits.error else "they touch paths vmsbx never brings back"
+        lines.append(f"  git: refused, branch {branch} not fetched: {why}")
+        lines += [f"    {_commit_path(path)}  ({_safe(path.reason)})" for path in commits.refused[:200]]
     return lines
 
 
@@ -154,5 +269,6 @@ def discard(record: RunRecord) -> None:
         raise UsageError(f"run {record.id} has not finished", hint=f"`vmsbx stop-run {record.id}` first")
     shutil.rmtree(_changes_dir(record.id) / "blobs", ignore_errors=True)
     (_changes_dir(record.id) / "commits.bundle").unlink(missing_ok=True)
+    (_changes_dir(record.id) / commit_reviews.COMMITS_FILE).unlink(missing_ok=True)
     record.changes = "discarded"
     records.save(record)

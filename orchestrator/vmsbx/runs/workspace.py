@@ -24,7 +24,8 @@ from typing import BinaryIO
 
 from vmsbx.config.models import Settings
 from vmsbx.paths import ensure_private_dir, vm_dir
-from vmsbx.runs import gitbundle
+from vmsbx.runs import gitbundle, review
+from vmsbx.runs.commits import CommitReview
 from vmsbx.runs.guestctl import GUEST, GuestControl
 from vmsbx.sync.changeset import Changeset
 from vmsbx.sync.delta import SyncPlan, plan_sync
@@ -121,6 +122,7 @@ def save_base(run_folder: Path, sync: SyncIn, bases: list[str]) -> None:
 class Collected:
     changeset: Changeset
     bundle: Path | None
+    commits: CommitReview | None
     problems: tuple[str, ...]
 
 
@@ -143,7 +145,8 @@ def collect(
     problems = [f"{strip_control(name)}: {why}" for name, why in (*got.received.rejected, *got.pack_problems)]
     problems += [f"{strip_control(name)}: did not arrive" for name in got.received.missing]
     bundle = _collect_bundle(run_id, changes, guest, project, got.changeset, problems)
-    return Collected(changeset=got.changeset, bundle=bundle, problems=tuple(problems))
+    commits = None if bundle is None else review.inspect_commits(run_id, project, bundle)
+    return Collected(changeset=got.changeset, bundle=bundle, commits=commits, problems=tuple(problems))
 
 
 def _stored_rules(changes: Path) -> ExcludeRules | None:

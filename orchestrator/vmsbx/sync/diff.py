@@ -97,6 +97,11 @@ def _show_path(path: str) -> str:
     return json.dumps(path) if path_problem(path) is not None or '"' in path else path
 
 
+def show_path(path: str) -> str:
+    """How review text names a path from the guest (quoted when it could forge lines)."""
+    return _show_path(path)
+
+
 def _content_diff(entry: ChangeEntry, blobs: BlobStore, project: Path, context: int) -> str:
     old, note = _old_content(entry, project)
     new: bytes | None = b""
