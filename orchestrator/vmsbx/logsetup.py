@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from vmsbx.paths import state_root
+from vmsbx.paths import ensure_private_dir, state_root
 
 MASK = "***"
 _MAX_BYTES = 5 * 1024 * 1024
@@ -117,8 +117,7 @@ def setup(verbosity: int = 0, *, stderr: bool = True) -> Path | None:
     path: Path | None = log_file()
     try:
         assert path is not None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.parent.chmod(0o700)
+        ensure_private_dir(path.parent)
         handler: logging.Handler = logging.handlers.RotatingFileHandler(
             path, maxBytes=_MAX_BYTES, backupCount=_BACKUPS, encoding="utf-8"
         )

@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from vmsbx.errors import SyncError
+from vmsbx.paths import write_private
 from vmsbx.sync.manifest import EntryKind, Manifest, ManifestEntry
 from vmsbx.sync.names import fold_key, path_problem, sort_key
 
@@ -197,9 +198,7 @@ def _sensitive(parts: list[str]) -> str:
 
 def save(changeset: Changeset, path: Path) -> None:
     """Write the changeset as JSON (atomically)."""
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_bytes(changeset.model_dump_json(indent=1).encode())
-    temp.replace(path)
+    write_private(path, changeset.model_dump_json(indent=1))
 
 
 def load(path: Path) -> Changeset:
