@@ -8,6 +8,7 @@ registered with `register_secret` and anything shaped like an API key or token b
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import logging
 import logging.handlers
@@ -55,6 +56,16 @@ def mask(text: str) -> str:
     for secret in known:
         text = text.replace(secret, MASK)
     return _PATTERNS.sub(MASK, text)
+
+
+class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """The log file (and each one it rotates to) created 0600 whatever the umask."""
+
+    def _open(self) -> io.TextIOWrapper:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o600)
+        return io.TextIOWrapper(os.fdopen(fd, "ab"), encoding=self.encoding, errors=self.errors)
 
 
 def log_file() -> Path:
@@ -118,7 +129,7 @@ def setup(verbosity: int = 0, *, stderr: bool = True) -> Path | None:
     try:
         assert path is not None
         ensure_private_dir(path.parent)
-        handler: logging.Handler = logging.handlers.RotatingFileHandler(
+        handler: logging.Handler = _PrivateRotatingFileHandler(
             path, maxBytes=_MAX_BYTES, backupCount=_BACKUPS, encoding="utf-8"
         )
         handler.setFormatter(JsonFormatter())

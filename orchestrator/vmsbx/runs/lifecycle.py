@@ -23,7 +23,7 @@ from vmsbx.config.models import Settings
 from vmsbx.errors import AgentError, TransportError, UsageError, VmsbxError
 from vmsbx.guest import provision_nsjail
 from vmsbx.logsetup import register_secret
-from vmsbx.paths import open_private, vm_dir
+from vmsbx.paths import open_private, vm_dir, write_private
 from vmsbx.runs import agentrun, gitbundle, review, workspace
 from vmsbx.runs import record as records
 from vmsbx.runs.guestctl import GuestControl, LaunchFailed
@@ -72,7 +72,7 @@ def policy_exposure(settings: Settings, guest: GuestControl, vm: str) -> float:
     cache: dict[str, float] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     if key not in cache:
         cache[key] = guest.score(unit)
-        cache_file.write_text(json.dumps(cache))
+        write_private(cache_file, json.dumps(cache))
     return cache[key]
 
 
@@ -111,7 +111,7 @@ def _ensure_nsjail(guest: GuestControl, vm: str, facts: dict[str, str]) -> None:
     installed = provision_nsjail(guest.client, facts.get("arch", ""), facts.get("nsjail_version", ""))
     if installed != facts.get("nsjail_version"):
         facts["nsjail_version"] = installed
-        (vm_dir(vm) / "guest.json").write_text(json.dumps(facts))
+        write_private(vm_dir(vm) / "guest.json", json.dumps(facts))
 
 
 @dataclass(frozen=True)
