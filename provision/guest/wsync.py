@@ -264,7 +264,11 @@ def too_large(root_fd: int, cache: dict[str, list[object]], stable_before: int |
     could refuse it. The host checks the manifest again (it trusts nothing from here)."""
     unread: list[tuple[str, int, bool]] = []
     scan(root_fd, cache, stable_before=stable_before, read=False, unread=unread)
-    new = sorted(((size, path) for path, size, surely_new in unread if surely_new), reverse=True)
+    # What is under .git/ comes back as a bundle (capped on its own), never as files.
+    new = sorted(
+        ((size, path) for path, size, surely_new in unread if surely_new and ".git" not in path.split("/")),
+        reverse=True,
+    )
     total = sum(size for size, _path in new)
     if total <= cap:
         return False

@@ -112,12 +112,15 @@ def test_the_guest_refuses_before_hashing_anything(tmp_path: Path) -> None:
 
 def test_files_the_cache_vouches_for_do_not_count(tmp_path: Path) -> None:
     """The guest's early check counts only surely new contents: an unchanged large file is not
-    counted, a changed one of a new size is."""
+    counted, nor new git objects (they come back as a bundle); a new file is."""
     _project, workspace, _base = _synced(tmp_path)
     cache = tmp_path / "cache.json"
     _sparse(workspace / "old.bin", 2 * 1024 * 1024, head=b"x")
     guest_manifest(StreamingExec(), str(workspace), cache=str(cache), wsync=LOCAL)
     argv = [*LOCAL, "manifest", str(workspace), "--cache", str(cache), "--max-new-bytes=1048576"]
+    assert subprocess.run(argv, capture_output=True, check=False).returncode == 0
+    (workspace / ".git").mkdir()
+    (workspace / ".git" / "pack").write_bytes(b"y" * (1024 * 1024 + 1))  # comes back as a bundle
     assert subprocess.run(argv, capture_output=True, check=False).returncode == 0
     (workspace / "new.bin").write_bytes(b"y" * (1024 * 1024 + 1))
     assert subprocess.run(argv, capture_output=True, check=False).returncode == 5
