@@ -176,8 +176,9 @@ def collect(
         return Collected(changeset, store, blobs_module.ReceiveReport((), (), ()), ())
     tar_path = changes_dir / "incoming.tar"
     err = TailBuffer(_STDERR_KEPT)
-    # The tar's own overhead: a PAX header (names up to 4 KiB) and padding per member.
-    limit = max_bytes + len(wanted) * 16 * 1024 + (1 << 20)
+    # The tar's own overhead per member: its header, a PAX header naming it (paths up to 4 KiB)
+    # and padding, under 6 KiB; then the end blocks.
+    limit = max_bytes + len(wanted) * 6 * 1024 + (1 << 20)
     overflow = SyncError("the guest sent more than the changed files' size", hint="run again")
     try:
         with open_private(tar_path) as raw:
