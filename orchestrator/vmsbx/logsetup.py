@@ -8,6 +8,7 @@ registered with `register_secret` and anything shaped like an API key or token b
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import logging
 import logging.handlers
@@ -18,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from vmsbx.paths import state_root
+from vmsbx.paths import ensure_private_dir, state_root
 
 MASK = "***"
 _MAX_BYTES = 5 * 1024 * 1024
@@ -55,6 +56,16 @@ def mask(text: str) -> str:
     for secret in known:
         text = text.replace(secret, MASK)
     return _PATTERNS.sub(MASK, text)
+
+
+class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """The log file (and each one it rotates to) created 0600 whatever the umask."""
+
+    def _open(self) -> io.TextIOWrapper:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o600)
+        return io.TextIOWrapper(os.fdopen(fd, "ab"), encoding=self.encoding, errors=self.errors)
 
 
 def log_file() -> Path:
@@ -117,9 +128,8 @@ def setup(verbosity: int = 0, *, stderr: bool = True) -> Path | None:
     path: Path | None = log_file()
     try:
         assert path is not None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.parent.chmod(0o700)
-        handler: logging.Handler = logging.handlers.RotatingFileHandler(
+        ensure_private_dir(path.parent)
+        handler: logging.Handler = _PrivateRotatingFileHandler(
             path, maxBytes=_MAX_BYTES, backupCount=_BACKUPS, encoding="utf-8"
         )
         handler.setFormatter(JsonFormatter())

@@ -7,9 +7,11 @@ test runs with a throw-away `VMSBX_HOME` still share one built image.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import platformdirs
 
@@ -46,10 +48,47 @@ def vm_dir(name: str) -> Path:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) and force mode 0700: sockets and keys live there."""
-    path.mkdir(parents=True, exist_ok=True)
+    """Create `path` and force mode 0700: sockets, keys and run records live there. Parents it
+    creates are 0700 too (mkdir's mode, not the umask's 0755): whatever the umask, no other
+    user can list or read vmsbx's state."""
+    missing = []
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=0o700)
+        folder.chmod(0o700)
     path.chmod(0o700)
     return path
+
+
+_PRIVATE_FLAGS = (
+    os.O_CREAT | os.O_CLOEXEC | int(getattr(os, "O_BINARY", 0)) | int(getattr(os, "O_NOFOLLOW", 0))
+)
+
+
+def open_private(path: Path, mode: str = "wb") -> BinaryIO:
+    """Open a state file for writing ("wb", "ab" or "w+b"), created 0600 whatever the umask (a
+    file that exists is set to 0600 too). Its folder must exist."""
+    flags = {"wb": os.O_WRONLY | os.O_TRUNC, "ab": os.O_WRONLY | os.O_APPEND, "w+b": os.O_RDWR | os.O_TRUNC}
+    fd = os.open(path, flags[mode] | _PRIVATE_FLAGS, 0o600)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o600)
+        return cast(BinaryIO, os.fdopen(fd, mode))
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def write_private(path: Path, data: bytes | str) -> None:
+    """Replace a state file atomically with `data` (text as UTF-8), mode 0600."""
+    temp = path.with_name(path.name + ".tmp")
+    with open_private(temp) as sink:
+        sink.write(data.encode() if isinstance(data, str) else data)
+    temp.replace(path)
 
 
 def data_dir() -> Path:

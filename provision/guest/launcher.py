@@ -6,7 +6,7 @@
   attach ID         relays the run's session holder to stdin/stdout/stderr; exits with the
                     holder's code (which the host double-checks against `result`).
   result ID         waits for the record ExecStopPost= writes, prints it.
-  ended ID WAIT INV [CURSOR] [--manifest]
+  ended ID WAIT INV [CURSOR] [--manifest[=MAX_NEW_BYTES]]
                     result, then (--manifest) the workspace's manifest line, then the journal.
   record ID         (ExecStopPost=+) records systemd's verdict and the cgroup's peaks.
   stop ID           stops the run's unit.
@@ -15,8 +15,9 @@
   score-live ID     the exposure score of the running unit.
   release ID        after the host recorded an ended run: frees its tmpfs and its hold on the
                     project's workspace.
-  wsync run ID manifest|pack @ws …
-                    after the run: its workspace's manifest, or a tar of the paths on stdin.
+  wsync run ID manifest|pack @ws … [--max-new-bytes=N]
+                    after the run: its workspace's manifest (refused, exit 5, when its surely
+                    new files exceed N bytes), or a tar of the paths on stdin.
   wsync project ID manifest @ws … [--size=BYTES]
                     the project's mirror as it is now (what the next sync starts from); with a
                     size (the run's workspace cap) an image of another size is replaced by an
@@ -726,7 +727,9 @@ def result(run_id: str, wait: float) -> int:
     return 0
 
 
-def ended(run_id: str, wait: float, invocation: str, after: str | None, *, manifest: bool = False) -> int:
+def ended(
+    run_id: str, wait: float, invocation: str, after: str | None, *, manifest: bool = False, cap: str = ""
+) -> int:
     """`result`, then (with `manifest`) the run's workspace manifest as `wsync run ID manifest
     @ws` gives it, or `null` if it cannot, as one line, then the run's journal (as `journal`
     gives it) when it has ended: the end of a run costs one guest process start instead of three.
@@ -739,7 +742,10 @@ def ended(run_id: str, wait: float, invocation: str, after: str | None, *, manif
     sys.stdout.flush()
     if manifest:
         try:
-            listed = wsync_for("run", run_id, ["manifest", "@ws"]) == 0
+            listed = (
+                wsync_for("run", run_id, ["manifest", "@ws", *([f"--max-new-bytes={cap}"] if cap else [])])
+                == 0
+            )
         except Exception as exc:  # the verdict is out: the journal must still follow
             fail(f"the workspace manifest failed: {exc}")
             listed = False
@@ -899,6 +905,9 @@ def wsync_for(kind: str, ident: str, args: list[str]) -> int:
     else:
         return fail(f"bad wsync target {kind} {ident!r}", 2)
     rest = [arg for arg in args[2:] if arg == "--purge-bad-names"]
+    rest += [
+        arg for arg in args[2:] if kind == "run" and re.fullmatch(r"--max-new-bytes=[1-9][0-9]{0,15}", arg)
+    ]
     if args[0] == "manifest":
         rest += ["--cache", project_paths(project)["cache"]]
         if kind == "run":
@@ -967,8 +976,11 @@ def main(argv: list[str]) -> int:
         return result(rest[0], float(rest[1]) if len(rest) > 1 else 0.0)
     if verb == "record" and len(rest) == 1:
         return record(rest[0])
-    if verb == "ended" and rest[-1:] == ["--manifest"] and len(rest) in (4, 5):
-        return ended(rest[0], float(rest[1]), rest[2], rest[3] if len(rest) == 5 else None, manifest=True)
+    if verb == "ended" and len(rest) in (4, 5) and re.fullmatch(r"--manifest(=[1-9][0-9]{0,15})?", rest[-1]):
+        cap = rest[-1].partition("=")[2]
+        return ended(
+            rest[0], float(rest[1]), rest[2], rest[3] if len(rest) == 5 else None, manifest=True, cap=cap
+        )
     if verb == "ended" and len(rest) in (3, 4):
         return ended(rest[0], float(rest[1]), rest[2], rest[3] if len(rest) == 4 else None)
     if verb == "stop" and len(rest) == 1:

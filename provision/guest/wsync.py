@@ -9,9 +9,12 @@ Standard library only (the guest's python3 is 3.11: no tarfile extraction filter
 needed: members are written by hand, never extracted).
 
   wsync.py manifest ROOT [--cache FILE] [--stable-before NS] [--purge-bad-names]
+                         [--max-new-bytes N]
                                           -> manifest JSON on stdout (names that are not
                                              UTF-8 are listed as "special" with backslash
-                                             escapes, or removed with --purge-bad-names)
+                                             escapes, or removed with --purge-bad-names);
+                                             exit 5 before any file is read when the files
+                                             that are surely new add up to more than N
   wsync.py apply ROOT [--owner UID:GID]   <- one JSON header line, then a tar of files, on stdin
   wsync.py pack ROOT                      <- JSON list of paths on stdin; -> tar on stdout,
                                              one JSON line of problems on stderr
@@ -30,6 +33,7 @@ import sys
 import tarfile
 
 VERSION = 1
+TOO_LARGE = 5  # exit code of `manifest --max-new-bytes` when the changes exceed the cap
 CHUNK = 1 << 20
 MAX_DEPTH = 256
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -149,10 +153,12 @@ def scan(
     *,
     read: bool = True,
     known: dict[str, str] | None = None,
+    unread: list[tuple[str, int, bool]] | None = None,
 ) -> tuple[list[dict[str, object]], dict[str, list[object]]]:
     """The manifest entries of the tree and the fresh hash cache. `known`: digests of files
     just written and checked; with `read` False no file is read, so a file neither known nor
-    vouched for by the cache is left out of the fresh cache (its entry is then meaningless)."""
+    vouched for by the cache is left out of the fresh cache (its entry is then meaningless),
+    and listed in `unread` as (path, apparent size, surely new: no cached row of that size)."""
     entries: list[dict[str, object]] = []
     fresh: dict[str, list[object]] = {}
 
@@ -188,6 +194,10 @@ def scan(
                 key: list[object] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
                 digest = (known or {}).get(path) or cached_digest(cache.get(path), key, stable_before)
                 if digest is None and not read:
+                    if unread is not None:
+                        row = cache.get(path)
+                        same_size = isinstance(row, list) and len(row) == 5 and row[0] == st.st_size
+                        unread.append((path, st.st_size, not same_size))
                     continue
                 if digest is None:
                     digest = hash_file(dir_fd, item.name, st)
@@ -226,16 +236,46 @@ def save_cache(path: str | None, cache: dict[str, list[object]]) -> None:
     os.replace(temp, path)
 
 
-def cmd_manifest(root: str, cache_path: str | None, purge: bool, stable_before: int | None = None) -> int:
+def cmd_manifest(
+    root: str,
+    cache_path: str | None,
+    purge: bool,
+    stable_before: int | None = None,
+    max_new_bytes: int | None = None,
+) -> int:
     root_fd = open_root(root)
     try:
-        entries, fresh = scan(root_fd, load_cache(cache_path), purge, stable_before)
+        cache = load_cache(cache_path)
+        if max_new_bytes is not None and too_large(root_fd, cache, stable_before, max_new_bytes):
+            return TOO_LARGE
+        entries, fresh = scan(root_fd, cache, purge, stable_before)
     finally:
         os.close(root_fd)
     save_cache(cache_path, fresh)
     json.dump({"version": VERSION, "entries": entries}, sys.stdout, separators=(",", ":"))
     sys.stdout.write("\n")
     return 0
+
+
+def too_large(root_fd: int, cache: dict[str, list[object]], stable_before: int | None, cap: int) -> bool:
+    """Whether the files that are surely new (no cached row of their size) add up to more than
+    `cap` bytes at their apparent size; if so, say so on stderr (one JSON line). Only a stat
+    walk: hashing a `truncate -s 20G` file's zeros took 6 minutes under TCG before the host
+    could refuse it. The host checks the manifest again (it trusts nothing from here)."""
+    unread: list[tuple[str, int, bool]] = []
+    scan(root_fd, cache, stable_before=stable_before, read=False, unread=unread)
+    # What is under .git/ comes back as a bundle (capped on its own), never as files.
+    new = sorted(
+        ((size, path) for path, size, surely_new in unread if surely_new and ".git" not in path.split("/")),
+        reverse=True,
+    )
+    total = sum(size for size, _path in new)
+    if total <= cap:
+        return False
+    largest = [[path, size] for size, path in new[:5]]
+    json.dump({"ok": False, "too_large": {"bytes": total, "cap": cap, "largest": largest}}, sys.stderr)
+    sys.stderr.write("\n")
+    return True
 
 
 def revalidate_cache(root: str, cache_path: str, written: dict[str, str]) -> int:
@@ -499,6 +539,7 @@ def main(argv: list[str]) -> int:
     manifest.add_argument("--cache")
     manifest.add_argument("--stable-before", type=int)
     manifest.add_argument("--purge-bad-names", action="store_true")
+    manifest.add_argument("--max-new-bytes", type=int)
     apply = sub.add_parser("apply")
     apply.add_argument("root")
     apply.add_argument("--owner")
@@ -507,7 +548,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "manifest":
-            return cmd_manifest(args.root, args.cache, args.purge_bad_names, args.stable_before)
+            return cmd_manifest(
+                args.root, args.cache, args.purge_bad_names, args.stable_before, args.max_new_bytes
+            )
         if args.command == "apply":
             return cmd_apply(args.root, parse_owner(args.owner))
         return cmd_pack(args.root)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from vmsbx.sync import blobs as blobs_module
 from vmsbx.sync.changeset import Changeset, compute
@@ -91,3 +92,30 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
             else:
                 tree[key] = ("file", stat.S_IMODE(info.st_mode), path.read_bytes())
     return tree
+
+
+class StreamingExec:
+    """AgentClient.exec's contract with a local process, output streamed to the sinks as it
+    comes (as the agent does: nothing of it is held whole here). `refuse` names verbs that
+    must never be asked for: the test fails at the call."""
+
+    def __init__(self, refuse: tuple[str, ...] = ()) -> None:
+        self.calls: list[list[str]] = []
+        self.refuse = refuse
+
+    def exec(
+        self, argv: list[str], *, stdin: BinaryIO | bytes | None, stdout: BinaryIO, stderr: BinaryIO
+    ) -> int:
+        self.calls.append(argv)
+        assert not set(argv) & set(self.refuse), f"the host asked the guest for {argv}"
+        source = subprocess.PIPE if isinstance(stdin, bytes) else (stdin or subprocess.DEVNULL)
+        process = subprocess.Popen(argv, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if isinstance(stdin, bytes):
+            assert process.stdin is not None
+            process.stdin.write(stdin)
+            process.stdin.close()
+        assert process.stdout is not None and process.stderr is not None
+        while chunk := process.stdout.read(1 << 20):
+            stdout.write(chunk)
+        stderr.write(process.stderr.read())
+        return process.wait(timeout=600)

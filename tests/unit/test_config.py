@@ -479,12 +479,22 @@ def test_limits_compare_against_the_user_config(box: Sandbox, user_dir: Path) ->
         ("sandbox.timeout", '"2h1s"'),
         ("sandbox.workspace_size", '"11G"'),
         ("sandbox.tmp_size", '"1025M"'),
+        ("sync.collect_max", '"1025M"'),
     ],
 )
 def test_every_limit_may_only_go_down(box: Sandbox, key: str, higher: str) -> None:
     section, name = key.split(".")
     message = _refused(box, f"[{section}]\n{name} = {higher}\n", key)
     assert "would loosen isolation" in message
+
+
+def test_collect_cap_is_set_by_the_user_and_only_lowered_by_the_project(box: Sandbox, user_dir: Path) -> None:
+    assert box.load().sync.collect_max == 1 * GiB
+    user = '[sync]\ncollect_max = "8G"\n'
+    assert box.load(user=user).sync.collect_max == 8 * GiB
+    assert box.load(user=user, project='[sync]\ncollect_max = "2G"\n').sync.collect_max == 2 * GiB
+    message = _refused(box, '[sync]\ncollect_max = "9G"\n', "sync.collect_max")
+    assert 'the layers below say "8G"' in message
 
 
 @pytest.mark.parametrize("network", ["none", "api"])

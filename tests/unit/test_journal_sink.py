@@ -75,3 +75,17 @@ def test_two_heads_keep_the_verdict_and_the_manifest_out_of_the_journal() -> Non
     sink.close()
     assert sink.heads == [HEAD, manifest]
     assert sink.entries == 3 and sink.cursor == "s=abc;i=42"
+
+
+def test_a_runaway_line_is_dropped_not_held() -> None:
+    """The guest is not trusted to keep journald's line limit: a line over LINE_MAX is skipped
+    to its end (never buffered whole), and the lines after it still arrive."""
+    spool = io.BytesIO()
+    sink = JournalSink(spool, None, heads=1)
+    sink.write(HEAD + b"\n")
+    for _ in range(5):
+        sink.write(b"{" + b"x" * (JournalSink.LINE_MAX // 2))
+        assert len(sink._partial) <= JournalSink.LINE_MAX
+    sink.write(b'\n{"MESSAGE":"after"}\n-- cursor: s=1\n')
+    sink.close()
+    assert spool.getvalue() == b'{"MESSAGE":"after"}\n' and sink.cursor == "s=1"

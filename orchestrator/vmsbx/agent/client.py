@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import signal
@@ -28,8 +27,11 @@ from vmsbx.agent.protocol import (
     recv_line,
     send_line,
 )
+from vmsbx.bounded import BoundedBuffer, MiB, TailBuffer
 from vmsbx.errors import AgentError, BootTimeout, HostKeyMismatch, TransportError
 from vmsbx.paths import vm_dir
+
+RUN_OUTPUT_MAX = 16 * MiB  # `run` is for short commands; longer output streams through `exec`
 
 
 class ByteSink(Protocol):
@@ -141,9 +143,12 @@ class AgentClient:
             raise AgentError(f"the host agent refused {request.get('op')!r}: {error}", hint="run `vmsbx up`")
         return reply
 
-    def run(self, argv: list[str], *, stdin: bytes = b"") -> tuple[int, bytes, bytes]:
-        """Run argv in the guest and collect its output (for short commands)."""
-        out, err = io.BytesIO(), io.BytesIO()
+    def run(
+        self, argv: list[str], *, stdin: bytes = b"", max_output: int = RUN_OUTPUT_MAX
+    ) -> tuple[int, bytes, bytes]:
+        """Run argv in the guest and collect its output (for short commands): stdout of at most
+        `max_output` bytes (TransportError past it), the last 1 MiB of stderr."""
+        out, err = BoundedBuffer(max_output, f"output from {argv[0]!r}"), TailBuffer(1 << 20)
         code = self.exec(argv, stdin=stdin, stdout=out, stderr=err)
         return code, out.getvalue(), err.getvalue()
 

@@ -280,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vm", required=True)
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
+    # The agent writes only vmsbx's own state (status, pid, the runs' relay, network and sample
+    # logs), never the user's files: private whatever umask the CLI that started it had.
+    os.umask(0o077)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

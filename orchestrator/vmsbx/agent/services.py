@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from vmsbx.config.models import SandboxSettings
 from vmsbx.errors import TransportError
+from vmsbx.paths import open_private
 from vmsbx.runs.record import run_dir
 from vmsbx.sandbox.layout import is_run_id
 from vmsbx.transport import Connection
@@ -156,5 +157,5 @@ def _record_event(run_id: str, event: dict[str, Any]) -> None:
     folder = run_dir(run_id)
     if not folder.is_dir():
         return
-    with (folder / "relay.jsonl").open("a", encoding="utf-8") as sink:
-        sink.write(json.dumps(event, sort_keys=True) + "\n")
+    with open_private(folder / "relay.jsonl", "ab") as sink:
+        sink.write(json.dumps(event, sort_keys=True).encode() + b"\n")

@@ -61,11 +61,11 @@ def apply_command(run_id: str | None, include_sensitive: bool, digest: str | Non
 @click.option("--yes", "-y", is_flag=True, help="Do not ask.")
 def discard_command(run_id: str | None, yes: bool) -> None:
     """Drop the run's changes (the next run starts from your project as it is)."""
+    from vmsbx.runs import lifecycle, review
     from vmsbx.runs import record as records
-    from vmsbx.runs import review
 
     record = records.resolve(run_id)
     if not yes:
         click.confirm(f"Discard the changes of run {record.id}?", abort=True, err=True)
-    review.discard(record)
+    review.discard(record, release=lambda: lifecycle.connect(record.vm).release(record.id))
     click.echo(f"{record.id}: changes discarded")

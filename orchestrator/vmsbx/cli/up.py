@@ -47,7 +47,7 @@ def command(
     from vmsbx.claude.install import provision_claude_for, up_summary
     from vmsbx.errors import UsageError
     from vmsbx.guest import check_walls, gather_facts, provision, provision_nsjail
-    from vmsbx.paths import vm_dir
+    from vmsbx.paths import vm_dir, write_private
     from vmsbx.providers import existing_provider_name, get_provider, resolve_name
     from vmsbx.providers.base import VMState
     from vmsbx.runs.reconcile import close_lost_runs
@@ -106,7 +106,7 @@ def command(
         claude = provision_claude_for(client, facts, settings, report)
         if claude is not None:
             facts = facts.model_copy(update={"claude_installed": claude.marker})
-        (vm_dir(vm) / "guest.json").write_text(facts.model_dump_json())
+        write_private(vm_dir(vm) / "guest.json", facts.model_dump_json())
     info = machine.ssh_info(vm)
     summary = {
         "name": vm,

@@ -587,6 +587,7 @@ _PROJECT_RULES: dict[str, _Rule] = {
     "extra_host_paths": _TrustedOnly("it shares host folders into the VM"),
     "sync.exclude": _Superset(),
     "sync.secret_patterns": _TrustedOnly("it decides which secrets are copied into the VM"),
+    "sync.collect_max": _AtMost(),
 }
 # A setting added later without a rule here is trusted-only until someone decides otherwise.
 _FAIL_CLOSED = _TrustedOnly("it is not known to be safe for the project folder to set")

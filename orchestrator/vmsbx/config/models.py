@@ -356,6 +356,13 @@ class SyncSettings(_Section):
         description="Secret files never synced; None: vmsbx's defaults (.env*, keys, cloud credentials).",
         json_schema_extra={"allowed": 'a list of patterns such as [".env", "*.pem", "!id_*.pub"]'},
     )
+    # --- changeset caps (issue 16, point 5) ---
+    collect_max: Size = Field(
+        default=1 * GiB,
+        description="The most the agent's new and changed files may add up to (apparent sizes, "
+        "so a sparse file counts at its full length); a larger changeset is refused before any "
+        "byte is fetched and stays in the guest until `vmsbx discard`.",
+    )
 
 
 class Settings(BaseModel):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vmsbx.observe.samples import SAMPLE_ARGV, SAMPLES_FILE, Sample, follow_on, parse_guest_sample
+from vmsbx.paths import open_private
 from vmsbx.sandbox.layout import is_run_id
 
 log = logging.getLogger("vmsbx.agent.sampler")
@@ -107,5 +108,5 @@ class Sampler:
             with self._lock:
                 sample = follow_on(self._latest.get(run_id), sample)
                 self._latest[run_id] = sample
-            with (self.runs_root / run_id / SAMPLES_FILE).open("a") as sink:
-                sink.write(sample.model_dump_json(exclude_none=True) + "\n")
+            with open_private(self.runs_root / run_id / SAMPLES_FILE, "ab") as sink:
+                sink.write(sample.model_dump_json(exclude_none=True).encode() + b"\n")

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vmsbx.config.models import VMSettings
 from vmsbx.errors import ProviderError, ToolMissing, VMNotRunning
-from vmsbx.paths import data_dir, ensure_private_dir, vm_dir
+from vmsbx.paths import data_dir, ensure_private_dir, vm_dir, write_private
 from vmsbx.providers import lima_argv as argv
 from vmsbx.providers.base import ProbeResult, ProviderFeatures, SSHInfo, VMState
 from vmsbx.providers.guest_setup import render_stock_sshd_setup
@@ -327,6 +327,4 @@ def _last_fatal(result: ToolResult) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_private(path, text)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vmsbx.config.models import VMSettings
 from vmsbx.errors import BootTimeout, ProviderError, ToolMissing, VMNotRunning
-from vmsbx.paths import data_dir, ensure_private_dir, vm_dir
+from vmsbx.paths import data_dir, ensure_private_dir, vm_dir, write_private
 from vmsbx.providers import multipass_argv as argv
 from vmsbx.providers.base import ProbeResult, ProviderFeatures, SSHInfo, VMState
 from vmsbx.providers.guestkeys import client_key_file, create_vm_keys, host_key_alias, now_iso
@@ -191,7 +191,7 @@ class MultipassProvider:
             memory_mib=self._settings.memory // (1024 * 1024),
             disk_gib=max(1, self._settings.disk // (1024**3)), created_at=now_iso(),
         )  # fmt: skip
-        (directory / "vm.json").write_text(record.model_dump_json(indent=2))
+        write_private(directory / "vm.json", record.model_dump_json(indent=2))
         timeout = int(self._settings.boot_timeout)
         self._progress(f"launching Multipass instance {instance} (Ubuntu {IMAGE})")
         result = self._multipass(

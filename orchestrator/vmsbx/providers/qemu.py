@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vmsbx.config.models import VMSettings
 from vmsbx.errors import ProviderError, ToolMissing, VMNotFound, VMNotRunning
-from vmsbx.paths import cache_root, ensure_private_dir, state_root, vm_dir
+from vmsbx.paths import cache_root, ensure_private_dir, state_root, vm_dir, write_private
 from vmsbx.providers import image as images
 from vmsbx.providers.accel import choose_accel
 from vmsbx.providers.base import ProbeResult, ProviderFeatures, SSHInfo, VMState
@@ -181,7 +181,7 @@ class QemuProvider:
                 network=self._settings.guest_network,
                 created_at=_now(),
             )
-            (staging / "vm.json").write_text(record.model_dump_json(indent=2))
+            write_private(staging / "vm.json", record.model_dump_json(indent=2))
             staging.rename(final)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -349,9 +349,7 @@ def _now() -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_private(path, text)
 
 
 def _clear_runtime(directory: Path) -> None:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vmsbx.config.models import VMSettings
 from vmsbx.errors import ConfigError, VMNotFound
-from vmsbx.paths import ensure_private_dir, vm_dir
+from vmsbx.paths import ensure_private_dir, vm_dir, write_private
 from vmsbx.providers.base import ProbeResult, ProviderFeatures, SSHInfo, VMState
 from vmsbx.providers.guestkeys import host_key_alias, now_iso
 from vmsbx.transport.keys import write_known_hosts
@@ -95,7 +95,7 @@ class SSHHostProvider:
                 name=vm, host=settings.ssh_host, port=settings.ssh_port, user=settings.ssh_user,
                 key_file=str(key_file), created_at=now_iso(),
             )  # fmt: skip
-            (directory / "vm.json").write_text(record.model_dump_json(indent=2))
+            write_private(directory / "vm.json", record.model_dump_json(indent=2))
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vmsbx.config.models import VMSettings
 from vmsbx.errors import ConfigError, ProviderError, ToolMissing, VMNotRunning
-from vmsbx.paths import data_dir, ensure_private_dir, vm_dir
+from vmsbx.paths import data_dir, ensure_private_dir, vm_dir, write_private
 from vmsbx.providers import wsl2_argv as argv
 from vmsbx.providers.base import ProbeResult, ProviderFeatures, SSHInfo, VMState
 from vmsbx.providers.guest_setup import render_wsl_setup
@@ -197,7 +197,7 @@ class Wsl2Provider:
         if not terminated.ok:
             raise _wsl_failure("wsl.exe --terminate", terminated)
         record = WslVMRecord(name=vm, distro=distro, ssh_port=port, rootfs=str(rootfs), created_at=now_iso())
-        (directory / "vm.json").write_text(record.model_dump_json(indent=2))
+        write_private(directory / "vm.json", record.model_dump_json(indent=2))
 
     def start(self, vm: str) -> None:
         """Boot the distro and hold it open. MUST be a no-op when it is already running."""

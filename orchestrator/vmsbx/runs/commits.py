@@ -25,6 +25,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vmsbx.paths import write_private
 from vmsbx.sync.changeset import Classification, classify_path
 from vmsbx.textsafe import strip_control
 
@@ -110,9 +111,7 @@ def inspect(bundle: Path, project: Path, bases: Sequence[str], branch: str) -> C
 
 
 def save(review: CommitReview, path: Path) -> None:
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(review.model_dump_json(indent=1))
-    temp.replace(path)
+    write_private(path, review.model_dump_json(indent=1))
 
 
 def load(path: Path) -> CommitReview | None:

@@ -10,12 +10,17 @@ from typing import BinaryIO
 
 from vmsbx.agent.client import AgentClient, ByteSink
 from vmsbx.agent.protocol import FrameWriter
+from vmsbx.bounded import BoundedBuffer, MiB, TailBuffer
 from vmsbx.errors import TransportError, VmsbxError
 from vmsbx.runs.outcome import GuestResult
 from vmsbx.sandbox.layout import GUEST_LIB
+from vmsbx.sync.manifest import MAX_MANIFEST_BYTES
 from vmsbx.textsafe import strip_control
 
 GUEST = ["/usr/bin/python3", "-S", f"{GUEST_LIB}/guest.py"]  # -S: see sandbox.systemd.NO_SITE
+_REPLY_MAX = 1 * MiB  # a verb's JSON reply or error text
+# What one `vmsbx logs` pull may bring (the end of a run streams its journal to a file instead).
+JOURNAL_PULL_MAX = 256 * MiB
 
 
 class LaunchFailed(VmsbxError):
@@ -30,7 +35,7 @@ class GuestControl:
 
     def launch(self, stream: BinaryIO) -> dict[str, str]:
         """Start a run: `stream` is the request line, then the workspace sync stream."""
-        stdout, stderr = io.BytesIO(), io.BytesIO()
+        stdout, stderr = BoundedBuffer(_REPLY_MAX, "launch reply"), TailBuffer(_REPLY_MAX)
         code = self.client.exec([*GUEST, "launch"], stdin=stream, stdout=stdout, stderr=stderr)
         if code != 0:
             message = strip_control(stderr.getvalue().decode(errors="replace")).strip()[-2000:]
@@ -89,16 +94,18 @@ class GuestControl:
         wait: float,
         spool: BinaryIO,
         manifest: bool = False,
+        collect_max: int | None = None,
     ) -> Ended | None:
         """`result`, with `manifest` the run's workspace manifest, and `journal` from `after`,
         in one guest call; None if the run did not end within `wait`. The journal streams to
-        `spool`: a run that printed 100,000 lines must not sit in memory."""
+        `spool`: a run that printed 100,000 lines must not sit in memory. `collect_max`: the
+        guest lists no manifest (`null`) when the surely new files exceed it."""
         argv = [*GUEST, "ended", run_id, str(wait), invocation_id]
         if after:
             argv.append(after)
         if manifest:
-            argv.append("--manifest")
-        out, err = JournalSink(spool, after, heads=2 if manifest else 1), io.BytesIO()
+            argv.append(f"--manifest={collect_max}" if collect_max else "--manifest")
+        out, err = JournalSink(spool, after, heads=2 if manifest else 1), TailBuffer(_REPLY_MAX)
         code = self.client.exec(argv, stdin=None, stdout=out, stderr=err)
         out.close()
         if code == 3:
@@ -124,7 +131,7 @@ class GuestControl:
         argv = [*GUEST, "journal", run_id, invocation_id]
         if after:
             argv.append(after)
-        code, out, err = self.client.run(argv)
+        code, out, err = self.client.run(argv, max_output=JOURNAL_PULL_MAX)
         if code != 0:
             raise TransportError(
                 "could not read the run's journal: " + strip_control(err.decode(errors="replace")).strip(),
@@ -160,7 +167,10 @@ class Ended:
 class JournalSink:
     """`journalctl -o json --show-cursor` output as it arrives: entries go to `spool` one line
     each, the cursor is kept, and the first `heads` lines (the verdict, the manifest) too. At
-    most one line is held in memory (a journal line is capped by journald's own line limit)."""
+    most one line is held in memory, of at most LINE_MAX bytes (journald caps its lines, but
+    the guest is not trusted to): a longer one is dropped, or fails the call if it is a head."""
+
+    LINE_MAX = 2 * MiB
 
     def __init__(self, spool: BinaryIO, after: str | None, *, heads: int = 0) -> None:
         self.spool = spool
@@ -169,14 +179,23 @@ class JournalSink:
         self.heads: list[bytes] = []
         self._want_heads = heads
         self._partial = bytearray()
+        self._dropping = False  # inside a line over LINE_MAX: skip to its end
 
     def write(self, data: bytes, /) -> int:
         self._partial += data
         start = 0
         while (end := self._partial.find(b"\n", start)) >= 0:
-            self._line(bytes(self._partial[start:end]))
+            if not self._dropping:
+                self._line(bytes(self._partial[start:end]))
+            self._dropping = False
             start = end + 1
         del self._partial[:start]
+        limit = self.LINE_MAX if len(self.heads) >= self._want_heads else MAX_MANIFEST_BYTES
+        if len(self._partial) > limit:
+            if len(self.heads) < self._want_heads:
+                raise TransportError("the guest sent an oversized result or manifest line", hint="run again")
+            self._partial.clear()
+            self._dropping = True
         return len(data)
 
     def flush(self) -> None:
@@ -184,7 +203,7 @@ class JournalSink:
 
     def close(self) -> None:
         """The last line, if the output did not end with a newline."""
-        if self._partial:
+        if self._partial and not self._dropping:
             self._line(bytes(self._partial))
             self._partial.clear()
         self.flush()

@@ -23,14 +23,14 @@ from vmsbx.config.models import Settings
 from vmsbx.errors import AgentError, TransportError, UsageError, VmsbxError
 from vmsbx.guest import provision_nsjail
 from vmsbx.logsetup import register_secret
-from vmsbx.paths import vm_dir
+from vmsbx.paths import open_private, vm_dir, write_private
 from vmsbx.runs import agentrun, gitbundle, review, workspace
 from vmsbx.runs import record as records
 from vmsbx.runs.guestctl import GuestControl, LaunchFailed
 from vmsbx.runs.outcome import SANDBOX_FAILED, GuestResult, outcome
 from vmsbx.runs.record import Resources, RunRecord
 from vmsbx.runs.streamview import StreamView
-from vmsbx.sandbox.layout import BRIDGES, RunLayout, new_run_id
+from vmsbx.sandbox.layout import BRIDGES, PROJECTS_ROOT, RunLayout, new_run_id
 from vmsbx.sandbox.nsjail import (
     JAIL_WORKSPACE,
     check_jail_config,
@@ -47,6 +47,8 @@ from vmsbx.sandbox.systemd import (
     render_unit_properties,
     unsupported_properties,
 )
+from vmsbx.sync.blobs import DEFAULT_MAX_BYTES
+from vmsbx.sync.driver import ChangesTooLarge
 
 INTERRUPTED = 130
 _SCORE_PLACEHOLDER = RunLayout(run_id="000000000000")
@@ -70,7 +72,7 @@ def policy_exposure(settings: Settings, guest: GuestControl, vm: str) -> float:
     cache: dict[str, float] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     if key not in cache:
         cache[key] = guest.score(unit)
-        cache_file.write_text(json.dumps(cache))
+        write_private(cache_file, json.dumps(cache))
     return cache[key]
 
 
@@ -109,7 +111,7 @@ def _ensure_nsjail(guest: GuestControl, vm: str, facts: dict[str, str]) -> None:
     installed = provision_nsjail(guest.client, facts.get("arch", ""), facts.get("nsjail_version", ""))
     if installed != facts.get("nsjail_version"):
         facts["nsjail_version"] = installed
-        (vm_dir(vm) / "guest.json").write_text(json.dumps(facts))
+        write_private(vm_dir(vm) / "guest.json", json.dumps(facts))
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,7 @@ def start(
             started_at=records.now(),
             project=str(project),
             workspace_key=key,
+            collect_max=settings.sync.collect_max,
         )
         request = _launch_request(settings, layout, record, facts)
         request["project"] = sync.key
@@ -273,7 +276,12 @@ def _finish_earlier_runs(guest: GuestControl, vm: str, project: Path) -> set[str
     mirrors that runs still going hold (a new run takes another one)."""
     busy: set[str] = set()
     for earlier in records.all_runs():
-        if earlier.vm != vm or earlier.project != str(project) or earlier.changes != "pending":
+        if earlier.vm != vm or earlier.project != str(project):
+            continue
+        if earlier.changes == "held":  # over the collect cap: its mirror is kept for inspection
+            busy.add(earlier.workspace_key or workspace.project_key(project))
+            continue
+        if earlier.changes != "pending":
             continue
         try:
             ended = earlier.state != "lost" and guest.result(earlier.id, wait=0) is not None
@@ -386,7 +394,7 @@ def attach(record: RunRecord, guest: GuestControl, *, stdin: BinaryIO | None, vi
     and show one readable line per step instead."""
     interrupted = False
     if view:
-        with (records.run_dir(record.id) / "stream.jsonl").open("ab") as raw:
+        with open_private(records.run_dir(record.id) / "stream.jsonl", "ab") as raw:
             sink = StreamView(raw, _show_line)
             try:
                 guest.attach(record.id, stdin=None, stdout=sink, stderr=sys.stderr.buffer)
@@ -438,7 +446,7 @@ def finish(
     code = SANDBOX_FAILED
     # Unlinked whatever happens: until the cursor is saved, a later pull fetches the same entries.
     try:
-        with spool_path.open("w+b") as spool:
+        with open_private(spool_path, "w+b") as spool:
             if record.invocation_id:
                 end = guest.ended(
                     record.id,
@@ -447,6 +455,7 @@ def finish(
                     wait=wait,
                     spool=spool,
                     manifest=_wants_changes(record),
+                    collect_max=_collect_max(record),
                 )
                 result = end.result if end else None
                 cursor, listed = (end.cursor, end.manifest) if end else (None, None)
@@ -466,6 +475,10 @@ def finish(
 
 def _wants_changes(record: RunRecord) -> bool:
     return record.changes == "pending" and bool(record.project)
+
+
+def _collect_max(record: RunRecord) -> int:
+    return record.collect_max or DEFAULT_MAX_BYTES
 
 
 def _record_lost(record: RunRecord, guest: GuestControl, wait: float) -> int:
@@ -508,7 +521,7 @@ def _record_ended(
     records.save(record)
     if record.invocation_id:
         spool.seek(0)
-        with (records.run_dir(record.id) / "journal.jsonl").open("ab") as sink:
+        with open_private(records.run_dir(record.id) / "journal.jsonl", "ab") as sink:
             shutil.copyfileobj(spool, sink, 1 << 20)
         if cursor != record.journal_cursor:
             record.journal_cursor = cursor
@@ -528,8 +541,27 @@ def _collect_changes(
         return
     try:
         collected = workspace.collect(
-            record.id, records.run_dir(record.id), guest, Path(project), listed=listed
+            record.id,
+            records.run_dir(record.id),
+            guest,
+            Path(project),
+            listed=listed,
+            max_bytes=_collect_max(record),
         )
+    except ChangesTooLarge as exc:
+        # Nothing was fetched. The guest keeps the run's hold on its mirror and the host keeps
+        # that mirror out of later syncs (`_finish_earlier_runs`) until `vmsbx discard`.
+        record.changes = "held"
+        where = f"{PROJECTS_ROOT}/{record.workspace_key}/mnt" if record.workspace_key else "the guest"
+        record.reason = (record.reason or "") + f"; changes not collected: {exc.message}; kept in {where}"
+        records.save(record)
+        print(f"vmsbx: the run's changes were not collected: {exc}", file=sys.stderr)
+        print(
+            f"vmsbx: they stay in the guest for inspection: `vmsbx ssh -- ls -la {where}`; "
+            f"`vmsbx discard {record.id}` frees them",
+            file=sys.stderr,
+        )
+        return
     except VmsbxError as exc:
         record.changes = "failed"
         record.reason = (record.reason or "") + f"; changes not collected: {exc.message}"
@@ -557,7 +589,7 @@ def pull_journal(record: RunRecord, guest: GuestControl) -> list[bytes]:
 
 def _store_journal(record: RunRecord, entries: list[bytes], cursor: str | None) -> None:
     if entries:
-        with (records.run_dir(record.id) / "journal.jsonl").open("ab") as sink:
+        with open_private(records.run_dir(record.id) / "journal.jsonl", "ab") as sink:
             for entry in entries:
                 sink.write(entry + b"\n")
     if cursor != record.journal_cursor:

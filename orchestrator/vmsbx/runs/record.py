@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vmsbx.config.models import SandboxSettings
 from vmsbx.errors import UsageError
-from vmsbx.paths import state_root
+from vmsbx.paths import ensure_private_dir, state_root, write_private
 from vmsbx.sandbox.layout import is_run_id
 
 RunState = Literal["starting", "running", "exited", "failed", "lost"]
@@ -56,8 +56,13 @@ class RunRecord(BaseModel):
     outside_uid: int | None = Field(default=None, description="nsjail mode: the jail user's id outside.")
     project: str | None = Field(default=None, description="The host project folder the run mirrored.")
     workspace_key: str | None = Field(default=None, description="Which guest mirror of the project it used.")
-    changes: Literal["none", "pending", "collected", "failed", "applied", "discarded"] = Field(
-        default="none", description="Where the agent's changes are: in the guest, in runs/<id>/changes, …"
+    changes: Literal["none", "pending", "collected", "held", "failed", "applied", "discarded"] = Field(
+        default="none",
+        description="Where the agent's changes are: in the guest, in runs/<id>/changes, …; held: "
+        "over the collect cap, kept in the guest's mirror (workspace_key) until discarded.",
+    )
+    collect_max: int | None = Field(
+        default=None, description="[sync] collect_max when the run started (None: vmsbx's default)."
     )
     relay: bool = Field(default=False, description="Whether the run could reach the model API via the relay.")
     egress: bool = Field(default=False, description="Whether the run had an egress proxy (policy not none).")
@@ -88,11 +93,9 @@ def run_dir(run_id: str) -> Path:
 
 
 def save(record: RunRecord) -> None:
-    directory = run_dir(record.id)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / "run.json.tmp"
-    tmp.write_text(record.model_dump_json(indent=2))
-    tmp.replace(directory / "run.json")
+    # The conversation, the stream and the changes live beside it: 0700/0600 whatever the umask.
+    directory = ensure_private_dir(run_dir(record.id))
+    write_private(directory / "run.json", record.model_dump_json(indent=2))
 
 
 def discard(run_id: str) -> None:

@@ -8,15 +8,17 @@ link-refusing, conflict-checking, all-or-nothing `apply`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from vmsbx.errors import SyncError, UsageError
+from vmsbx.errors import SyncError, UsageError, VmsbxError
 from vmsbx.runs import commits as commit_reviews
 from vmsbx.runs import gitbundle
 from vmsbx.runs import record as records
@@ -69,10 +71,11 @@ def commit_review(record: RunRecord) -> CommitReview | None:
 
 
 def stored(record: RunRecord) -> Changeset:
-    if record.changes in ("pending", "none") or record.changes == "failed":
+    if record.changes in ("pending", "none", "held", "failed"):
         what = {
             "pending": "the run has not finished (or vmsbx has not collected its changes yet)",
             "none": "the run changed nothing",
+            "held": "its changes were over the collect cap and stayed in the guest",
             "failed": "vmsbx could not collect the run's changes",
         }[record.changes]
         raise UsageError(f"run {record.id}: {what}", hint="`vmsbx runs` lists runs and their changes")
@@ -263,10 +266,15 @@ def report_lines(record: RunRecord, applied: Applied) -> list[str]:
     return lines
 
 
-def discard(record: RunRecord) -> None:
-    """Drop the stored changes; the guest's copy is reset by the next sync anyway."""
+def discard(record: RunRecord, release: Callable[[], None] | None = None) -> None:
+    """Drop the stored changes; the guest's copy is reset by the next sync anyway. A held run
+    (over the collect cap) also gives its guest mirror back: `release` frees its hold there
+    (best effort: with the guest down, the next sync of that mirror resets it all the same)."""
     if record.changes == "pending":
         raise UsageError(f"run {record.id} has not finished", hint=f"`vmsbx stop-run {record.id}` first")
+    if record.changes == "held" and release is not None:
+        with contextlib.suppress(VmsbxError, OSError):
+            release()
     shutil.rmtree(_changes_dir(record.id) / "blobs", ignore_errors=True)
     (_changes_dir(record.id) / "commits.bundle").unlink(missing_ok=True)
     (_changes_dir(record.id) / commit_reviews.COMMITS_FILE).unlink(missing_ok=True)

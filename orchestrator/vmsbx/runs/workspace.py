@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import threading
@@ -22,11 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from vmsbx.bounded import CappedSink, TailBuffer
 from vmsbx.config.models import Settings
-from vmsbx.paths import ensure_private_dir, vm_dir
+from vmsbx.errors import SyncError
+from vmsbx.paths import ensure_private_dir, open_private, vm_dir, write_private
 from vmsbx.runs import gitbundle, review
 from vmsbx.runs.commits import CommitReview
 from vmsbx.runs.guestctl import GUEST, GuestControl
+from vmsbx.sync.blobs import DEFAULT_MAX_BYTES
 from vmsbx.sync.changeset import Changeset
 from vmsbx.sync.delta import SyncPlan, plan_sync
 from vmsbx.sync.driver import collect as driver_collect
@@ -113,9 +115,9 @@ def launch_stream(request: dict[str, object], sync: SyncIn) -> Iterator[BinaryIO
 def save_base(run_folder: Path, sync: SyncIn, bases: list[str]) -> None:
     changes = ensure_private_dir(run_folder / "changes")
     save_manifest(sync.scan.manifest, changes / "base.json")
-    (changes / "rules.json").write_bytes(rules_to_json(sync.rules))
-    (changes / "base-commits.json").write_text(json.dumps(bases))
-    (run_folder / "sync.json").write_text(json.dumps(sync.summary(), indent=1))
+    write_private(changes / "rules.json", rules_to_json(sync.rules))
+    write_private(changes / "base-commits.json", json.dumps(bases))
+    write_private(run_folder / "sync.json", json.dumps(sync.summary(), indent=1))
 
 
 @dataclass(frozen=True)
@@ -127,10 +129,18 @@ class Collected:
 
 
 def collect(
-    run_id: str, run_folder: Path, guest: GuestControl, project: Path, *, listed: bytes | None = None
+    run_id: str,
+    run_folder: Path,
+    guest: GuestControl,
+    project: Path,
+    *,
+    listed: bytes | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Collected:
     """After the run: the changeset, the new contents and the agent's commits, on the host.
-    `listed`: the workspace's manifest as the guest already sent it (else it is asked for)."""
+    `listed`: the workspace's manifest as the guest already sent it (else it is asked for).
+    `max_bytes` caps the new contents (apparent sizes) and, separately, the git bundle: over
+    it, ChangesTooLarge before anything is fetched."""
     changes = ensure_private_dir(run_folder / "changes")
     base = load_manifest(changes / "base.json")
     got = driver_collect(
@@ -138,13 +148,14 @@ def collect(
         base,
         "@ws",
         changes,
+        max_bytes=max_bytes,
         wsync=[*GUEST, "wsync", "run", run_id],
         listed=Manifest.from_json(listed) if listed is not None else None,
         rules=_stored_rules(changes),
     )
     problems = [f"{strip_control(name)}: {why}" for name, why in (*got.received.rejected, *got.pack_problems)]
     problems += [f"{strip_control(name)}: did not arrive" for name in got.received.missing]
-    bundle = _collect_bundle(run_id, changes, guest, project, got.changeset, problems)
+    bundle = _collect_bundle(run_id, changes, guest, project, got.changeset, problems, max_bytes)
     commits = None if bundle is None else review.inspect_commits(run_id, project, bundle)
     return Collected(changeset=got.changeset, bundle=bundle, commits=commits, problems=tuple(problems))
 
@@ -159,16 +170,33 @@ def _stored_rules(changes: Path) -> ExcludeRules | None:
 
 
 def _collect_bundle(
-    run_id: str, changes: Path, guest: GuestControl, project: Path, changeset: Changeset, problems: list[str]
+    run_id: str,
+    changes: Path,
+    guest: GuestControl,
+    project: Path,
+    changeset: Changeset,
+    problems: list[str],
+    max_bytes: int,
 ) -> Path | None:
     touched_git = any(entry.classification == "git" for entry in changeset.entries)
     if not touched_git or not gitbundle.is_repository(project):
         return None
     bases = json.loads((changes / "base-commits.json").read_text())
     target = changes / "commits.bundle"
-    err = io.BytesIO()
-    with target.open("wb") as sink:
-        code = guest.client.exec([*GUEST, "bundle", run_id, *bases], stdin=None, stdout=sink, stderr=err)
+    err = TailBuffer(64 * 1024)
+    too_big = SyncError(f"the agent's git commits make a bundle of more than {max_bytes} bytes")
+    try:
+        with open_private(target) as sink:
+            code = guest.client.exec(
+                [*GUEST, "bundle", run_id, *bases],
+                stdin=None,
+                stdout=CappedSink(sink, max_bytes, too_big),
+                stderr=err,
+            )
+    except SyncError as exc:
+        target.unlink(missing_ok=True)
+        problems.append(f"{exc.message}: not brought back (the files were)")
+        return None
     if code != 0 or target.stat().st_size == 0:
         target.unlink(missing_ok=True)
         said = strip_control(err.getvalue().decode(errors="replace")).strip()

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 GUEST_LIB = "/usr/local/lib/vmsbx"
 RUNS_ROOT = "/var/lib/vmsbx/runs"
+# Keep in step with the launcher's PROJECTS: each project's mirror is <root>/<key>/mnt.
+PROJECTS_ROOT = "/var/lib/vmsbx/projects"
 _RUN_ID = re.compile(r"^[a-z0-9]{12}$")
 # Host services a run may reach, and the loopback port each has inside the run's own network
 # namespace (a small forwarder there leads to the bridge socket).

@@ -32,6 +32,7 @@ from vmsbx.sync.changeset import ChangeEntry, Changeset, entries_digest, mode_no
 from vmsbx.sync.links import NodeKind, unsafe_links
 from vmsbx.sync.manifest import Manifest
 from vmsbx.sync.names import fold_key, sort_key
+from vmsbx.sync.sparse import SparseWriter
 
 _DIR_FLAGS = os.O_RDONLY | int(getattr(os, "O_DIRECTORY", 0)) | int(getattr(os, "O_NOFOLLOW", 0))
 _FILE_FLAGS = os.O_RDONLY | int(getattr(os, "O_NOFOLLOW", 0)) | int(getattr(os, "O_NONBLOCK", 0))
@@ -556,12 +557,12 @@ def _write_temp(parent: int, temp: str, entry: ChangeEntry, blobs: BlobStore) ->
     fd = os.open(temp, flags, 0o600, dir_fd=parent)
     try:
         digest = hashlib.sha256()
+        sink = SparseWriter(fd)  # an agent's `truncate -s 3G` stays 3 GiB of holes
         with blobs.path_for(entry.new_sha256).open("rb") as source:
             while chunk := source.read(_CHUNK):
                 digest.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
+                sink.write(chunk)
+        sink.finish()
         if digest.hexdigest() != entry.new_sha256:
             raise SyncError(f"the stored content of {entry.path} is damaged")
         os.fchmod(fd, entry.new_mode if entry.new_mode is not None else 0o644)

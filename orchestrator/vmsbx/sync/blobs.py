@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from vmsbx.errors import SyncError
+from vmsbx.paths import ensure_private_dir
 from vmsbx.sync.changeset import Changeset
+from vmsbx.sync.sparse import SparseWriter
 
-DEFAULT_MAX_BYTES = 4 * 1024 * 1024 * 1024
+DEFAULT_MAX_BYTES = 1024 * 1024 * 1024  # config: [sync] collect_max
 _MAX_MEMBERS = 1_000_000
 _CHUNK = 1 << 20
+_NOFOLLOW = int(getattr(os, "O_NOFOLLOW", 0))
+_BINARY = int(getattr(os, "O_BINARY", 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +76,7 @@ def receive(
     every kept blob is verified).
     """
     wanted = wanted_paths(changeset)
-    store.folder.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(store.folder)
     stored: list[str] = []
     rejected: list[tuple[str, str]] = []
     total = 0
@@ -110,12 +114,17 @@ def _store(source: IO[bytes], expected: str, store: BlobStore) -> str:
     target = store.path_for(expected)
     temp = store.folder / f".incoming-{os.getpid()}"
     digest = hashlib.sha256()
-    with temp.open("wb") as out:
+    temp.unlink(missing_ok=True)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _BINARY, 0o600)
+    try:
+        sink = SparseWriter(fd)
         while chunk := source.read(_CHUNK):
             digest.update(chunk)
-            out.write(chunk)
-        out.flush()
-        os.fsync(out.fileno())
+            sink.write(chunk)
+        sink.finish()
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     if digest.hexdigest() != expected:
         temp.unlink()
         return "content does not match the hash in the changeset"

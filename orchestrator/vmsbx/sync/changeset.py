@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vmsbx.errors import SyncError
 from vmsbx.sync.links import Lookup, link_destination, unsafe_links
+from vmsbx.paths import write_private
 from vmsbx.sync.manifest import EntryKind, Manifest, ManifestEntry
 from vmsbx.sync.names import canonical_parts, fold_key, is_short_name, path_problem, sort_key
 from vmsbx.sync.rules import ExcludeRules
@@ -342,9 +343,7 @@ def _sensitive(parts: list[str]) -> str:
 
 def save(changeset: Changeset, path: Path) -> None:
     """Write the changeset as JSON (atomically)."""
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_bytes(changeset.model_dump_json(indent=1).encode())
-    temp.replace(path)
+    write_private(path, changeset.model_dump_json(indent=1))
 
 
 def load(path: Path) -> Changeset:

@@ -8,7 +8,6 @@ stream is produced by a thread into a pipe, and the guest's tar lands in a size-
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import threading
@@ -18,19 +17,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast
 
+from vmsbx.bounded import BoundedBuffer, CappedSink, MiB, TailBuffer
 from vmsbx.errors import SyncError
+from vmsbx.paths import ensure_private_dir, open_private, write_private
 from vmsbx.sandbox.layout import GUEST_LIB
 from vmsbx.sync import blobs as blobs_module
 from vmsbx.sync import changeset as changeset_module
 from vmsbx.sync.changeset import Changeset, compute
 from vmsbx.sync.delta import SyncPlan, plan_sync
-from vmsbx.sync.manifest import Manifest, Scan, scan
+from vmsbx.sync.manifest import MAX_MANIFEST_BYTES, Manifest, Scan, scan
 from vmsbx.sync.rules import ExcludeRules
+from vmsbx.sync.sparse import SparseWriter
 from vmsbx.sync.stream import write_stream
 from vmsbx.textsafe import strip_control
 
 WSYNC_ARGV: tuple[str, ...] = (f"{GUEST_LIB}/wsync.py",)
 _STDERR_SHOWN = 600
+_STDERR_KEPT = 4 * MiB  # wsync's last stderr line is its report (pack: the problems)
+_STDOUT_MAX = 1 * MiB  # `apply` answers one short line
+_TOO_LARGE = 5  # wsync.py TOO_LARGE
 
 
 class ExecChannel(Protocol):
@@ -69,19 +74,25 @@ def guest_manifest(
     purge_bad_names: bool = False,
     wsync: Sequence[str] = WSYNC_ARGV,
     options: Sequence[str] = (),
+    max_new_bytes: int | None = None,
 ) -> Manifest:
     """The guest workspace's manifest (`wsync.py manifest`, with its hash cache if named).
 
     With `purge_bad_names` (sync-in), entries whose names are not UTF-8 are removed first: no
     host file has such a name and the manifest could not name them for deletion. `options` go
-    to the `wsync` command as they are (the launcher's own, e.g. the workspace cap).
+    to the `wsync` command as they are (the launcher's own, e.g. the workspace cap). With
+    `max_new_bytes` the guest refuses, before it hashes anything, when the files that are
+    surely new exceed it: raises ChangesTooLarge.
     """
-    out, err = io.BytesIO(), io.BytesIO()
+    out, err = BoundedBuffer(MAX_MANIFEST_BYTES, "workspace manifest"), TailBuffer(_STDERR_KEPT)
     argv = [*wsync, "manifest", workspace, *(["--cache", cache] if cache else [])]
     argv += ["--purge-bad-names"] if purge_bad_names else []
     argv += options
-    code = channel.exec(argv, stdin=None, stdout=out, stderr=err)
-    _check(code, err, "list the guest workspace")
+    argv += [f"--max-new-bytes={max_new_bytes}"] if max_new_bytes is not None else []
+    code = channel.exec(argv, stdin=None, stdout=cast(BinaryIO, out), stderr=cast(BinaryIO, err))
+    if code == _TOO_LARGE and max_new_bytes is not None:
+        raise _too_large_from_guest(err.getvalue(), max_new_bytes)
+    _check(code, err.getvalue(), "list the guest workspace")
     return Manifest.from_json(out.getvalue())
 
 
@@ -119,16 +130,16 @@ def sync_in(
 
     producer = threading.Thread(target=produce, daemon=True)
     producer.start()
-    out, err = io.BytesIO(), io.BytesIO()
+    out, err = BoundedBuffer(_STDOUT_MAX, "sync reply"), TailBuffer(_STDERR_KEPT)
     argv = [*wsync, "apply", workspace, *(["--owner", f"{owner[0]}:{owner[1]}"] if owner else [])]
     with os.fdopen(read_fd, "rb") as source:
-        code = channel.exec(argv, stdin=source, stdout=out, stderr=err)
+        code = channel.exec(argv, stdin=source, stdout=cast(BinaryIO, out), stderr=cast(BinaryIO, err))
     producer.join()
     if failure and isinstance(failure[0], SyncError):
         raise failure[0]
     if failure and not isinstance(failure[0], BrokenPipeError):
         raise SyncError(f"could not send the project: {failure[0]}", hint="run again") from failure[0]
-    _check(code, err, "fill the guest workspace")
+    _check(code, err.getvalue(), "fill the guest workspace")
     return SyncResult(scan=host, plan=plan, seconds=time.monotonic() - started)
 
 
@@ -149,37 +160,40 @@ def collect(
     run's unit has stopped (nothing may write the workspace meanwhile). `listed` is the
     workspace's manifest if the caller already has it (one guest call fewer); `rules` the ones
     sync-in used (None: the default secret patterns): what they match is refused, never fetched.
+    When the new contents add up to more than `max_bytes` at their apparent sizes, raises
+    ChangesTooLarge before anything is fetched or written.
     """
-    changeset = compute(
-        base,
-        listed if listed is not None else guest_manifest(channel, workspace, wsync=wsync),
-        rules=rules,
-        umask=process_umask(),
-    )
-    changes_dir.mkdir(parents=True, exist_ok=True)
-    changeset_module.save(changeset, changes_dir / "changeset.json")
+    if listed is None:
+        listed = guest_manifest(channel, workspace, wsync=wsync, max_new_bytes=max_bytes)
+    changeset = compute(base, listed, rules=rules, umask=process_umask())
     wanted = blobs_module.wanted_paths(changeset)
-    sizes = {entry.path: entry.new_size or 0 for entry in changeset.entries}
-    if sum(sizes[path] for path in wanted) > max_bytes:
-        raise SyncError(
-            f"the agent's changed files exceed {max_bytes >> 20} MiB",
-            hint="discard the run, or remove large files in the guest and collect again",
-        )
+    check_collect_size(changeset, max_bytes)
+    ensure_private_dir(changes_dir)
+    changeset_module.save(changeset, changes_dir / "changeset.json")
     store = blobs_module.BlobStore(changes_dir / "blobs")
     if not wanted:
         # No new contents to fetch (nothing changed, or only deletions, links, modes): a pack
         # round trip would cost a guest process start for an empty tar.
-        store.folder.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(store.folder)
         return Collected(changeset, store, blobs_module.ReceiveReport((), (), ()), ())
     tar_path = changes_dir / "incoming.tar"
-    err = io.BytesIO()
+    err = TailBuffer(_STDERR_KEPT)
+    # The tar's own overhead per member: its header, a PAX header naming it (paths up to 4 KiB)
+    # and padding, under 6 KiB; then the end blocks.
+    limit = max_bytes + len(wanted) * 6 * 1024 + (1 << 20)
+    overflow = SyncError("the guest sent more than the changed files' size", hint="run again")
     try:
-        with tar_path.open("wb") as raw, _Capped(raw, max_bytes + len(wanted) * 4096 + (1 << 20)) as sink:
+        with open_private(tar_path) as raw:
+            sparse = SparseWriter(raw.fileno())
             request = json.dumps(sorted(wanted)).encode()
             code = channel.exec(
-                [*wsync, "pack", workspace], stdin=request, stdout=cast(BinaryIO, sink), stderr=err
+                [*wsync, "pack", workspace],
+                stdin=request,
+                stdout=cast(BinaryIO, CappedSink(cast(BinaryIO, sparse), limit, overflow)),
+                stderr=cast(BinaryIO, err),
             )
-        _check(code, err, "pack the changed files")
+            sparse.finish()
+        _check(code, err.getvalue(), "pack the changed files")
         with tar_path.open("rb") as source:
             received = blobs_module.receive(source, changeset, store, max_bytes=max_bytes)
     finally:
@@ -203,9 +217,7 @@ def process_umask() -> int:
 
 def save_manifest(manifest: Manifest, path: Path) -> None:
     """Store a manifest (the run's base) as its wire format."""
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_bytes(manifest.to_json())
-    temp.replace(path)
+    write_private(path, manifest.to_json())
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -213,21 +225,45 @@ def load_manifest(path: Path) -> Manifest:
     return Manifest.from_json(path.read_bytes())
 
 
-class _Capped(io.RawIOBase):
-    """A sink that refuses to grow past a limit (the guest decides how much it sends)."""
+class ChangesTooLarge(SyncError):
+    """The agent's new contents exceed the collect cap; nothing was fetched or written."""
 
-    def __init__(self, sink: BinaryIO, limit: int) -> None:
-        super().__init__()
-        self._sink, self._left = sink, limit
+    def __init__(self, total: int, cap: int, largest: Sequence[tuple[str, int]]) -> None:
+        shown = ", ".join(f"{strip_control(path)[:200]} ({_mib(size)})" for path, size in largest[:5])
+        super().__init__(
+            f"the agent's new and changed files add up to {_mib(total)} (apparent sizes, sparse "
+            f"files at their full length), over the collect cap of {_mib(cap)}"
+            + (f"; largest: {shown}" if shown else ""),
+            hint="they stay in the guest's workspace: look at them with `vmsbx ssh`; "
+            "`vmsbx discard` frees it; or raise [sync] collect_max in your user config and run again",
+        )
+        self.total, self.cap, self.largest = total, cap, tuple(largest)
 
-    def writable(self) -> bool:
-        return True
 
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        self._left -= len(data)
-        if self._left < 0:
-            raise SyncError("the guest sent more than the changed files' size", hint="run again")
-        return self._sink.write(data)
+def check_collect_size(changeset: Changeset, max_bytes: int) -> None:
+    """Refuse a changeset whose new contents exceed `max_bytes` at their apparent sizes."""
+    wanted = blobs_module.wanted_paths(changeset)
+    sizes = sorted(
+        ((entry.new_size or 0, entry.path) for entry in changeset.entries if entry.path in wanted),
+        reverse=True,
+    )
+    total = sum(size for size, _path in sizes)
+    if total > max_bytes:
+        raise ChangesTooLarge(total, max_bytes, [(path, size) for size, path in sizes[:5]])
+
+
+def _too_large_from_guest(stderr: bytes, cap: int) -> ChangesTooLarge:
+    """The guest's early refusal (it had not hashed anything). Its numbers are only shown."""
+    try:
+        said = json.loads(stderr.decode("utf-8", errors="replace").strip().splitlines()[-1])["too_large"]
+        largest = [(str(path), int(size)) for path, size in said["largest"]][:5]
+        return ChangesTooLarge(int(said["bytes"]), cap, largest)
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ChangesTooLarge(cap + 1, cap, [])
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):,.0f} MiB" if size >= 1 << 20 else f"{size} bytes"
 
 
 def _pack_problems(stderr: bytes) -> tuple[tuple[str, str], ...]:
@@ -238,10 +274,10 @@ def _pack_problems(stderr: bytes) -> tuple[tuple[str, str], ...]:
         return ()
 
 
-def _check(code: int, err: io.BytesIO, what: str) -> None:
+def _check(code: int, err: bytes, what: str) -> None:
     if code == 0:
         return
-    detail = strip_control(err.getvalue()[-_STDERR_SHOWN:].decode("utf-8", errors="replace")).strip()
+    detail = strip_control(err[-_STDERR_SHOWN:].decode("utf-8", errors="replace")).strip()
     raise SyncError(
         f"could not {what} (wsync.py exit {code}): {detail}",
         hint="`vmsbx up` reinstalls the guest's sync helper; then run again",

@@ -28,6 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from vmsbx.errors import SyncError
+from vmsbx.paths import write_private
 from vmsbx.sync.names import path_problem, sort_key
 from vmsbx.sync.rules import ExcludeRules
 
@@ -234,6 +235,4 @@ def _load_cache(cache_file: Path | None) -> dict[str, _CacheRow]:
 def _save_cache(cache_file: Path | None, rows: dict[str, _CacheRow]) -> None:
     if cache_file is None:
         return
-    temp = cache_file.with_name(cache_file.name + ".tmp")
-    temp.write_text(json.dumps(rows), encoding="utf-8")
-    temp.replace(cache_file)
+    write_private(cache_file, json.dumps(rows))

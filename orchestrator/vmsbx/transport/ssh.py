@@ -22,11 +22,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, BinaryIO, NoReturn, Self
+from typing import IO, Any, BinaryIO, NoReturn, Self, cast
 
 import paramiko
 from pydantic import BaseModel, ConfigDict, Field
 
+from vmsbx.bounded import BoundedBuffer, MiB, TailBuffer
 from vmsbx.errors import ConfigError, HostKeyMismatch, TransportError
 from vmsbx.providers.base import SSHInfo
 from vmsbx.transport.keys import fingerprint, read_pinned_keys
@@ -42,6 +43,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 _CHUNK = 65536
+RUN_OUTPUT_MAX = 16 * MiB  # what `run` holds of a command's stdout
 _TMP_SUFFIX = ".vmsbx-tmp"
 # NAT in front of the guest (QEMU user networking, WSL, cloud firewalls) drops idle flows;
 # a keepalive well under the usual 5-minute NAT timeout keeps long agent sessions up.
@@ -457,10 +459,16 @@ class Connection:
         args, command = _command_line(argv)
         started = time.monotonic()
         chan = self.open_channel(args)
-        stdout, stderr = io.BytesIO(), io.BytesIO()
+        # The guest decides how much it prints: `run` is for short commands, so both are capped.
+        stdout, stderr = BoundedBuffer(RUN_OUTPUT_MAX, f"output from {args[0]!r}"), TailBuffer(1 << 20)
         source = io.BytesIO(stdin) if stdin is not None else None
         exit_code = self._pump(
-            chan=chan, command=command, stdout=stdout, stderr=stderr, stdin=source, timeout=timeout
+            chan=chan,
+            command=command,
+            stdout=cast(IO[bytes], stdout),
+            stderr=cast(IO[bytes], stderr),
+            stdin=source,
+            timeout=timeout,
         )
         return CommandResult(
             argv=args,

@@ -11,6 +11,7 @@ from vmsbx.agent.egress.netlog import NETWORK_LOG_NAME, append_decision
 from vmsbx.agent.egress.proxy import EgressProxy, ProxyLimits, Resolver, system_resolver
 from vmsbx.agent.egress.rules import EgressRules, IPAddress
 from vmsbx.config.models import SandboxSettings
+from vmsbx.paths import ensure_private_dir
 
 # Tests map their own names (allowed.test …) to the loopback servers they start. This only
 # answers "which address is this name": every address still goes through the same gate, so a
@@ -54,7 +55,7 @@ def start_run_proxy(
     if sandbox.network == "none":
         return None
     log_path = run_dir / NETWORK_LOG_NAME
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(run_dir)
     proxy = EgressProxy(
         run_id,
         EgressRules.from_settings(sandbox.network, sandbox.allow_hosts),
