@@ -101,7 +101,7 @@ def _started_run(tmp_path: Path, ws: Path, *, collect_max: int | None = None) ->
     rules = exclude_rules(None, ())
     sync_in(StreamingExec(), project, str(ws), rules, owner=(0, 0), wsync=LOCAL)
     host = scan(project, rules)
-    sync = workspace.SyncIn(key="0123456789abcdef", scan=host, plan=plan_sync(host.manifest, Manifest()))
+    sync = workspace.SyncIn(key="0123456789abcdef", scan=host, plan=plan_sync(host.manifest, Manifest()), rules=rules)
     record = RunRecord(
         id="a1b2c3d4e5f6",
         vm="default",
@@ -159,7 +159,7 @@ def test_a_changeset_over_the_cap_stays_held_in_the_guest(home: Path, tmp_path: 
         stored.reason or ""
     )
     changes = records.run_dir(record.id) / "changes"
-    assert sorted(path.name for path in changes.iterdir()) == ["base-commits.json", "base.json"]
+    assert sorted(path.name for path in changes.iterdir()) == ["base-commits.json", "base.json", "rules.json"]
     assert (ws / "big.bin").stat().st_size == 3 * GiB
     project = Path(stored.project or "")
     busy = lifecycle._finish_earlier_runs(guest, "default", project)  # type: ignore[arg-type]

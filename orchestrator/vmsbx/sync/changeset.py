@@ -26,8 +26,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from vmsbx.errors import SyncError
-from vmsbx.sync.links import Lookup, link_destination, unsafe_links
 from vmsbx.paths import write_private
+from vmsbx.sync.links import Lookup, link_destination, unsafe_links
 from vmsbx.sync.manifest import EntryKind, Manifest, ManifestEntry
 from vmsbx.sync.names import canonical_parts, fold_key, is_short_name, path_problem, sort_key
 from vmsbx.sync.rules import ExcludeRules
