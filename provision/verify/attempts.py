@@ -256,7 +256,8 @@ def reaches(calls: list[tuple[str, Callable[[], str]]]) -> str:
             if exc.errno in FILTERED:
                 stopped.append(name)
             else:
-                reached.append(f"{name}: reached the kernel ({errno.errorcode.get(exc.errno or 0, exc.errno)})")
+                code = errno.errorcode.get(exc.errno or 0, exc.errno)
+                reached.append(f"{name}: reached the kernel ({code})")
     if not reached:
         raise Blocked(f"{', '.join(stopped)}: refused (EPERM/ENOSYS, the syscall filter)")
     return "; ".join(reached)
@@ -277,7 +278,8 @@ def io_uring() -> str:
         return f"returned {syscall('io_uring_register', ring[0], 1, None, 0)}"  # UNREGISTER_BUFFERS
 
     try:
-        return reaches([("io_uring_setup", setup), ("io_uring_enter", enter), ("io_uring_register", register)])
+        calls = [("io_uring_setup", setup), ("io_uring_enter", enter), ("io_uring_register", register)]
+        return reaches(calls)
     finally:
         if ring[0] >= 0:
             os.close(ring[0])
