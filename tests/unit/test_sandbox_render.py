@@ -204,3 +204,36 @@ def test_the_holder_and_verify_try_every_denied_call_by_its_number() -> None:
     assert holder_table["keyctl"][1] == {"x86_64": 250, "aarch64": 219}
     assert holder_table["io_uring_setup"][1] == {"x86_64": 425, "aarch64": 425}
 
+
+def test_io_caps_follow_the_policy_on_the_workspace_and_root_devices() -> None:
+    policy = SandboxSettings(io_read_bps=GiB, io_write_bps=2 << 20, io_read_iops=None, io_write_iops=100)
+    table = props(policy)
+    devices = [LAYOUT.workspace_mount, "/"]
+    assert table["IOReadBandwidthMax"] == [f"{d} {GiB}" for d in devices]
+    # Bytes, never "2M": systemd reads a suffix here as a power of 1000.
+    assert table["IOWriteBandwidthMax"] == [f"{d} {2 << 20}" for d in devices]
+    assert "IOReadIOPSMax" not in table  # "max": no cap
+    assert table["IOWriteIOPSMax"] == [f"{d} 100" for d in devices]
+    check = [c for c in table["ExecStartPre"] if "io.max" in c]
+    assert len(check) == 1
+    assert f"/sys/fs/cgroup/system.slice/{LAYOUT.unit}/io.max" in check[0]
+    assert "-ge 2 ]" in check[0] and "exit 1" in check[0]
+    # The check runs before the run's first process, as root (+), like the stamp after it.
+    assert table["ExecStartPre"][0] == check[0]
+
+
+def test_no_io_caps_and_no_check_when_every_cap_is_max() -> None:
+    table = props(
+        SandboxSettings(io_read_bps="max", io_write_bps="max", io_read_iops="max", io_write_iops="max")
+    )
+    assert not [key for key in table if key.startswith("IO")]
+    assert not [c for c in table["ExecStartPre"] if "io.max" in c]
+
+
+def test_the_nsjail_unit_caps_the_same_devices() -> None:
+    from vmsbx.sandbox.nsjail import render_nsjail_unit_properties
+
+    policy = SandboxSettings(mode="nsjail", io_write_bps=2 << 20)
+    nsjail_io = [p for p in render_nsjail_unit_properties(policy, LAYOUT) if p.startswith("IO")]
+    assert nsjail_io == [p for p in render_unit_properties(policy, LAYOUT) if p.startswith("IO")]
+    assert f"IOWriteBandwidthMax={LAYOUT.workspace_mount} {2 << 20}" in nsjail_io
