@@ -22,10 +22,16 @@ pytestmark = pytest.mark.vm
 
 MiB = 1 << 20
 SMALL_WORKSPACE = ("--workspace-size", "64M")
+# The units' offline `systemd-analyze security` scores on bookworm (systemd 252) before io_uring,
+# the keyrings and the disk I/O caps were added: neither may make them worse.
+EXPOSURE_BEFORE = {"systemd": 0.5, "nsjail": 2.9}
 # A capped writer must take this many times as long as the same writer uncapped, in one test.
+# (The ratio is the uncapped rate over the cap: under TCG on a loaded machine the uncapped
+# writer managed ~2 MiB/s, hence a cap well below that.)
 THROTTLE_RATIO = 5.0
-WRITE_MIB = 12
-CAP = "1M"
+WRITE_MIB = 4
+CAP = "256K"
+CAP_BYTES = 256 << 10
 DD_SECONDS = re.compile(r"copied, ([0-9.]+) s")
 
 # The holder as its unit starts it, in a throw-away unit with systemd mode's own filter lines:
@@ -99,10 +105,10 @@ def test_a_write_cap_throttles_a_writer_in_the_workspace(
         "ssh", "--", "sh", "-c",
         f"systemctl show -p IOWriteBandwidthMax {unit}; cat /sys/fs/cgroup/system.slice/{unit}/io.max",
     ).stdout.decode()  # fmt: skip
-    assert f"IOWriteBandwidthMax=/var/lib/private/vmsbx-ws-{run_id} {MiB}" in shown, shown
-    assert f"IOWriteBandwidthMax=/ {MiB}" in shown, shown
+    assert f"IOWriteBandwidthMax=/var/lib/private/vmsbx-ws-{run_id} {CAP_BYTES}" in shown, shown
+    assert f"IOWriteBandwidthMax=/ {CAP_BYTES}" in shown, shown
     io_max = [line for line in shown.splitlines() if "wbps=" in line]
-    assert len(io_max) == 2 and all(f"wbps={MiB}" in line for line in io_max), shown
+    assert len(io_max) == 2 and all(f"wbps={CAP_BYTES}" in line for line in io_max), shown
     assert any(line.startswith("7:") for line in io_max), shown  # the loop device
     capped = cli.run("attach", run_id, timeout=600)
     assert capped.returncode == 0, capped.stderr.decode(errors="replace")
@@ -110,12 +116,16 @@ def test_a_write_cap_throttles_a_writer_in_the_workspace(
     fast, slow = _dd_seconds(uncapped), _dd_seconds(capped_out)
     print(f"{mode}: uncapped {fast} s, capped at {CAP}/s {slow} s")
     assert len(fast) == 2 and len(slow) == 2, uncapped + capped_out
-    for uncapped_seconds, capped_seconds in zip(fast, slow, strict=True):
-        assert capped_seconds >= THROTTLE_RATIO * uncapped_seconds, (fast, slow)
-        # and near the cap itself: 12 MiB at 1 MiB/s
-        assert capped_seconds >= WRITE_MIB * 0.8, slow
+    # O_DIRECT: each write goes to the device as it is made, the same in both runs.
+    assert slow[0] >= THROTTLE_RATIO * fast[0], (fast, slow)
+    # Both ways of writing are no faster than the cap allows (slack for the throttle's first
+    # slice); an uncapped fsync on a loaded host disk varies too much for a ratio (1.5-26 s seen).
+    for capped_seconds in slow:
+        assert capped_seconds >= 0.8 * WRITE_MIB * MiB / CAP_BYTES, slow
     # /tmp is the run's tmpfs: RAM, held by the memory limit, with no block device to cap.
     assert "tmp=tmpfs" in capped_out and "tmp=tmpfs" in uncapped
+    record = json.loads((cli.home / "runs" / run_id / "run.json").read_text())
+    assert record["exposure"] <= EXPOSURE_BEFORE[mode], record["exposure"]
 
 
 def test_show_lists_the_disk_io_caps(cli: Cli, default_vm: dict[str, object]) -> None:
@@ -134,7 +144,14 @@ def test_a_cap_systemd_could_not_apply_refuses_the_unit(cli: Cli, default_vm: di
     control is every other run in this file, whose check passed."""
     layout = RunLayout(run_id="f1f1f1f1f1f1")
     props = render_io_properties(SandboxSettings(io_write_bps="1M"), layout)
-    argv = ["systemd-run", "--wait", "--quiet", "--collect", f"--unit={layout.unit}"]
+    argv = [
+        "systemd-run",
+        "--wait",
+        "--quiet",
+        "--collect",
+        f"--unit={layout.unit}",
+        "--description=io check",
+    ]
     for prop in props:
         argv += ["-p", prop]
     argv += ["--", "/bin/echo", "COMMAND-RAN"]
