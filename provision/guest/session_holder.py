@@ -12,9 +12,12 @@ Runs with the run's dynamic user and no privileges. Standard library only.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
 import json
 import os
+import platform
 import pty
 import selectors
 import signal
@@ -30,6 +33,21 @@ SPEC = "/tmp/.vmsbx-spec.json"
 HOLDER_DIR = "/tmp/.vmsbx"
 TRANSCRIPT_MAX = 256 * 1024 * 1024
 LINE_MAX = 16 * 1024
+# The calls both units deny by name (vmsbx.sandbox.systemd.DENIED_SYSCALLS), each with harmless
+# arguments the kernel would refuse (a NULL pointer, fd -1, an unknown operation); per arch its
+# number. systemd silently skips a name its libseccomp does not know, so these are tried for
+# real before the command starts.
+DENIED_SYSCALLS: dict[str, tuple[tuple[int, ...], dict[str, int]]] = {
+    "io_uring_setup": ((0, 0), {"x86_64": 425, "aarch64": 425}),
+    "io_uring_enter": ((-1, 0, 0, 0, 0, 0), {"x86_64": 426, "aarch64": 426}),
+    "io_uring_register": ((-1, 0, 0, 0), {"x86_64": 427, "aarch64": 427}),
+    "keyctl": ((-1, 0, 0, 0, 0), {"x86_64": 250, "aarch64": 219}),
+    "add_key": ((0, 0, 0, 0, 0), {"x86_64": 248, "aarch64": 217}),
+    "request_key": ((0, 0, 0, 0), {"x86_64": 249, "aarch64": 218}),
+}
+# What a seccomp filter answers (systemd: EPERM; the nsjail policy: ENOSYS for io_uring).
+FILTERED = (errno.EPERM, errno.ENOSYS)
+REFUSED_CODE = 125
 
 
 class JournalWriter:
@@ -79,6 +97,24 @@ def _write_all(fd: int, data: bytes) -> None:
         except OSError:
             return
         view = view[written:]
+
+
+def unfiltered_syscalls() -> list[str]:
+    """The denied calls that reach the kernel here (a filter that did not apply): empty when
+    every one is answered as a filter answers. An unknown architecture counts as all reaching."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    arch = platform.machine()
+    reached = []
+    for name, (args, numbers) in DENIED_SYSCALLS.items():
+        if arch not in numbers:
+            reached.append(f"{name} (no syscall number known for {arch})")
+            continue
+        ctypes.set_errno(0)
+        result = libc.syscall(ctypes.c_long(numbers[arch]), *(ctypes.c_long(arg) for arg in args))
+        if result >= 0 or ctypes.get_errno() not in FILTERED:
+            reached.append(name)
+    return reached
 
 
 def frame(kind: int, payload: bytes = b"") -> bytes:
@@ -296,6 +332,15 @@ class Holder:
         server.listen(8)
         server.setblocking(False)
         self.sel.register(server, selectors.EVENT_READ, ("server", None))
+        reached = unfiltered_syscalls()
+        if reached:
+            self.emit(
+                STDERR,
+                f"vmsbx: refusing to run: the sandbox's syscall filter lets {', '.join(reached)} through "
+                "(the guest's systemd or libseccomp does not know them); use a guest with a newer "
+                "systemd and libseccomp (2.5 or later)\n".encode(),
+            )
+            return self.finish(REFUSED_CODE << 8)
         pid = self.start_child()
         for fd in self.outputs:
             os.set_blocking(fd, False)
@@ -322,6 +367,10 @@ class Holder:
                     self.client_input(obj)
                 else:
                     self.read_output(obj)
+        return self.finish(status)
+
+    def finish(self, status: int | None) -> int:
+        """The command's end (a wait status): to the journal, the transcript and every client."""
         for writer in self.journal.values():
             writer.flush()
         code = os.waitstatus_to_exitcode(status) if status is not None else 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import glob
 import json
@@ -47,10 +48,16 @@ MiB = 1 << 20
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
+# io_uring's numbers are the same on every architecture (the unified table, from 425).
+_IO_URING = {"io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427}
 SYSCALLS = {
-    "x86_64": {"add_key": 248, "keyctl": 250, "bpf": 321, "perf_event_open": 298},
-    "aarch64": {"add_key": 217, "keyctl": 219, "bpf": 280, "perf_event_open": 241},
-}
+    "x86_64": {"add_key": 248, "request_key": 249, "keyctl": 250, "bpf": 321, "perf_event_open": 298,
+               **_IO_URING},
+    "aarch64": {"add_key": 217, "request_key": 218, "keyctl": 219, "bpf": 280, "perf_event_open": 241,
+                **_IO_URING},
+}  # fmt: skip
+# What a seccomp filter answers: the kernel itself never refuses these calls' arguments so.
+FILTERED = (errno.EPERM, errno.ENOSYS)
 
 
 class Blocked(Exception):
@@ -74,7 +81,8 @@ def sh(script: str, *args: str, seconds: float = 20) -> str:
 
 
 def syscall(name: str, *args: object) -> int:
-    result = libc.syscall(SYSCALLS[platform.machine()][name], *args)
+    wide = [ctypes.c_long(arg) if isinstance(arg, int) else arg for arg in args]
+    result = libc.syscall(ctypes.c_long(SYSCALLS[platform.machine()][name]), *wide)
     if result < 0:
         raise OSError(ctypes.get_errno(), f"{name}: {os.strerror(ctypes.get_errno())}")
     return int(result)
@@ -236,6 +244,64 @@ def keyctl() -> str:
     serial = syscall("add_key", b"user", b"vmsbx-verify", b"x", 1, -4)  # KEY_SPEC_USER_KEYRING
     syscall("keyctl", 21, serial)  # KEYCTL_INVALIDATE: leave nothing
     return "added a key"
+
+
+def reaches(calls: list[tuple[str, Callable[[], str]]]) -> str:
+    """Which of `calls` got to the kernel (any answer but a filter's): succeeds if one did."""
+    reached, stopped = [], []
+    for name, call in calls:
+        try:
+            reached.append(f"{name}: {call()}")
+        except OSError as exc:
+            if exc.errno in FILTERED:
+                stopped.append(name)
+            else:
+                code = errno.errorcode.get(exc.errno or 0, exc.errno)
+                reached.append(f"{name}: reached the kernel ({code})")
+    if not reached:
+        raise Blocked(f"{', '.join(stopped)}: refused (EPERM/ENOSYS, the syscall filter)")
+    return "; ".join(reached)
+
+
+def io_uring() -> str:
+    """Set up a real ring and use it; a blocked setup still tries the other two calls (fd -1)."""
+    ring = [-1]
+
+    def setup() -> str:
+        ring[0] = syscall("io_uring_setup", 4, ctypes.create_string_buffer(120))  # 4 entries
+        return "made a ring"
+
+    def enter() -> str:
+        return f"returned {syscall('io_uring_enter', ring[0], 0, 0, 0, None, 0)}"
+
+    def register() -> str:
+        return f"returned {syscall('io_uring_register', ring[0], 1, None, 0)}"  # UNREGISTER_BUFFERS
+
+    try:
+        calls = [("io_uring_setup", setup), ("io_uring_enter", enter), ("io_uring_register", register)]
+        return reaches(calls)
+    finally:
+        if ring[0] >= 0:
+            os.close(ring[0])
+
+
+def keyring() -> str:
+    """A key in this thread's own keyring (gone with the thread), a keyring lookup, a search."""
+
+    def add() -> str:
+        serial = syscall("add_key", b"user", b"vmsbx-verify", b"x", 1, -1)  # KEY_SPEC_THREAD_KEYRING
+        with contextlib.suppress(OSError):
+            syscall("keyctl", 21, serial)  # KEYCTL_INVALIDATE: leave nothing
+        return "added a key"
+
+    def lookup() -> str:
+        return f"keyring {syscall('keyctl', 0, -1, 1)}"  # KEYCTL_GET_KEYRING_ID, thread, create
+
+    def search() -> str:
+        syscall("request_key", b"user", b"vmsbx-verify-absent", None, 0)
+        return "found a key"
+
+    return reaches([("add_key", add), ("keyctl", lookup), ("request_key", search)])
 
 
 def bpf() -> str:
@@ -549,6 +615,8 @@ ATTEMPTS: dict[str, tuple[Callable[[], str], float]] = {
     "ptrace": (ptrace, 10),
     "kernel_module": (kernel_module, 15),
     "keyctl": (keyctl, 10),
+    "io_uring": (io_uring, 10),
+    "keyring": (keyring, 10),
     "bpf": (bpf, 10),
     "perf_event": (perf_event, 10),
     "proc_sys_write": (proc_sys_write, 10),

@@ -480,6 +480,10 @@ def test_limits_compare_against_the_user_config(box: Sandbox, user_dir: Path) ->
         ("sandbox.workspace_size", '"11G"'),
         ("sandbox.tmp_size", '"1025M"'),
         ("sync.collect_max", '"1025M"'),
+        ("sandbox.io_read_bps", '"513M"'),
+        ("sandbox.io_write_bps", '"max"'),
+        ("sandbox.io_read_iops", "10001"),
+        ("sandbox.io_write_iops", '"max"'),
     ],
 )
 def test_every_limit_may_only_go_down(box: Sandbox, key: str, higher: str) -> None:
@@ -495,6 +499,34 @@ def test_collect_cap_is_set_by_the_user_and_only_lowered_by_the_project(box: San
     assert box.load(user=user, project='[sync]\ncollect_max = "2G"\n').sync.collect_max == 2 * GiB
     message = _refused(box, '[sync]\ncollect_max = "9G"\n', "sync.collect_max")
     assert 'the layers below say "8G"' in message
+
+
+def test_disk_io_caps_are_on_by_default_and_may_only_tighten(box: Sandbox, user_dir: Path) -> None:
+    defaults = box.load().sandbox
+    assert (defaults.io_read_bps, defaults.io_write_bps) == (512 * MiB, 256 * MiB)
+    assert (defaults.io_read_iops, defaults.io_write_iops) == (10000, 5000)
+    project = '[sandbox]\nio_write_bps = "2M"\nio_write_iops = 100\n'
+    tightened = box.load(project=project).sandbox
+    assert (tightened.io_write_bps, tightened.io_write_iops) == (2 * MiB, 100)
+    # "max" (no cap) in the user config: the project file may still set one, never drop one.
+    user = '[sandbox]\nio_write_bps = "max"\nio_read_iops = "max"\n'
+    assert box.load(user=user, project="").sandbox.io_write_bps is None
+    assert box.load(user=user, project='[sandbox]\nio_write_bps = "1M"\n').sandbox.io_write_bps == MiB
+    assert box.load(user=user, project='[sandbox]\nio_read_iops = "max"\n').sandbox.io_read_iops is None
+    message = _refused(box, '[sandbox]\nio_read_bps = "max"\n', "sandbox.io_read_bps")
+    assert '"max" would loosen isolation (the layers below say "512M")' in message
+
+
+def test_disk_io_caps_from_flags_and_env(box: Sandbox) -> None:
+    settings = box.load(
+        flags={"sandbox.io_write_bps": "2M", "sandbox.io_read_iops": "max"},
+        env={"VMSBX_SANDBOX_IO_WRITE_IOPS": "64"},
+    )
+    assert settings.sandbox.io_write_bps == 2 * MiB
+    assert settings.sandbox.io_read_iops is None
+    assert settings.sandbox.io_write_iops == 64
+    too_small = box.error(flags={"sandbox.io_write_bps": "1K"})
+    assert "64K" in str(too_small) and "max" in str(too_small)
 
 
 @pytest.mark.parametrize("network", ["none", "api"])

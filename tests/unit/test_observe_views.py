@@ -71,6 +71,7 @@ def test_top_fits_80_columns_and_shows_guest_text_literally() -> None:
     assert "↳ Bash: <script>document.body.setAttribute('data-pwned','1')</script>[bold re…" in text
     assert "—" in text  # the ended run has no CPU figure
     assert "Stop run 0123456789ab? y/N" in text
+    assert "0123456789ab disk i/o cap: read 512M/s 10000 op/s, write 256M/s 5000 op/s" in text
     assert "\x1b" not in text
 
 
@@ -118,6 +119,7 @@ def test_text_report_lists_summary_and_tool_calls() -> None:
     text = render_text(_report())
     assert "exit status     0" in text and "reason          exited 0" in text
     assert "memory peak     150M of 2.0G" in text
+    assert "disk i/o cap    read 512M/s 10000 op/s, write 256M/s 5000 op/s" in text
     assert "1. error   Bash: <script>" in text
     assert "network         —" in text and "files changed   —" in text
     assert "\x1b" not in text
@@ -128,3 +130,17 @@ def test_keys_that_arrive_together_are_all_read() -> None:
 
     assert parse_keys(b"l\x1b[Bk") == ["l", "down", "k"]
     assert parse_keys(b"\x1bOA\x1b[AQ") == ["up", "up", "q"]
+
+
+def test_top_and_show_say_when_a_disk_io_cap_is_max() -> None:
+    record = _record().model_copy(
+        update={"policy": SandboxSettings(io_write_bps=2 << 20, io_read_bps="max", io_read_iops="max")}
+    )
+    row = build_run_row(record, None, now=0.0)
+    assert row.io_caps == "read ∞ B/s ∞ op/s, write 2.0M/s 5000 op/s"
+    snapshot = Snapshot(
+        taken_at="t", vms=[VMRow(name="default", provider="qemu", state="running", agent=True, runs=[row])]
+    )
+    console = Console(width=80, record=True, color_system=None)
+    console.print(render(snapshot, ViewState(selected=0), width=80))
+    assert "disk i/o cap: read ∞ B/s ∞ op/s, write 2.0M/s 5000 op/s" in console.export_text()

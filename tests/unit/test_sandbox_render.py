@@ -96,7 +96,11 @@ def test_the_walls_are_all_there() -> None:
     }
     for key, value in must.items():
         assert table.get(key) == [value], key
-    assert table["SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
+    assert table["SystemCallFilter"] == [
+        "@system-service",
+        "~@privileged @resources",
+        "~io_uring_setup io_uring_enter io_uring_register keyctl add_key request_key",
+    ]
     assert "/run/dbus/system_bus_socket" in table["InaccessiblePaths"][0]
     # No secrets or user-chosen text in unit properties: the environment travels in the spec.
     assert "Environment" not in table
@@ -152,3 +156,84 @@ def test_an_old_systemd_is_refused_by_property_name() -> None:
     assert "PrivateIPC (systemd 248)" in missing
     assert "DynamicUser (systemd 232)" not in missing
     assert len(missing) == len(set(missing))
+
+
+DENIED = {"io_uring_setup", "io_uring_enter", "io_uring_register", "keyctl", "add_key", "request_key"}
+
+
+def test_io_uring_and_the_keyrings_are_denied_in_both_units() -> None:
+    """After the mode's own filter lines: a `~` line then narrows systemd mode's allow list
+    and extends the nsjail unit's deny list (systemd.exec(5))."""
+    from vmsbx.sandbox.nsjail import render_nsjail_unit_properties
+
+    for properties in (
+        render_unit_properties(SandboxSettings(), LAYOUT),
+        render_nsjail_unit_properties(SandboxSettings(mode="nsjail"), LAYOUT),
+    ):
+        filters = [p.partition("=")[2] for p in properties if p.startswith("SystemCallFilter=")]
+        assert filters[-1].startswith("~")
+        assert set(filters[-1][1:].split()) == DENIED
+        assert not any("@aio" in f or "@keyring" in f for f in filters[:-1] if f.startswith("~"))
+
+
+def test_the_holder_and_verify_try_every_denied_call_by_its_number() -> None:
+    """The session holder refuses to run when a denied call reaches the kernel; it and the
+    verify attempts must know the same calls, with the kernel's numbers per architecture."""
+    import importlib.util
+
+    from vmsbx.sandbox.systemd import DENIED_SYSCALLS
+
+    root = Path(__file__).resolve().parents[2] / "provision"
+    modules = {}
+    for name, path in (
+        ("holder", root / "guest" / "session_holder.py"),
+        ("attempts", root / "verify" / "attempts.py"),
+    ):
+        spec = importlib.util.spec_from_file_location(f"vmsbx_test_{name}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        modules[name] = module
+    holder_table = modules["holder"].DENIED_SYSCALLS
+    assert set(holder_table) == set(DENIED_SYSCALLS) == DENIED
+    for name, (_args, numbers) in holder_table.items():
+        assert set(numbers) == {"x86_64", "aarch64"}
+        for arch, number in numbers.items():
+            assert modules["attempts"].SYSCALLS[arch][name] == number, (name, arch)
+    # The kernel's tables (arch/x86/entry/syscalls/syscall_64.tbl, include/uapi/asm-generic/unistd.h).
+    assert holder_table["keyctl"][1] == {"x86_64": 250, "aarch64": 219}
+    assert holder_table["io_uring_setup"][1] == {"x86_64": 425, "aarch64": 425}
+
+
+def test_io_caps_follow_the_policy_on_the_workspace_and_root_devices() -> None:
+    policy = SandboxSettings(io_read_bps=GiB, io_write_bps=2 << 20, io_read_iops=None, io_write_iops=100)
+    table = props(policy)
+    devices = [LAYOUT.workspace_mount, "/"]
+    assert table["IOReadBandwidthMax"] == [f"{d} {GiB}" for d in devices]
+    # Bytes, never "2M": systemd reads a suffix here as a power of 1000.
+    assert table["IOWriteBandwidthMax"] == [f"{d} {2 << 20}" for d in devices]
+    assert "IOReadIOPSMax" not in table  # "max": no cap
+    assert table["IOWriteIOPSMax"] == [f"{d} 100" for d in devices]
+    check = [c for c in table["ExecStartPre"] if "io.max" in c]
+    assert len(check) == 1
+    assert f"/sys/fs/cgroup/system.slice/{LAYOUT.unit}/io.max" in check[0]
+    assert "-ge 2 ]" in check[0] and "exit 1" in check[0]
+    # The check runs before the run's first process, as root (+), like the stamp after it.
+    assert table["ExecStartPre"][0] == check[0]
+
+
+def test_no_io_caps_and_no_check_when_every_cap_is_max() -> None:
+    table = props(
+        SandboxSettings(io_read_bps="max", io_write_bps="max", io_read_iops="max", io_write_iops="max")
+    )
+    assert not [key for key in table if key.startswith("IO")]
+    assert not [c for c in table["ExecStartPre"] if "io.max" in c]
+
+
+def test_the_nsjail_unit_caps_the_same_devices() -> None:
+    from vmsbx.sandbox.nsjail import render_nsjail_unit_properties
+
+    policy = SandboxSettings(mode="nsjail", io_write_bps=2 << 20)
+    nsjail_io = [p for p in render_nsjail_unit_properties(policy, LAYOUT) if p.startswith("IO")]
+    assert nsjail_io == [p for p in render_unit_properties(policy, LAYOUT) if p.startswith("IO")]
+    assert f"IOWriteBandwidthMax={LAYOUT.workspace_mount} {2 << 20}" in nsjail_io

@@ -29,6 +29,14 @@ if TYPE_CHECKING:
 @click.option("--workspace-size", default=None, metavar="SIZE", help="Size cap of the workspace.")
 @click.option("--tmp-size", default=None, metavar="SIZE", help="Size cap of /tmp.")
 @click.option(
+    "--io-read-bps", default=None, metavar="SIZE", help="Disk read cap per second, e.g. 100M, or max."
+)
+@click.option(
+    "--io-write-bps", default=None, metavar="SIZE", help="Disk write cap per second, e.g. 50M, or max."
+)
+@click.option("--io-read-iops", default=None, metavar="N", help="Disk reads per second, or max.")
+@click.option("--io-write-iops", default=None, metavar="N", help="Disk writes per second, or max.")
+@click.option(
     "--network", type=click.Choice(["none", "api", "allowlist", "open"]), default=None, help="Network policy."
 )
 @click.option(
@@ -59,6 +67,10 @@ def command(
     timeout: str | None,
     workspace_size: str | None,
     tmp_size: str | None,
+    io_read_bps: str | None,
+    io_write_bps: str | None,
+    io_read_iops: str | None,
+    io_write_iops: str | None,
     network: str | None,
     allow: tuple[str, ...],
     score_threshold: float | None,
@@ -86,7 +98,9 @@ def command(
         "vm.name": name, "sandbox.mode": mode, "sandbox.memory_max": memory, "sandbox.cpus": cpus,
         "sandbox.tasks_max": tasks, "sandbox.timeout": timeout, "sandbox.workspace_size": workspace_size,
         "sandbox.tmp_size": tmp_size, "sandbox.network": network, "sandbox.score_threshold": score_threshold,
-        "sandbox.allow_hosts": allow or None,
+        "sandbox.allow_hosts": allow or None, "sandbox.io_read_bps": io_read_bps,
+        "sandbox.io_write_bps": io_write_bps, "sandbox.io_read_iops": io_read_iops,
+        "sandbox.io_write_iops": io_write_iops,
     })  # fmt: skip
     if any("\0" in arg for arg in argv):
         # The OS cannot pass it on either; cutting the argument there would run something else.

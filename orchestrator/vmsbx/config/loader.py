@@ -517,7 +517,7 @@ class _Unchanged:
 
 @dataclass(frozen=True, slots=True)
 class _AtMost:
-    """A limit: the project file may lower it."""
+    """A limit: the project file may lower it. None is no limit: it may set one, never drop one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -575,6 +575,10 @@ _PROJECT_RULES: dict[str, _Rule] = {
     "sandbox.workspace_size": _AtMost(),
     "sandbox.tmp_size": _AtMost(),
     "sandbox.open_files": _AtMost(),
+    "sandbox.io_read_bps": _AtMost(),
+    "sandbox.io_write_bps": _AtMost(),
+    "sandbox.io_read_iops": _AtMost(),
+    "sandbox.io_write_iops": _AtMost(),
     "sandbox.allow_hosts": _Subset(),
     "sandbox.score_threshold": _TrustedOnly("it decides how loose a sandbox vmsbx agrees to start"),
     "sandbox.nsjail_score_threshold": _TrustedOnly("it decides how loose a sandbox vmsbx agrees to start"),
@@ -627,8 +631,10 @@ def _refusal(key: str, rule: _Rule, below: object, wanted: object) -> str | None
                 return None
             return f"is not allowed in a project file: {reason} (the layers below say {below_shown})"
         case _AtMost():
-            assert isinstance(wanted, int | float) and isinstance(below, int | float)
-            return None if wanted <= below else loosens
+            if below is None:
+                return None
+            assert isinstance(below, int | float) and (wanted is None or isinstance(wanted, int | float))
+            return None if wanted is not None and wanted <= below else loosens
         case _Narrower(order):
             return None if order.index(wanted) <= order.index(below) else loosens
         case _Superset():
@@ -695,6 +701,8 @@ def _get(settings: Settings, key: str) -> object:
 def _show_setting(key: str, value: object) -> str:
     """Show a parsed value the way a user writes it: sizes as "4G", durations as "2h"."""
     kind = value_kind(_FIELDS[key])
+    if value is None and key.startswith("sandbox.io_"):  # the disk I/O caps: none is "max"
+        return _show("max")
     if kind is ValueKind.SIZE and isinstance(value, int):
         return _show(format_size(value))
     if kind is ValueKind.DURATION and isinstance(value, float):

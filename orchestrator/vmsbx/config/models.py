@@ -9,8 +9,9 @@ from __future__ import annotations
 import enum
 import math
 import re
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.fields import FieldInfo
@@ -147,10 +148,28 @@ def _absolute_host_path(path: str) -> str:
     return path
 
 
+def _unlimited_or(parse: Callable[[Any], object]) -> Callable[[object], object]:
+    """A limit that may also be "max" (cgroup io.max's word for none), stored as None."""
+
+    def validate(value: object) -> object:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "max"):
+            return None
+        return parse(value)
+
+    return validate
+
+
 Size = Annotated[int, BeforeValidator(parse_size), ValueKind.SIZE]
 Duration = Annotated[float, BeforeValidator(parse_duration), ValueKind.DURATION]
 Count = Annotated[int, BeforeValidator(_refuse_bool)]
 Number = Annotated[float, BeforeValidator(_refuse_bool)]
+# Disk I/O caps: bytes or operations per second, or "max" (None: no cap).
+Bandwidth = Annotated[int | None, BeforeValidator(_unlimited_or(parse_size)), ValueKind.SIZE]
+Rate = Annotated[int | None, BeforeValidator(_unlimited_or(_refuse_bool))]
+_BANDWIDTH_FORMS = (
+    'bytes per second of at least 64K, such as "100M" (K/M/G are powers of 1024), or "max" (no cap)'
+)
+_RATE_FORMS = 'operations per second, a whole number of at least 16, or "max" (no cap)'
 
 
 def _allow_entry(entry: str) -> str:
@@ -266,6 +285,33 @@ class SandboxSettings(_Section):
     tmp_size: Size = Field(default=1 * GiB, description="Size of the run's /tmp and /var/tmp, in bytes.")
     open_files: Count = Field(
         default=65536, ge=64, le=1048576, description="Most open files per process (RLIMIT_NOFILE)."
+    )
+    # Per device the run reads or writes: its workspace image and the guest's root disk (its
+    # /tmp is RAM, under memory_max). High enough never to slow a build, low enough that one
+    # run cannot take the whole disk from the guest and the other runs.
+    io_read_bps: Bandwidth = Field(
+        default=512 * MiB,
+        ge=64 * KiB,
+        description="Disk read bandwidth cap, bytes per second.",
+        json_schema_extra={"allowed": _BANDWIDTH_FORMS},
+    )
+    io_write_bps: Bandwidth = Field(
+        default=256 * MiB,
+        ge=64 * KiB,
+        description="Disk write bandwidth cap, bytes per second.",
+        json_schema_extra={"allowed": _BANDWIDTH_FORMS},
+    )
+    io_read_iops: Rate = Field(
+        default=10000,
+        ge=16,
+        description="Disk read operations per second.",
+        json_schema_extra={"allowed": _RATE_FORMS},
+    )
+    io_write_iops: Rate = Field(
+        default=5000,
+        ge=16,
+        description="Disk write operations per second.",
+        json_schema_extra={"allowed": _RATE_FORMS},
     )
     allow_hosts: tuple[HostName, ...] = Field(
         default=(),

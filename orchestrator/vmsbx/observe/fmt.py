@@ -37,3 +37,18 @@ def of(current: int | None, limit: int | None, render: object = None) -> str:
     """`current/limit`, e.g. 3/512 or 120M/2.0G; the limit part is left off when unlimited."""
     show = size if render is size else (lambda v: DASH if v is None else str(v))
     return show(current) if limit is None else f"{show(current)}/{show(limit)}"
+
+
+def io_caps(
+    read_bps: int | None, write_bps: int | None, read_iops: int | None, write_iops: int | None
+) -> str:
+    """A run's disk I/O caps per device, e.g. "read 512M/s 10000 op/s, write 256M/s 5000 op/s";
+    "∞" where there is none (the setting says "max")."""
+
+    def bandwidth(value: int | None) -> str:
+        return "∞ B/s" if value is None else f"{size(value)}/s"
+
+    def ops(value: int | None) -> str:
+        return f"{'∞' if value is None else value} op/s"
+
+    return f"read {bandwidth(read_bps)} {ops(read_iops)}, write {bandwidth(write_bps)} {ops(write_iops)}"

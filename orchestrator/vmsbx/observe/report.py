@@ -90,6 +90,10 @@ def summary_fields(report: RunReport) -> list[tuple[str, str]]:
             f"network={policy.network} memory={fmt.size(int(policy.memory_max))} cpus={policy.cpus:g} "
             f"tasks={policy.tasks_max} timeout={fmt.duration(float(policy.timeout))}",
         ),
+        (
+            "disk i/o cap",
+            fmt.io_caps(policy.io_read_bps, policy.io_write_bps, policy.io_read_iops, policy.io_write_iops),
+        ),
         ("exposure score", fmt.number(r.exposure, "{:.1f}")),
         ("started", r.started_at),
         ("duration", fmt.duration(r.duration)),

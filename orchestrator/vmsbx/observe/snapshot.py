@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vmsbx.observe import fmt
 from vmsbx.observe.artifacts import clean, last_tool_call, read_network
 from vmsbx.observe.samples import SAMPLES_FILE, Sample, last_sample
 from vmsbx.runs.record import RunRecord
@@ -38,6 +39,7 @@ class RunRow(BaseModel):
     net_allowed: int | None = Field(default=None, description="Egress allowed (None: no network.jsonl).")
     net_denied: int | None = None
     exposure: float | None = None
+    io_caps: str = Field(default="", description="The run's disk I/O caps (fmt.io_caps).")
     last_tool: str | None = Field(default=None, description="Latest tool call, e.g. 'Bash: npm test'.")
     command: str = ""
 
@@ -71,6 +73,7 @@ def build_run_row(
     """Pure: the row of one run. A live run's figures come from its newest sample; an ended
     run's from its record (systemd's peaks)."""
     live = record.state in LIVE_STATES
+    policy = record.policy
     started = dt.datetime.fromisoformat(record.started_at).timestamp()
     elapsed = max(0.0, now - started) if live else record.duration
     row: dict[str, object] = {}
@@ -94,6 +97,9 @@ def build_run_row(
         net_allowed=None if net is None else net[0],
         net_denied=None if net is None else net[1],
         exposure=record.exposure,
+        io_caps=fmt.io_caps(
+            policy.io_read_bps, policy.io_write_bps, policy.io_read_iops, policy.io_write_iops
+        ),
         last_tool=last_tool,
         command=clean(" ".join(record.command), 120),
         **row,  # type: ignore[arg-type]

@@ -86,6 +86,8 @@ def render(snapshot: Snapshot, state: ViewState, width: int = 80) -> RenderableT
         run_lines(snapshot, state.selected, width),
     ]
     chosen = rows[state.selected] if 0 <= state.selected < len(rows) else None
+    if chosen is not None and chosen.io_caps:
+        parts.append(Text(_cut(f"{chosen.id} disk i/o cap: {chosen.io_caps}", width), style="dim"))
     if state.mode == "log" and chosen is not None:
         parts.append(Text(f"─ log of {chosen.id} (l closes) ", style="bold"))
         for line in state.log_lines[-12:]:

@@ -13,6 +13,20 @@ from vmsbx.config.models import SandboxSettings
 from vmsbx.sandbox.layout import GUEST_LIB, RunLayout
 
 HOLDER = f"{GUEST_LIB}/holder.py"
+# Denied in both sandbox kinds' units, by name: io_uring (the largest recent source of kernel
+# privilege escalations, off in Docker's default profile too) and the kernel keyrings (not
+# namespaced). @system-service allows all six, and systemd has no group for io_uring alone
+# (@aio is also the classic AIO that databases use). systemd skips a name its libseccomp does
+# not know, so the session holder tries each one before it starts the command and refuses to
+# run if any got through (provision/guest/session_holder.py, DENIED_SYSCALLS there).
+DENIED_SYSCALLS = (
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "keyctl",
+    "add_key",
+    "request_key",
+)
 GUEST = f"{GUEST_LIB}/guest.py"
 PYTHON = "/usr/bin/python3"
 # The guest programs use the standard library only: -S skips site's scan of site-packages and
@@ -77,6 +91,8 @@ def render_unit_properties(policy: SandboxSettings, layout: RunLayout) -> list[s
 def render_shared_confinement_properties() -> list[str]:
     """Confinement both sandbox kinds' units share, in this order (golden-tested)."""
     return [
+        # After the mode's own SystemCallFilter= lines: it narrows an allow list and extends a deny list.
+        "SystemCallFilter=~" + " ".join(DENIED_SYSCALLS),
         "SystemCallErrorNumber=EPERM",
         "SystemCallArchitectures=native",
         "UMask=0022",
@@ -90,6 +106,39 @@ def render_shared_confinement_properties() -> list[str]:
     ]
 
 
+def io_devices(layout: RunLayout) -> tuple[str, ...]:
+    """Paths whose block devices carry a run's disk I/O: its workspace image (a loop device:
+    writes there are not charged to the disk behind it) and the guest's root disk. PID 1 turns
+    each into its whole disk when the unit starts, so they must exist before it does (the
+    launcher has mounted the workspace). /tmp is a tmpfs: RAM, under MemoryMax=."""
+    return (layout.workspace_mount, "/")
+
+
+def render_io_properties(policy: SandboxSettings, layout: RunLayout) -> list[str]:
+    """The disk I/O caps, one per limit and device (none for a limit set to "max"), and a check
+    as root before the run's first process that the kernel holds one io.max line per device:
+    systemd skips a device it cannot resolve with a warning, vmsbx then refuses to run."""
+    limits = (
+        ("IOReadBandwidthMax", policy.io_read_bps),
+        ("IOWriteBandwidthMax", policy.io_write_bps),
+        ("IOReadIOPSMax", policy.io_read_iops),
+        ("IOWriteIOPSMax", policy.io_write_iops),
+    )
+    # Plain numbers: systemd reads a K/M/G suffix here as powers of 1000, not 1024.
+    props = [
+        f"{key}={path} {value}" for key, value in limits if value is not None for path in io_devices(layout)
+    ]
+    if not props:
+        return []
+    io_max = f"/sys/fs/cgroup/system.slice/{layout.unit}/io.max"
+    wanted = len(io_devices(layout))
+    check = (
+        f"n=0; while read -r line; do n=$$((n+1)); done < {io_max}; [ $$n -ge {wanted} ] || "
+        f"{{ echo 'vmsbx: the disk I/O caps did not apply to every device' >&2; exit 1; }}"
+    )
+    return [*props, f'ExecStartPre=+/bin/sh -c "{check}"']
+
+
 def render_run_lifetime_properties(policy: SandboxSettings, layout: RunLayout) -> list[str]:
     """Limits, logging and the end-of-run record: the same for both sandbox kinds' units."""
     cpu_percent = max(1, round(policy.cpus * 100))
@@ -100,6 +149,7 @@ def render_run_lifetime_properties(policy: SandboxSettings, layout: RunLayout) -
         "MemorySwapMax=0",
         f"CPUQuota={cpu_percent}%",
         f"TasksMax={policy.tasks_max}",
+        *render_io_properties(policy, layout),
         f"RuntimeMaxSec={_seconds(policy.timeout)}",
         f"LimitNOFILE={policy.open_files}",
         "LimitCORE=0",
