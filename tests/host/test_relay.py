@@ -6,9 +6,11 @@ records exactly what reached the "upstream".
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,6 +81,9 @@ def _setup(script: list[dict[str, Any]], ca: ThrowawayCA, *, trust: bool = True)
             relay.stop()
 
 
+_serving = contextlib.contextmanager(_setup)
+
+
 @pytest.fixture
 def setup(ca: ThrowawayCA) -> Iterator[Setup]:
     yield from _setup(SCRIPT, ca)
@@ -94,10 +99,16 @@ def no_secret_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 
 
 def _token(
-    relay: Relay, run_id: str = "run-1", credential: Credential | None = None, budget: Budget | None = None
+    relay: Relay,
+    run_id: str = "run-1",
+    credential: Credential | None = None,
+    budget: Budget | None = None,
+    **options: Any,
 ) -> str:
     token = new_run_token()
-    relay.register_run(run_id, token, credential or Credential("api_key", FAKE_KEY, source="test"), budget)
+    relay.register_run(
+        run_id, token, credential or Credential("api_key", FAKE_KEY, source="test"), budget, **options
+    )
     return token
 
 
@@ -416,3 +427,74 @@ def test_stop_cuts_streams_in_flight(ca: ThrowawayCA) -> None:
         assert time.monotonic() - started < 5
         with pytest.raises(OSError):
             setup.send("POST", "/v1/messages", {"x-api-key": token}, {"tools": TOOLS})
+
+
+def _wait_for(condition: Any, what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_client_that_hangs_up_is_settled_at_its_max_tokens(ca: ThrowawayCA) -> None:
+    # The output count arrives only in the last message_delta: a client that leaves before it
+    # must not be charged the 1 token message_start reports. A long text (hundreds of
+    # relayed chunks) makes sure the relay meets the closed socket well before that event.
+    script = [{"text": "x" * 300_000, "hold": True, "usage": {"input_tokens": 100, "output_tokens": 9}}]
+    with _serving(script, ca) as setup:
+        token = _token(setup.relay)
+        response = setup.send(
+            "POST", "/v1/messages", {"x-api-key": token}, {"tools": TOOLS, "stream": True, "max_tokens": 5000}
+        )
+        assert next(parse_events(_body_chunks(response))).event == "message_start"
+        response.close()
+        setup.fake.release()
+        _wait_for(lambda: setup.relay.usage("run-1").requests == 1, "the aborted stream to be settled")
+        usage = setup.relay.usage("run-1")
+        assert (usage.input_tokens, usage.output_tokens) == (100, 5000)
+        [event] = setup.events.named("api_request")
+        assert event["output_tokens"] == 5000 and event["cut_off"] is True
+
+
+def test_concurrent_requests_of_a_run_are_capped_and_wait_for_a_slot(ca: ThrowawayCA) -> None:
+    script = [{"text": "held", "hold": True, "usage": {"input_tokens": 100, "output_tokens": 20}}] * 12
+    with _serving(script, ca) as setup:
+        token = _token(setup.relay, budget=Budget(tokens=100))  # the default cap: 4
+        statuses: list[int] = []
+
+        def one() -> None:
+            response = setup.send(
+                "POST", "/v1/messages", {"x-api-key": token}, {"tools": TOOLS, "stream": True}
+            )
+            response.read()
+            statuses.append(response.status)
+
+        threads = [threading.Thread(target=one) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        _wait_for(lambda: len(setup.fake.requests) >= 4, "four requests upstream")
+        time.sleep(1.0)
+        assert len(setup.fake.requests) == 4  # the other eight wait at the relay
+        setup.fake.release()
+        for thread in threads:
+            thread.join(timeout=30)
+        # The first turn of 120 tokens used up the 100-token cap: the waiting requests meet it.
+        assert sorted(statuses) == [200] * 4 + [402] * 8
+        assert len(setup.fake.requests) == 4
+
+
+def test_a_request_that_finds_no_slot_in_time_gets_a_429(ca: ThrowawayCA) -> None:
+    with _serving([{"text": "held", "hold": True}], ca) as setup:
+        setup.relay.slot_wait = 0.5
+        token = _token(setup.relay, max_concurrent=1)
+        first = setup.send("POST", "/v1/messages", {"x-api-key": token}, {"tools": TOOLS, "stream": True})
+        assert first.status == 200
+        second = setup.send("POST", "/v1/messages", {"x-api-key": token}, {"tools": TOOLS, "stream": True})
+        assert second.status == 429
+        assert second.getheader("retry-after") is not None
+        error = json.loads(second.read())["error"]
+        assert error["type"] == "rate_limit_error" and "at most 1 API request" in error["message"]
+        assert [e["reason"] for e in setup.events.named("api_refused")] == ["busy"]
+        setup.fake.release()
+        first.read()
+        assert len(setup.fake.requests) == 1

@@ -45,7 +45,7 @@ class HostServices:
         """Admit a run to its host services: the API relay (if it has a credential) and its
         own egress proxy (unless its policy is none). Returns each service's guest port."""
         # Imported when a run needs them: the agent starts without the services' dependencies.
-        from vmsbx.agent.budget import Budget
+        from vmsbx.agent.budget import DEFAULT_MAX_CONCURRENT, Budget
         from vmsbx.agent.credential import Credential
         from vmsbx.agent.egress.run_proxy import start_run_proxy
         from vmsbx.logsetup import register_secret
@@ -66,6 +66,7 @@ class HostServices:
                     str(relay_request["token"]),
                     Credential(wire["kind"], str(wire["secret"]), source="the vmsbx CLI"),
                     Budget(tokens=cap.get("tokens"), usd=cap.get("usd")) if cap else None,
+                    max_concurrent=int(relay_request.get("max_concurrent") or DEFAULT_MAX_CONCURRENT),
                 )
                 self._run_relay[run_id] = relay
                 ports["relay"] = self._forward(f"relay:{relay.address[1]}", relay.address[1])

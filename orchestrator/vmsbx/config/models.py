@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.fields import FieldInfo
 
+from vmsbx.agent.budget import DEFAULT_MAX_CONCURRENT
+
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
@@ -322,6 +324,13 @@ class AgentSettings(_Section):
         description="PEM file of an extra CA the relay trusts for the upstream API (tests, TLS-inspecting "
         "proxies); the system's CAs stay trusted. None: system CAs only.",
         json_schema_extra={"allowed": 'an absolute path such as "/etc/ssl/my-ca.pem"'},
+    )
+    max_concurrent_requests: Count = Field(
+        default=DEFAULT_MAX_CONCURRENT,
+        ge=1,
+        le=64,
+        description="Most API requests of one run the relay sends upstream at once; more wait for a "
+        "slot. It bounds how far a run can overshoot its --budget (one turn per request in flight).",
     )
     install: Literal["auto", "push", "guest-fetch", "none"] = Field(
         default="auto",

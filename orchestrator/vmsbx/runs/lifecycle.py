@@ -304,6 +304,7 @@ def _admit(
         request["relay"] = {
             "token": token, "credential": relay.credential, "budget": relay.budget,
             "upstream": agent.api_upstream, "ca_file": str(agent.api_ca_file) if agent.api_ca_file else None,
+            "max_concurrent": agent.max_concurrent_requests,
         }  # fmt: skip
     if policy.network != "none":
         request["egress"] = {"network": policy.network, "allow_hosts": list(policy.allow_hosts)}
