@@ -24,7 +24,10 @@ from tls_ca import ThrowawayCA, make_ca
 from vmsbx.agent.budget import Budget
 from vmsbx.agent.credential import OAUTH_BETA, Credential
 from vmsbx.agent.relay import Relay, new_run_token
+from vmsbx.agent.services import admit_to_relay
+from vmsbx.config.models import NetworkMode, SandboxSettings, Settings
 from vmsbx.errors import ConfigError
+from vmsbx.runs.lifecycle import admission_request, plan_relay, sandbox_environment
 
 FAKE_KEY = "sk-ant-api03-RECOGNISABLE-fake-key-0123456789"
 FAKE_OAUTH = "sk-ant-oat01-RECOGNISABLE-fake-oauth-0123456789"
@@ -498,3 +501,39 @@ def test_a_request_that_finds_no_slot_in_time_gets_a_429(ca: ThrowawayCA) -> Non
         setup.fake.release()
         first.read()
         assert len(setup.fake.requests) == 1
+
+
+@pytest.mark.parametrize("network", ["api", "allowlist", "open"])
+def test_every_policy_plans_its_run_through_the_relay_and_its_budget(
+    ca: ThrowawayCA, network: NetworkMode
+) -> None:
+    # The CLI's plan for the run, handed to the real relay the way the host agent does.
+    settings = Settings(
+        sandbox=SandboxSettings(network=network, allow_hosts=("github",) if network == "allowlist" else ())
+    )
+    access = plan_relay(settings, "300", required=True, environ={"ANTHROPIC_API_KEY": FAKE_KEY})
+    token = new_run_token()
+    request = admission_request(settings, "run-1", token, access)
+    assert request is not None and isinstance(request.get("relay"), dict)
+    script = [
+        {
+            "repeat_tool_use": {"name": "Bash", "input": {}},
+            "usage": {"input_tokens": 100, "output_tokens": 20},
+        }
+    ]
+    with _serving(script, ca) as setup:
+        admit_to_relay(setup.relay, "run-1", request["relay"])
+        env = sandbox_environment(settings, {"relay": setup.port, "proxy": 1}, token, access)
+        assert FAKE_KEY not in json.dumps(env)
+        statuses = []
+        for _ in range(5):
+            response = setup.send(
+                "POST",
+                "/v1/messages",
+                {"x-api-key": env["ANTHROPIC_API_KEY"]},
+                {"tools": TOOLS, "stream": True},
+            )
+            statuses.append(response.status)
+            response.read()
+        assert statuses == [200, 200, 200, 402, 402]
+        assert [r.headers["x-api-key"] for r in setup.fake.requests] == [FAKE_KEY] * 3

@@ -244,8 +244,9 @@ class SandboxSettings(_Section):
         default="systemd",
         description="How a run is confined: a hardened systemd transient unit, or nsjail.",
     )
-    # "api": only the model API, through the host relay, which admits only this run's token.
-    # A plain command without a credential configured gets no relay at all (as with "none").
+    # Every policy but "none" reaches the model API only through the host relay, which admits
+    # only this run's token and enforces --budget; "api" allows nothing else. A plain command
+    # without a credential configured (and without --budget) gets no relay at all.
     network: NetworkMode = Field(
         default="api",
         description="What a run may reach: none, only the model API, the API plus allow_hosts, "

@@ -126,15 +126,12 @@ class RelayAccess:
 def plan_relay(
     settings: Settings, budget: str | None, *, required: bool, environ: Mapping[str, str]
 ) -> RelayAccess | None:
-    """The credential for the relay (from the user's config or environment, never the project
-    file), or None when the run does not use the API."""
-    if settings.sandbox.network != "api":
-        if required and settings.sandbox.network == "none":
-            raise UsageError(
-                "the agent needs the model API, but the network policy is 'none'",
-                hint="use --network api (the default): only the API, through the host relay",
-            )
-        return None
+    """How the run reaches the model API: through the relay, under every policy but none, with
+    the credential (from the user's config or environment, never the project file) and the
+    budget; None when the run does not use the API.
+
+    `required` (the agent) makes a missing credential an error. So does `budget`: a cap that
+    no relay enforces would be a promise nobody keeps, so it is refused rather than ignored."""
     from vmsbx.agent.budget import parse_budget
     from vmsbx.agent.credential import resolve_credential
 
@@ -144,10 +141,22 @@ def plan_relay(
             cap = parse_budget(budget)
         except ValueError as exc:
             raise UsageError(f"--budget: {exc}", hint="e.g. --budget 200k or --budget '$5'") from None
+    if settings.sandbox.network == "none":
+        if required:
+            raise UsageError(
+                "the agent needs the model API, but the network policy is 'none'",
+                hint="use --network api (the default): only the API, through the host relay",
+            )
+        if cap is not None:
+            raise UsageError(
+                "--budget caps the run's API use, but the network policy 'none' gives it no API",
+                hint="drop --budget, or use --network api",
+            )
+        return None
     try:
         credential = resolve_credential(settings.agent, environ)
     except ConfigError:
-        if required:
+        if required or cap is not None:
             raise
         return None  # a plain command without a credential simply gets no relay
     register_secret(credential.reveal())  # masked in vmsbx's own log, whatever logs it
