@@ -503,6 +503,27 @@ def test_a_request_that_finds_no_slot_in_time_gets_a_429(ca: ThrowawayCA) -> Non
         assert len(setup.fake.requests) == 1
 
 
+def test_a_waiting_request_whose_client_left_or_whose_run_ended_goes_nowhere(ca: ThrowawayCA) -> None:
+    for ending in ("client leaves", "run ends"):
+        with _serving([{"text": "held", "hold": True}] * 2, ca) as setup:
+            token = _token(setup.relay, max_concurrent=1)
+            first = setup.send("POST", "/v1/messages", {"x-api-key": token}, {"tools": TOOLS, "stream": True})
+            assert first.status == 200
+            waiting = http.client.HTTPConnection("127.0.0.1", setup.port, timeout=20)
+            waiting.request("POST", "/v1/messages", json.dumps({"tools": TOOLS}), {"x-api-key": token})
+            time.sleep(0.5)  # it now waits for the run's one slot
+            if ending == "client leaves":
+                waiting.close()
+            else:
+                setup.relay.unregister_run("run-1")
+            setup.fake.release()
+            first.read()
+            if ending == "run ends":
+                assert waiting.getresponse().status == 401
+            time.sleep(0.5)
+            assert len(setup.fake.requests) == 1, ending
+
+
 @pytest.mark.parametrize("network", ["api", "allowlist", "open"])
 def test_every_policy_plans_its_run_through_the_relay_and_its_budget(
     ca: ThrowawayCA, network: NetworkMode

@@ -203,8 +203,10 @@ class Relay:
             return (run_id, self._runs[run_id]) if run_id is not None else None
 
     def _is_live(self, run_id: str, run: _Run) -> bool:
+        """Whether the run still holds the token its request was admitted with."""
         with self._lock:
-            return self._runs.get(run_id) is run
+            current = self._runs.get(run_id)
+            return current is not None and secrets.compare_digest(current.token, run.token)
 
     def _budget_left(self, run_id: str) -> bool:
         with self._lock:
@@ -547,8 +549,9 @@ class _RelayHandler(BaseHTTPRequestHandler):
             self.close_connection = True
         finally:
             if not settled:
-                cut_off = metered and not meter.ended
-                settle(meter.finish(request) if metered else Usage(requests=1), cut_off)
+                # An error answer generated nothing: only a success is charged at its ceiling.
+                cut_off = metered and 200 <= response.status < 300 and not meter.ended
+                settle(meter.finish(request if cut_off else None) if metered else Usage(requests=1), cut_off)
 
     def _refuse(
         self, reason: str, message: str, *, close: bool = False, extra: tuple[tuple[str, str], ...] = ()
