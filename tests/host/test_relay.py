@@ -6,9 +6,11 @@ records exactly what reached the "upstream".
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,10 @@ from tls_ca import ThrowawayCA, make_ca
 from vmsbx.agent.budget import Budget
 from vmsbx.agent.credential import OAUTH_BETA, Credential
 from vmsbx.agent.relay import Relay, new_run_token
+from vmsbx.agent.services import admit_to_relay
+from vmsbx.config.models import NetworkMode, SandboxSettings, Settings
 from vmsbx.errors import ConfigError
+from vmsbx.runs.lifecycle import admission_request, plan_relay, sandbox_environment
 
 FAKE_KEY = "sk-ant-api03-RECOGNISABLE-fake-key-0123456789"
 FAKE_OAUTH = "sk-ant-oat01-RECOGNISABLE-fake-oauth-0123456789"
@@ -79,6 +84,9 @@ def _setup(script: list[dict[str, Any]], ca: ThrowawayCA, *, trust: bool = True)
             relay.stop()
 
 
+_serving = contextlib.contextmanager(_setup)
+
+
 @pytest.fixture
 def setup(ca: ThrowawayCA) -> Iterator[Setup]:
     yield from _setup(SCRIPT, ca)
@@ -94,10 +102,16 @@ def no_secret_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 
 
 def _token(
-    relay: Relay, run_id: str = "run-1", credential: Credential | None = None, budget: Budget | None = None
+    relay: Relay,
+    run_id: str = "run-1",
+    credential: Credential | None = None,
+    budget: Budget | None = None,
+    **options: Any,
 ) -> str:
     token = new_run_token()
-    relay.register_run(run_id, token, credential or Credential("api_key", FAKE_KEY, source="test"), budget)
+    relay.register_run(
+        run_id, token, credential or Credential("api_key", FAKE_KEY, source="test"), budget, **options
+    )
     return token
 
 
@@ -416,3 +430,131 @@ def test_stop_cuts_streams_in_flight(ca: ThrowawayCA) -> None:
         assert time.monotonic() - started < 5
         with pytest.raises(OSError):
             setup.send("POST", "/v1/messages", {"x-api-key": token}, {"tools": TOOLS})
+
+
+def _wait_for(condition: Any, what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_client_that_hangs_up_is_settled_at_its_max_tokens(ca: ThrowawayCA) -> None:
+    # The output count arrives only in the last message_delta: a client that leaves before it
+    # must not be charged the 1 token message_start reports. A long text (hundreds of
+    # relayed chunks) makes sure the relay meets the closed socket well before that event.
+    script = [{"text": "x" * 300_000, "hold": True, "usage": {"input_tokens": 100, "output_tokens": 9}}]
+    with _serving(script, ca) as setup:
+        token = _token(setup.relay)
+        response = setup.send(
+            "POST", "/v1/messages", {"x-api-key": token}, {"tools": TOOLS, "stream": True, "max_tokens": 5000}
+        )
+        assert next(parse_events(_body_chunks(response))).event == "message_start"
+        response.close()
+        setup.fake.release()
+        _wait_for(lambda: setup.relay.usage("run-1").requests == 1, "the aborted stream to be settled")
+        usage = setup.relay.usage("run-1")
+        assert (usage.input_tokens, usage.output_tokens) == (100, 5000)
+        [event] = setup.events.named("api_request")
+        assert event["output_tokens"] == 5000 and event["cut_off"] is True
+
+
+def test_concurrent_requests_of_a_run_are_capped_and_wait_for_a_slot(ca: ThrowawayCA) -> None:
+    script = [{"text": "held", "hold": True, "usage": {"input_tokens": 100, "output_tokens": 20}}] * 12
+    with _serving(script, ca) as setup:
+        token = _token(setup.relay, budget=Budget(tokens=100))  # the default cap: 4
+        statuses: list[int] = []
+
+        def one() -> None:
+            response = setup.send(
+                "POST", "/v1/messages", {"x-api-key": token}, {"tools": TOOLS, "stream": True}
+            )
+            response.read()
+            statuses.append(response.status)
+
+        threads = [threading.Thread(target=one) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        _wait_for(lambda: len(setup.fake.requests) >= 4, "four requests upstream")
+        time.sleep(1.0)
+        assert len(setup.fake.requests) == 4  # the other eight wait at the relay
+        setup.fake.release()
+        for thread in threads:
+            thread.join(timeout=30)
+        # The first turn of 120 tokens used up the 100-token cap: the waiting requests meet it.
+        assert sorted(statuses) == [200] * 4 + [402] * 8
+        assert len(setup.fake.requests) == 4
+
+
+def test_a_request_that_finds_no_slot_in_time_gets_a_429(ca: ThrowawayCA) -> None:
+    with _serving([{"text": "held", "hold": True}], ca) as setup:
+        setup.relay.slot_wait = 0.5
+        token = _token(setup.relay, max_concurrent=1)
+        first = setup.send("POST", "/v1/messages", {"x-api-key": token}, {"tools": TOOLS, "stream": True})
+        assert first.status == 200
+        second = setup.send("POST", "/v1/messages", {"x-api-key": token}, {"tools": TOOLS, "stream": True})
+        assert second.status == 429
+        assert second.getheader("retry-after") is not None
+        error = json.loads(second.read())["error"]
+        assert error["type"] == "rate_limit_error" and "at most 1 API request" in error["message"]
+        assert [e["reason"] for e in setup.events.named("api_refused")] == ["busy"]
+        setup.fake.release()
+        first.read()
+        assert len(setup.fake.requests) == 1
+
+
+def test_a_waiting_request_whose_client_left_or_whose_run_ended_goes_nowhere(ca: ThrowawayCA) -> None:
+    for ending in ("client leaves", "run ends"):
+        with _serving([{"text": "held", "hold": True}] * 2, ca) as setup:
+            token = _token(setup.relay, max_concurrent=1)
+            first = setup.send("POST", "/v1/messages", {"x-api-key": token}, {"tools": TOOLS, "stream": True})
+            assert first.status == 200
+            waiting = http.client.HTTPConnection("127.0.0.1", setup.port, timeout=20)
+            waiting.request("POST", "/v1/messages", json.dumps({"tools": TOOLS}), {"x-api-key": token})
+            time.sleep(0.5)  # it now waits for the run's one slot
+            if ending == "client leaves":
+                waiting.close()
+            else:
+                setup.relay.unregister_run("run-1")
+            setup.fake.release()
+            first.read()
+            if ending == "run ends":
+                assert waiting.getresponse().status == 401
+            time.sleep(0.5)
+            assert len(setup.fake.requests) == 1, ending
+
+
+@pytest.mark.parametrize("network", ["api", "allowlist", "open"])
+def test_every_policy_plans_its_run_through_the_relay_and_its_budget(
+    ca: ThrowawayCA, network: NetworkMode
+) -> None:
+    # The CLI's plan for the run, handed to the real relay the way the host agent does.
+    settings = Settings(
+        sandbox=SandboxSettings(network=network, allow_hosts=("github",) if network == "allowlist" else ())
+    )
+    access = plan_relay(settings, "300", required=True, environ={"ANTHROPIC_API_KEY": FAKE_KEY})
+    token = new_run_token()
+    request = admission_request(settings, "run-1", token, access)
+    assert request is not None and isinstance(request.get("relay"), dict)
+    script = [
+        {
+            "repeat_tool_use": {"name": "Bash", "input": {}},
+            "usage": {"input_tokens": 100, "output_tokens": 20},
+        }
+    ]
+    with _serving(script, ca) as setup:
+        admit_to_relay(setup.relay, "run-1", request["relay"])
+        env = sandbox_environment(settings, {"relay": setup.port, "proxy": 1}, token, access)
+        assert FAKE_KEY not in json.dumps(env)
+        statuses = []
+        for _ in range(5):
+            response = setup.send(
+                "POST",
+                "/v1/messages",
+                {"x-api-key": env["ANTHROPIC_API_KEY"]},
+                {"tools": TOOLS, "stream": True},
+            )
+            statuses.append(response.status)
+            response.read()
+        assert statuses == [200, 200, 200, 402, 402]
+        assert [r.headers["x-api-key"] for r in setup.fake.requests] == [FAKE_KEY] * 3

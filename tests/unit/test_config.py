@@ -451,6 +451,11 @@ def test_project_file_may_not_raise_memory(box: Sandbox) -> None:
     assert '"8G" would loosen isolation (the layers below say "4G")' in message
 
 
+def test_project_file_may_lower_the_relay_concurrency(box: Sandbox) -> None:
+    assert box.load().agent.max_concurrent_requests == 4
+    assert box.load(project="[agent]\nmax_concurrent_requests = 1\n").agent.max_concurrent_requests == 1
+
+
 def test_equal_values_in_other_units_are_not_a_loosening(box: Sandbox) -> None:
     settings = box.load(project='[vm]\nmemory = "4096M"\n[sandbox]\ntimeout = "120m"\n')
     assert settings.vm.memory == 4 * GiB
@@ -484,6 +489,7 @@ def test_limits_compare_against_the_user_config(box: Sandbox, user_dir: Path) ->
         ("sandbox.io_write_bps", '"max"'),
         ("sandbox.io_read_iops", "10001"),
         ("sandbox.io_write_iops", '"max"'),
+        ("agent.max_concurrent_requests", "5"),
     ],
 )
 def test_every_limit_may_only_go_down(box: Sandbox, key: str, higher: str) -> None:

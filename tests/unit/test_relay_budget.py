@@ -7,7 +7,17 @@ import random
 
 import pytest
 
-from vmsbx.agent.budget import FALLBACK_PRICE, Budget, Usage, parse_budget, price_for, usage_from_api
+from vmsbx.agent.budget import (
+    FALLBACK_PRICE,
+    OUTPUT_CEILING,
+    Budget,
+    RequestFacts,
+    Usage,
+    parse_budget,
+    price_for,
+    read_request,
+    usage_from_api,
+)
 from vmsbx.agent.usage_meter import UsageMeter
 
 
@@ -114,3 +124,38 @@ def test_meter_reads_json_usage_and_ignores_junk() -> None:
     hostile.feed(b'data: {"type": "message_delta", "usage": {"output_tokens": "9"}}\n\n')
     assert hostile.finish().total_tokens == 0
     assert UsageMeter("text/html", None).finish() == Usage(requests=1)
+
+
+def test_request_facts_take_the_dearest_reading_of_a_doubtful_body() -> None:
+    plain = read_request(json.dumps({"model": "claude-haiku-5", "max_tokens": 3000, "messages": []}).encode())
+    assert (plain.model, plain.max_output_tokens) == ("claude-haiku-5", 3000)
+    # A key given twice may be read one way here and the other way upstream: assume the worst.
+    doubled = read_request(b'{"model": "claude-haiku-5", "max_tokens": 1, "max_tokens": 64000, "model": "x"}')
+    assert (doubled.model, doubled.max_output_tokens) == (None, OUTPUT_CEILING)
+    for junk in (b"", b"not json", b"[1, 2]", b'{"max_tokens": true}', b'{"max_tokens": -5}', b"[" * 100_000):
+        facts = read_request(junk)
+        assert (facts.model, facts.max_output_tokens, facts.size) == (None, OUTPUT_CEILING, len(junk))
+
+
+def test_a_cut_off_stream_is_settled_at_the_request_ceiling() -> None:
+    body = _stream({"input_tokens": 10, "output_tokens": 1}, {"output_tokens": 77})
+    request = RequestFacts(model=None, max_output_tokens=4096, size=2000)
+    cut = body[: body.index(b"event: message_delta")]
+    meter = UsageMeter("text/event-stream", None)
+    meter.feed(cut)
+    usage = meter.finish(request)
+    assert (usage.input_tokens, usage.output_tokens) == (10, 4096)
+    # Cut before message_start: the input side never arrived, the request's size stands in.
+    early = UsageMeter("text/event-stream", None)
+    early.feed(b"event: ping\n")
+    assert (early.finish(request).input_tokens, early.finish(request).output_tokens) == (2000, 4096)
+    # The final event passed: the usage is exact even if the client left afterwards.
+    whole = UsageMeter("text/event-stream", None)
+    whole.feed(body)
+    assert whole.ended and whole.finish(request).output_tokens == 77
+    message = UsageMeter("application/json", None)
+    message.feed(json.dumps({"usage": {"input_tokens": 3, "output_tokens": 4}}).encode())
+    assert message.finish(request).total_tokens == 7
+    half = UsageMeter("application/json", None)
+    half.feed(b'{"usage": {"input_tokens": 3, "outp')
+    assert half.finish(request).output_tokens == 4096

@@ -166,15 +166,20 @@ def _contains(path: Path, needle: bytes) -> bool:
     return False
 
 
+# Every policy with a network reaches the API only through the relay, which holds the budget.
+@pytest.mark.parametrize("network", ["api", "allowlist"])
 def test_budget_cap_stops_an_agent_that_keeps_calling(
-    cli: Cli, default_vm: dict[str, object], fake_api: FakeAnthropic, tmp_path: Path
+    cli: Cli, default_vm: dict[str, object], fake_api: FakeAnthropic, tmp_path: Path, network: str
 ) -> None:
     project = _agent_cli(cli, _git_project(tmp_path / "proj"), fake_api)
     _script(fake_api, [{
         "repeat_tool_use": {"name": "Bash", "input": {"command": "echo again", "description": "loop"}},
         "usage": {"input_tokens": 4000, "output_tokens": 1000},
     }])  # fmt: skip
-    done = project.run("run", "-p", "loop forever", "--budget", "12k", timeout=900)
+    allow = ["--allow", "pypi"] if network == "allowlist" else []
+    done = project.run(
+        "run", "--network", network, *allow, "-p", "loop forever", "--budget", "12k", timeout=900
+    )
     assert done.returncode != 0
     assert b"budget" in done.stderr
     record = _newest_run(project)
@@ -184,6 +189,9 @@ def test_budget_cap_stops_an_agent_that_keeps_calling(
     events = [json.loads(line) for line in (folder / "relay.jsonl").read_text().splitlines()]
     assert sum(event["event"] == "budget_exhausted" for event in events) == 1
     assert 3 <= sum(event["event"] == "api_request" for event in events) <= 4  # 5k tokens each
+    assert saved["relay"] is True and saved["policy"]["network"] == network
+    turns = [request for request in fake_api.requests if request.path == "/v1/messages"]
+    assert turns and all(request.headers.get("x-api-key") == KEY for request in turns)
 
 
 def test_interactive_agent_in_a_pty(

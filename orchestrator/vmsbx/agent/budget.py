@@ -3,12 +3,15 @@
 `--budget 200000` / `200k` / `1.5M` caps the tokens a run may use (every token the API reports:
 input, output, cache writes and cache reads); `--budget '$5'` caps its cost in US dollars,
 priced with `PRICES` below. The relay checks the cap before forwarding a request, so requests
-already in flight when the cap is reached still finish (the overshoot is at most one turn per
-concurrent request).
+already in flight when the cap is reached still finish: the overshoot is at most one turn per
+concurrent request, and a run has at most `agent.max_concurrent_requests` of those. A response
+the relay did not see to its end (the client hung up, or upstream did) is settled at what its
+request could cost at most (`RequestFacts`), never at the partial count seen so far.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, replace
@@ -21,6 +24,12 @@ _DOLLAR_RE = re.compile(
 _TOKEN_UNITS = {"": 1, "k": 1_000, "m": 1_000_000}
 
 BUDGET_FORMS = "a number of tokens (200000, 200k, 1.5M) or dollars ('$5', '$0.50')"
+
+# How many API requests of one run the relay lets go upstream at once (agent.max_concurrent_requests).
+DEFAULT_MAX_CONCURRENT = 4
+# The most output any model can be asked for (the 128k-output beta): what a cut-off response is
+# charged when its request named no single usable max_tokens.
+OUTPUT_CEILING = 128_000
 
 
 @dataclass(frozen=True)
@@ -181,6 +190,47 @@ def merge_usage_fields(into: dict[str, int], update: object) -> None:
         value = update.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             into[name] = value
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """What the relay reads off a Messages request before sending it: its model, for pricing,
+    and the most it can cost, for a response cut off before its final usage arrived."""
+
+    model: str | None
+    """The one `model` the body names; None when absent or named twice (then priced dearest)."""
+    max_output_tokens: int
+    """The request's `max_tokens`; OUTPUT_CEILING when absent, repeated or not a positive int
+    (a duplicate key might be read one way here and the other way upstream)."""
+    size: int
+    """The body's length in bytes: stands in for the input count if no message_start was seen
+    (a text prompt has fewer tokens than bytes)."""
+
+
+def read_request(body: bytes) -> RequestFacts:
+    """Read `model` and `max_tokens` off a request body; junk yields the dearest assumptions."""
+    try:
+        # Pairs, not a dict: a key given twice must be seen twice, not silently collapsed.
+        top = json.loads(body, object_pairs_hook=list) if body else None
+    except (ValueError, RecursionError):
+        top = None
+    pairs = top if isinstance(top, list) and all(isinstance(p, tuple) for p in top) else []
+    models = [value for key, value in pairs if key == "model"]
+    caps = [value for key, value in pairs if key == "max_tokens"]
+    model = models[0][:200] if len(models) == 1 and isinstance(models[0], str) else None
+    usable = len(caps) == 1 and isinstance(caps[0], int) and not isinstance(caps[0], bool) and caps[0] > 0
+    return RequestFacts(model=model, max_output_tokens=caps[0] if usable else OUTPUT_CEILING, size=len(body))
+
+
+def cut_off_fields(fields: dict[str, int], request: RequestFacts, *, input_seen: bool) -> dict[str, int]:
+    """The usage to settle a cut-off response at: the output at its request's max_tokens (the
+    API bills what it generated before the cut, at most that), the input as seen, or at the
+    request's size when its count never arrived."""
+    settled = dict(fields)
+    settled["output_tokens"] = max(settled.get("output_tokens", 0), request.max_output_tokens)
+    if not input_seen:
+        settled["input_tokens"] = max(settled.get("input_tokens", 0), request.size)
+    return settled
 
 
 def _count(value: object) -> int:

@@ -11,8 +11,12 @@ run's budget. Redirects from upstream are never followed.
 Contract:
 - `start()` binds 127.0.0.1 on a free port and returns (host, port); `stop()` closes it and every
   open connection. Both are idempotent.
-- `register_run(run_id, token, credential, budget)` makes `token` valid until
+- `register_run(run_id, token, credential, budget, max_concurrent=)` makes `token` valid until
   `unregister_run(run_id)`, which returns the run's final usage; `usage(run_id)` reads it live.
+- At most `max_concurrent` requests of a run go upstream at once; more wait for a slot (up to
+  `slot_wait` seconds, then 429), and meet the budget as it stands when their turn comes.
+- A response the relay did not pass on to its end is settled at the most its request could cost
+  (its max_tokens), never at the partial usage seen before the cut.
 - `on_event(run_id, event)` receives one event per request that named a live run ("api_request"
   with path, status and tokens, "api_refused" with the reason) and one "budget_exhausted" when
   the cap is reached. Events and log lines never hold headers, bodies, tokens or the credential.
@@ -22,9 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import logging
 import secrets
+import select
 import socket
 import ssl
 import threading
@@ -36,7 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from vmsbx.agent.budget import Budget, Usage
+from vmsbx.agent.budget import DEFAULT_MAX_CONCURRENT, Budget, RequestFacts, Usage, read_request
 from vmsbx.agent.credential import Credential
 from vmsbx.agent.relay_rules import (
     METERED_PATHS,
@@ -64,6 +68,9 @@ _MIN_TOKEN_LENGTH = 32
 _CHUNK = 64 * 1024
 # Claude Code tells the API it waits up to 600 s (x-stainless-timeout); a stream may idle as long.
 _TIMEOUT_SECONDS = 600.0
+# How long a request waits for one of its run's slots before it is answered 429. Claude Code
+# retries a 429 after `retry-after`; waiting first spares it the retries in a short burst.
+_SLOT_WAIT_SECONDS = 120.0
 _TOKEN_PREFIX = "vmsbx-run-"  # noqa: S105 (a label, not a secret)
 
 
@@ -77,6 +84,8 @@ class _Run:
     token: str
     credential: Credential
     budget: Budget | None
+    max_concurrent: int
+    slots: threading.BoundedSemaphore
     usage: Usage = field(default_factory=Usage)
     exhausted_reported: bool = False
 
@@ -91,6 +100,7 @@ class Relay:
         ca_file: Path | None = None,
         on_event: EventSink | None = None,
         timeout: float = _TIMEOUT_SECONDS,
+        slot_wait: float = _SLOT_WAIT_SECONDS,
     ) -> None:
         self.upstream: Upstream = parse_upstream(upstream)
         self._tls = ssl.create_default_context()
@@ -104,6 +114,7 @@ class Relay:
                 ) from None
         self._on_event = on_event
         self.timeout = timeout
+        self.slot_wait = slot_wait
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self._server: _RelayServer | None = None
@@ -143,20 +154,32 @@ class Relay:
     # -- runs --------------------------------------------------------------------------------
 
     def register_run(
-        self, run_id: str, token: str, credential: Credential, budget: Budget | None = None
+        self,
+        run_id: str,
+        token: str,
+        credential: Credential,
+        budget: Budget | None = None,
+        *,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
     ) -> None:
-        """Accept `token` for `run_id` from now on (replacing an earlier registration of the run)."""
+        """Accept `token` for `run_id` from now on (replacing an earlier registration of the run,
+        whose usage and requests in flight carry over)."""
         if len(token) < _MIN_TOKEN_LENGTH:
             raise ValueError("a run token must be at least 32 characters (use new_run_token())")
+        if isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be a whole number of at least 1, not {max_concurrent!r}")
         with self._lock:
             for other_id, other in self._runs.items():
                 if other_id != run_id and secrets.compare_digest(other.token, token):
                     raise ValueError(f"run {other_id} already holds this token")
             previous = self._runs.get(run_id)
+            same_cap = previous is not None and previous.max_concurrent == max_concurrent
             self._runs[run_id] = _Run(
                 token=token,
                 credential=credential,
                 budget=budget,
+                max_concurrent=max_concurrent,
+                slots=previous.slots if previous and same_cap else threading.BoundedSemaphore(max_concurrent),
                 usage=previous.usage if previous else Usage(),
             )
 
@@ -178,6 +201,12 @@ class Relay:
         with self._lock:
             run_id = match_run(presented, {rid: run.token for rid, run in self._runs.items()})
             return (run_id, self._runs[run_id]) if run_id is not None else None
+
+    def _is_live(self, run_id: str, run: _Run) -> bool:
+        """Whether the run still holds the token its request was admitted with."""
+        with self._lock:
+            current = self._runs.get(run_id)
+            return current is not None and secrets.compare_digest(current.token, run.token)
 
     def _budget_left(self, run_id: str) -> bool:
         with self._lock:
@@ -360,14 +389,39 @@ class _RelayHandler(BaseHTTPRequestHandler):
                 "too_large", "vmsbx relay: request body missing a valid length or above 32 MB", close=True
             )
             return
-        body = self.rfile.read(length) if length else b""
-        if len(body) != length:
-            self.close_connection = True
+        # The slot is taken before the body is read: waiting requests hold no body in memory.
+        if not run.slots.acquire(timeout=relay.slot_wait):
+            refused(
+                "busy",
+                f"vmsbx relay: this run may have at most {run.max_concurrent} API request(s) in flight "
+                "at once (agent.max_concurrent_requests) and has that many; retry when one is done",
+                close=True,
+            )
             return
-        if not relay._budget_left(run_id):
-            refused("budget", relay._budget_message(run_id))
-            return
-        self._forward(run_id, run.credential, path, query, body, started)
+        try:
+            body = self.rfile.read(length) if length else b""
+            if len(body) != length or self._client_gone():
+                # A client that left while it waited: nothing of it goes upstream.
+                self.close_connection = True
+                return
+            if not relay._is_live(run_id, run):
+                self._refuse("unauthenticated", "vmsbx relay: this run has ended", close=True)
+                return
+            if not relay._budget_left(run_id):
+                refused("budget", relay._budget_message(run_id))
+                return
+            self._forward(run_id, run.credential, path, query, body, started)
+        finally:
+            run.slots.release()
+
+    def _client_gone(self) -> bool:
+        """Whether the client has closed its end (readable with nothing to read: end of file).
+        A client that pipelines its next request is still there."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def _forward(
         self, run_id: str, credential: Credential, path: str, query: str, body: bytes, started: float
@@ -423,16 +477,17 @@ class _RelayHandler(BaseHTTPRequestHandler):
                 return
             status = response.status
 
-            def settle(used: Usage) -> None:
+            def settle(used: Usage, cut_off: bool) -> None:
                 total, exhausted = relay._account(run_id, used)
                 log.info(
-                    "run %s: %s %s -> %d (%d in, %d out tokens; run total %d)",
+                    "run %s: %s %s -> %d (%d in, %d out tokens%s; run total %d)",
                     run_id,
                     self.command,
                     path,
                     status,
                     used.input_tokens + used.cache_creation_input_tokens + used.cache_read_input_tokens,
                     used.output_tokens,
+                    ", cut off: settled at the request's max_tokens" if cut_off else "",
                     total.total_tokens,
                 )
                 relay._emit(
@@ -444,21 +499,30 @@ class _RelayHandler(BaseHTTPRequestHandler):
                         **{key: value for key, value in used.as_dict().items() if key != "requests"},
                         "run_total_tokens": total.total_tokens,
                         "run_cost_usd": round(total.cost_usd, 6),
+                        **({"cut_off": True} if cut_off else {}),
                     },
                 )
                 if exhausted is not None:
                     log.warning("run %s: budget exhausted (%s)", run_id, exhausted["budget"])
                     relay._emit(run_id, exhausted)
 
-            self._stream_back(response, path, body, settle)
+            self._stream_back(response, path, read_request(body), settle)
 
     def _stream_back(
-        self, response: http.client.HTTPResponse, path: str, body: bytes, settle: Callable[[Usage], None]
+        self,
+        response: http.client.HTTPResponse,
+        path: str,
+        request: RequestFacts,
+        settle: Callable[[Usage, bool], None],
     ) -> None:
         """Pass the response on chunk by chunk, metering usage, and `settle` the usage exactly once:
         before the last chunk goes out, so that when a client sees the end of a response its usage
-        is counted and its events are out (its next request meets the updated budget)."""
-        meter = UsageMeter(response.getheader("content-type") or "", _request_model(body))
+        is counted and its events are out (its next request meets the updated budget).
+
+        If either side hangs up first, upstream is not read on (closing it stops the generation,
+        and reading on would only buy tokens nobody receives); the usage is settled at the most
+        the request could cost, since the output count arrives only in the last events."""
+        meter = UsageMeter(response.getheader("content-type") or "", request.model)
         metered = (
             path in METERED_PATHS and (response.getheader("content-encoding") or "identity") == "identity"
         )
@@ -477,16 +541,17 @@ class _RelayHandler(BaseHTTPRequestHandler):
                     meter.feed(chunk)
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 self.wfile.flush()
-            settle(meter.finish() if metered else Usage(requests=1))
+            settle(meter.finish() if metered else Usage(requests=1), False)
             settled = True
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except (OSError, http.client.HTTPException):
-            # Either side hung up mid-stream; what was metered so far still counts.
             self.close_connection = True
         finally:
             if not settled:
-                settle(meter.finish() if metered else Usage(requests=1))
+                # An error answer generated nothing: only a success is charged at its ceiling.
+                cut_off = metered and 200 <= response.status < 300 and not meter.ended
+                settle(meter.finish(request if cut_off else None) if metered else Usage(requests=1), cut_off)
 
     def _refuse(
         self, reason: str, message: str, *, close: bool = False, extra: tuple[tuple[str, str], ...] = ()
@@ -508,11 +573,3 @@ class _RelayHandler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True
         return status
-
-
-def _request_model(body: bytes) -> str | None:
-    try:
-        model = json.loads(body).get("model") if body else None
-    except (ValueError, AttributeError):
-        return None
-    return model[:200] if isinstance(model, str) else None

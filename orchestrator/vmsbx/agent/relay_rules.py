@@ -204,4 +204,6 @@ REFUSALS: dict[str, tuple[int, str, tuple[tuple[str, str], ...]]] = {
     "too_large": (413, "request_too_large", (NO_RETRY,)),
     "bad_request": (400, "invalid_request_error", (NO_RETRY,)),
     "upstream": (502, "api_error", ()),
+    # Too many of the run's requests in flight: retryable, after a pause.
+    "busy": (429, "rate_limit_error", (("retry-after", "5"),)),
 }

@@ -46,10 +46,7 @@ class HostServices:
         """Admit a run to its host services: the API relay (if it has a credential) and its
         own egress proxy (unless its policy is none). Returns each service's guest port."""
         # Imported when a run needs them: the agent starts without the services' dependencies.
-        from vmsbx.agent.budget import Budget
-        from vmsbx.agent.credential import Credential
         from vmsbx.agent.egress.run_proxy import start_run_proxy
-        from vmsbx.logsetup import register_secret
 
         run_id = str(request["run_id"])
         if not is_run_id(run_id):
@@ -59,15 +56,7 @@ class HostServices:
             relay_request = request.get("relay")
             if relay_request:
                 relay = self._relay_for(relay_request)
-                wire, cap = relay_request["credential"], relay_request.get("budget")
-                register_secret(str(wire["secret"]))
-                register_secret(str(relay_request["token"]))
-                relay.register_run(
-                    run_id,
-                    str(relay_request["token"]),
-                    Credential(wire["kind"], str(wire["secret"]), source="the vmsbx CLI"),
-                    Budget(tokens=cap.get("tokens"), usd=cap.get("usd")) if cap else None,
-                )
+                admit_to_relay(relay, run_id, relay_request)
                 self._run_relay[run_id] = relay
                 ports["relay"] = self._forward(f"relay:{relay.address[1]}", relay.address[1])
             egress = request.get("egress")
@@ -148,6 +137,25 @@ class HostServices:
             forward = conn.forward_remote("127.0.0.1", 0, "127.0.0.1", host_port)
         self._forwards[name] = (host_port, forward.remote_port, forward, conn)
         return forward.remote_port
+
+
+def admit_to_relay(relay: Relay, run_id: str, request: dict[str, Any]) -> None:
+    """Register a run with `relay` from the CLI's wire form (`run_register`'s "relay" part):
+    its token, credential, budget and concurrency cap."""
+    from vmsbx.agent.budget import DEFAULT_MAX_CONCURRENT, Budget
+    from vmsbx.agent.credential import Credential
+    from vmsbx.logsetup import register_secret
+
+    wire, cap = request["credential"], request.get("budget")
+    register_secret(str(wire["secret"]))
+    register_secret(str(request["token"]))
+    relay.register_run(
+        run_id,
+        str(request["token"]),
+        Credential(wire["kind"], str(wire["secret"]), source="the vmsbx CLI"),
+        Budget(tokens=cap.get("tokens"), usd=cap.get("usd")) if cap else None,
+        max_concurrent=int(request.get("max_concurrent") or DEFAULT_MAX_CONCURRENT),
+    )
 
 
 def _record_event(run_id: str, event: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from vmsbx.agent.budget import Usage, merge_usage_fields, usage_from_api
+from vmsbx.agent.budget import RequestFacts, Usage, cut_off_fields, merge_usage_fields, usage_from_api
 
 # Larger events or JSON bodies are not metered (a message's usage sits in small events); the cap
 # keeps a huge response from growing the relay's memory.
@@ -27,7 +27,10 @@ class UsageMeter:
         self._buffer = bytearray()
         self._overflow = False
         self._fields: dict[str, int] = {}
+        self._started = False
         self.model = request_model
+        self.ended = False
+        """True once the final event (message_stop) or the whole JSON message has passed."""
 
     def feed(self, chunk: bytes) -> None:
         if self._overflow:
@@ -48,8 +51,9 @@ class UsageMeter:
             # One oversized event (a long text delta) carries no usage: skip to its end.
             self._buffer.clear()
 
-    def finish(self) -> Usage:
-        """The response's usage, once the body has ended (or was cut off)."""
+    def finish(self, cut_off: RequestFacts | None = None) -> Usage:
+        """The response's usage, once the body has ended; pass the request's facts if it was cut
+        off before its end (then it is settled at the most the request could cost)."""
         if self._sse:
             if self._buffer.strip():
                 self._event(bytes(self._buffer))
@@ -57,7 +61,10 @@ class UsageMeter:
             message = _json(bytes(self._buffer))
             if isinstance(message, dict):
                 self._message(message)
+                self.ended = True  # a whole JSON message: its usage is final
         self._buffer.clear()
+        if cut_off is not None and not self.ended:
+            return usage_from_api(cut_off_fields(self._fields, cut_off, input_seen=self._started), self.model)
         return usage_from_api(self._fields, self.model)
 
     def _event(self, event: bytes) -> None:
@@ -72,8 +79,11 @@ class UsageMeter:
             self._message(payload["message"])
         elif kind == "message_delta":
             merge_usage_fields(self._fields, payload.get("usage"))
+        elif kind == "message_stop":
+            self.ended = True
 
     def _message(self, message: dict[str, Any]) -> None:
+        self._started = True
         model = message.get("model")
         if isinstance(model, str) and model:
             self.model = model[:200]

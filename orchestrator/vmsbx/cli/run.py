@@ -13,8 +13,6 @@ from vmsbx.cli.common import load, name_option
 
 if TYPE_CHECKING:
     from vmsbx.agent.credential import CredentialKind
-    from vmsbx.config.models import Settings
-    from vmsbx.runs.lifecycle import RelayAccess
 
 
 @click.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -116,7 +114,7 @@ def command(
     if argv and prompt is not None:
         raise UsageError("give either -p TASK or -- CMD, not both", hint="`vmsbx run -p 'fix the tests'`")
     is_agent = not argv
-    relay = _relay_access(settings, budget, required=is_agent)
+    relay = lifecycle.plan_relay(settings, budget, required=is_agent, environ=os.environ)
     if is_agent:
         from vmsbx.paths import user_config_file
         from vmsbx.runs import agentrun
@@ -178,45 +176,6 @@ def _review(run_id: str, *, apply_changes: bool, ask: bool) -> None:
     report = review.apply_run(record, include_sensitive=False)
     for line in review.report_lines(record, report):
         click.echo(line, err=True)
-
-
-def _relay_access(settings: Settings, budget: str | None, *, required: bool) -> RelayAccess | None:
-    """The credential for the relay (from the user's config or environment, never the project
-    file), or None when the run does not use the API."""
-    from vmsbx.errors import UsageError
-    from vmsbx.runs.lifecycle import RelayAccess
-
-    if settings.sandbox.network != "api":
-        if required and settings.sandbox.network == "none":
-            raise UsageError(
-                "the agent needs the model API, but the network policy is 'none'",
-                hint="use --network api (the default): only the API, through the host relay",
-            )
-        return None
-    from vmsbx.agent.budget import parse_budget
-    from vmsbx.agent.credential import resolve_credential
-    from vmsbx.errors import ConfigError
-
-    cap = None
-    if budget:
-        try:
-            cap = parse_budget(budget)
-        except ValueError as exc:
-            raise UsageError(f"--budget: {exc}", hint="e.g. --budget 200k or --budget '$5'") from None
-    try:
-        credential = resolve_credential(settings.agent, os.environ)
-    except ConfigError:
-        if required:
-            raise
-        return None  # a plain command without a credential simply gets no relay
-    from vmsbx.logsetup import register_secret
-
-    register_secret(credential.reveal())  # masked in vmsbx's own log, whatever logs it
-    return RelayAccess(
-        credential={"kind": credential.kind, "secret": credential.reveal()},
-        kind=credential.kind,
-        budget={"tokens": cap.tokens, "usd": cap.usd} if cap else None,
-    )
 
 
 def _report(run_id: str, code: int) -> None:

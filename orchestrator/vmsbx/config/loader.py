@@ -586,6 +586,7 @@ _PROJECT_RULES: dict[str, _Rule] = {
     "agent.api_upstream": _TrustedOnly("it decides where your API key is sent"),
     "agent.api_ca_file": _TrustedOnly("it decides which servers are trusted with your API key"),
     "agent.claude_version": _TrustedOnly("it chooses which agent build runs with your API key"),
+    "agent.max_concurrent_requests": _AtMost(),
     "agent.install": _TrustedOnly("it decides how the agent program reaches the VM"),
     "agent.registry": _TrustedOnly("it decides where the agent program is downloaded from"),
     "extra_host_paths": _TrustedOnly("it shares host folders into the VM"),

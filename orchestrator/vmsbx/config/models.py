@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.fields import FieldInfo
 
+from vmsbx.agent.budget import DEFAULT_MAX_CONCURRENT
+
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
@@ -261,8 +263,9 @@ class SandboxSettings(_Section):
         default="systemd",
         description="How a run is confined: a hardened systemd transient unit, or nsjail.",
     )
-    # "api": only the model API, through the host relay, which admits only this run's token.
-    # A plain command without a credential configured gets no relay at all (as with "none").
+    # Every policy but "none" reaches the model API only through the host relay, which admits
+    # only this run's token and enforces --budget; "api" allows nothing else. A plain command
+    # without a credential configured (and without --budget) gets no relay at all.
     network: NetworkMode = Field(
         default="api",
         description="What a run may reach: none, only the model API, the API plus allow_hosts, "
@@ -368,6 +371,13 @@ class AgentSettings(_Section):
         description="PEM file of an extra CA the relay trusts for the upstream API (tests, TLS-inspecting "
         "proxies); the system's CAs stay trusted. None: system CAs only.",
         json_schema_extra={"allowed": 'an absolute path such as "/etc/ssl/my-ca.pem"'},
+    )
+    max_concurrent_requests: Count = Field(
+        default=DEFAULT_MAX_CONCURRENT,
+        ge=1,
+        le=64,
+        description="Most API requests of one run the relay sends upstream at once; more wait for a "
+        "slot. It bounds how far a run can overshoot its --budget (one turn per request in flight).",
     )
     install: Literal["auto", "push", "guest-fetch", "none"] = Field(
         default="auto",

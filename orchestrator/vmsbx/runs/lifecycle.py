@@ -10,7 +10,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -20,7 +20,7 @@ from vmsbx.agent.credential import CredentialKind
 from vmsbx.agent.egress.sandbox_env import env_for_sandbox
 from vmsbx.agent.protocol import FrameWriter
 from vmsbx.config.models import Settings
-from vmsbx.errors import AgentError, TransportError, UsageError, VmsbxError
+from vmsbx.errors import AgentError, ConfigError, TransportError, UsageError, VmsbxError
 from vmsbx.guest import provision_nsjail
 from vmsbx.logsetup import register_secret
 from vmsbx.paths import open_private, vm_dir, write_private
@@ -125,6 +125,50 @@ class RelayAccess:
     budget: dict[str, object] | None = None
 
 
+def plan_relay(
+    settings: Settings, budget: str | None, *, required: bool, environ: Mapping[str, str]
+) -> RelayAccess | None:
+    """How the run reaches the model API: through the relay, under every policy but none, with
+    the credential (from the user's config or environment, never the project file) and the
+    budget; None when the run does not use the API.
+
+    `required` (the agent) makes a missing credential an error. So does `budget`: a cap that
+    no relay enforces would be a promise nobody keeps, so it is refused rather than ignored."""
+    from vmsbx.agent.budget import parse_budget
+    from vmsbx.agent.credential import resolve_credential
+
+    cap = None
+    if budget:
+        try:
+            cap = parse_budget(budget)
+        except ValueError as exc:
+            raise UsageError(f"--budget: {exc}", hint="e.g. --budget 200k or --budget '$5'") from None
+    if settings.sandbox.network == "none":
+        if required:
+            raise UsageError(
+                "the agent needs the model API, but the network policy is 'none'",
+                hint="use --network api (the default): only the API, through the host relay",
+            )
+        if cap is not None:
+            raise UsageError(
+                "--budget caps the run's API use, but the network policy 'none' gives it no API",
+                hint="drop --budget, or use --network api",
+            )
+        return None
+    try:
+        credential = resolve_credential(settings.agent, environ)
+    except ConfigError:
+        if required or cap is not None:
+            raise
+        return None  # a plain command without a credential simply gets no relay
+    register_secret(credential.reveal())  # masked in vmsbx's own log, whatever logs it
+    return RelayAccess(
+        credential={"kind": credential.kind, "secret": credential.reveal()},
+        kind=credential.kind,
+        budget={"tokens": cap.tokens, "usd": cap.usd} if cap else None,
+    )
+
+
 def check_policy(settings: Settings) -> None:
     """Refuse what this version cannot enforce: fail closed, never run with less isolation."""
     policy = settings.sandbox
@@ -208,17 +252,12 @@ def start(
         record.relay, record.egress = "relay" in ports, "proxy" in ports
         request["bridges"] = ports
         spec_extra["bridges"] = {name: BRIDGES[name] for name in ports}
-        if record.relay and relay is not None:
-            run_env.update(agentrun.agent_env(token, relay.kind))
-            if home_files is not None:
-                workdirs = (
-                    [JAIL_WORKSPACE]
-                    if record.sandbox == "nsjail"
-                    else [layout.workspace, layout.workspace_mount]
-                )
-                spec_extra["home_files"] = home_files(token, relay.kind, workdirs)
-        if record.egress:
-            run_env.update(env_for_sandbox(settings.sandbox.network, BRIDGES["proxy"]))
+        run_env.update(sandbox_environment(settings, ports, token, relay))
+        if record.relay and relay is not None and home_files is not None:
+            workdirs = (
+                [JAIL_WORKSPACE] if record.sandbox == "nsjail" else [layout.workspace, layout.workspace_mount]
+            )
+            spec_extra["home_files"] = home_files(token, relay.kind, workdirs)
         request["spec"] = {
             **spec_extra,
             "argv": command,
@@ -301,21 +340,43 @@ def _finish_earlier_runs(guest: GuestControl, vm: str, project: Path) -> set[str
     return busy
 
 
-def _admit(
-    guest: GuestControl, settings: Settings, run_id: str, token: str, relay: RelayAccess | None
-) -> dict[str, int]:
-    """Admit the run to the host agent's services: the relay (its token, if it has a
-    credential) and its egress proxy (unless the policy is none). Their guest ports."""
+def admission_request(
+    settings: Settings, run_id: str, token: str, relay: RelayAccess | None
+) -> dict[str, object] | None:
+    """What the host agent is asked to admit the run to (pure): the relay (its token, if it has
+    a credential) and its egress proxy (unless the policy is none); None: no service at all."""
     policy, agent = settings.sandbox, settings.agent
     request: dict[str, object] = {"op": "run_register", "run_id": run_id}
     if relay is not None and policy.network != "none":
         request["relay"] = {
             "token": token, "credential": relay.credential, "budget": relay.budget,
             "upstream": agent.api_upstream, "ca_file": str(agent.api_ca_file) if agent.api_ca_file else None,
+            "max_concurrent": agent.max_concurrent_requests,
         }  # fmt: skip
     if policy.network != "none":
         request["egress"] = {"network": policy.network, "allow_hosts": list(policy.allow_hosts)}
-    if len(request) == 2:
+    return request if len(request) > 2 else None
+
+
+def sandbox_environment(
+    settings: Settings, ports: Mapping[str, int], token: str, relay: RelayAccess | None
+) -> dict[str, str]:
+    """The variables that lead the run to the services it was admitted to (pure): the relay's
+    loopback port and the run token for the agent, the egress proxy for everything else."""
+    env: dict[str, str] = {}
+    if "relay" in ports and relay is not None:
+        env.update(agentrun.agent_env(token, relay.kind))
+    if "proxy" in ports:
+        env.update(env_for_sandbox(settings.sandbox.network, BRIDGES["proxy"]))
+    return env
+
+
+def _admit(
+    guest: GuestControl, settings: Settings, run_id: str, token: str, relay: RelayAccess | None
+) -> dict[str, int]:
+    """Admit the run to the host agent's services; their guest ports."""
+    request = admission_request(settings, run_id, token, relay)
+    if request is None:
         return {}
     ports: dict[str, int] = guest.client.call(request)["ports"]
     return ports
