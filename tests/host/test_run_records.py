@@ -101,7 +101,9 @@ def _started_run(tmp_path: Path, ws: Path, *, collect_max: int | None = None) ->
     rules = exclude_rules(None, ())
     sync_in(StreamingExec(), project, str(ws), rules, owner=(0, 0), wsync=LOCAL)
     host = scan(project, rules)
-    sync = workspace.SyncIn(key="0123456789abcdef", scan=host, plan=plan_sync(host.manifest, Manifest()), rules=rules)
+    sync = workspace.SyncIn(
+        key="0123456789abcdef", scan=host, plan=plan_sync(host.manifest, Manifest()), rules=rules
+    )
     record = RunRecord(
         id="a1b2c3d4e5f6",
         vm="default",

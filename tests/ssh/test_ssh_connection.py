@@ -279,7 +279,9 @@ def test_large_interleaved_output_does_not_deadlock(conn: Connection) -> None:
     script = "for i in 1 2 3 4; do head -c 1000000 /dev/zero; head -c 1000000 /dev/zero >&2; done"
     result = conn.run(["sh", "-c", script], timeout=30)
     assert len(result.stdout) == 4_000_000
-    assert len(result.stderr) == 4_000_000
+    # Both streams were drained to the end (no deadlock); stderr keeps only its last MiB, the
+    # cap `run` puts on what the guest may make the host hold.
+    assert len(result.stderr) == 1 << 20
 
 
 def test_run_timeout_names_the_command(conn: Connection) -> None:
