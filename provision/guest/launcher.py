@@ -529,6 +529,18 @@ def _read_keyed(path: str) -> dict[str, int]:
     return values
 
 
+def _holder_started(p: dict[str, str]) -> bool:
+    """Whether the session holder ran: it opens its transcript first thing. If nsjail (or
+    systemd) failed to set the sandbox up, nothing did, and the host reports exit 125 with the
+    reason instead of nsjail's 255 as if it were the command's. lstat only: the path is in the
+    run's tmp, which the sandbox can write."""
+    try:
+        os.lstat(p["transcript"])
+    except OSError:
+        return False
+    return True
+
+
 def record(run_id: str) -> int:
     import shutil
 
@@ -546,6 +558,7 @@ def record(run_id: str) -> int:
         "oom_kills": memory_events.get("oom_kill", 0),
         "tasks_limit_hits": pids_events.get("max", 0),
         "ended_at": time.time(),
+        "holder_started": _holder_started(p),
     }
     if os.path.exists(p["transcript"]):
         shutil.copyfile(p["transcript"], f"{p['run_dir']}/transcript")

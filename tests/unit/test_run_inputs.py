@@ -44,3 +44,11 @@ def test_guest_without_a_wall_is_refused() -> None:
         with pytest.raises(Exception, match=words) as refused:
             check_walls(facts(**bad))
         assert refused.value.exit_code == 10  # type: ignore[attr-defined]
+
+
+def test_guest_python_fact_is_a_python3_name_or_nothing() -> None:
+    assert facts(python="python3.13").python == "python3.13"
+    assert facts().python == ""  # facts gathered before the field existed
+    for hostile in ("python3.13/../../etc", "../shadow", "python3.13\n", "ruby3.3"):
+        with pytest.raises(ValueError, match="python"):
+            facts(python=hostile)
