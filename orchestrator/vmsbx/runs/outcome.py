@@ -79,8 +79,7 @@ def outcome(result: GuestResult, policy: SandboxSettings) -> tuple[int, str]:
     if result.exit_code == "exited" and result.holder_started is False:
         return (
             SANDBOX_FAILED,
-            f"the sandbox failed before the command started (exit status {result.exit_status})"
-            + tasks_note,
+            f"the sandbox failed before the command started (exit status {result.exit_status})" + tasks_note,
         )
     if result.exit_code == "exited" and result.exit_status.isdigit():
         code = int(result.exit_status)
