@@ -308,7 +308,7 @@ ABSENT_FOR_NSJAIL = (
     "ProtectProc",
     "ProcSubset",
     "ProtectHostname",
-    # systemd 257 overmounts /proc/kmsg for it, and the kernel then refuses the jail's procfs.
+    # It overmounts /proc/kmsg, and trixie's 6.12 kernel then refuses the jail's procfs.
     "ProtectKernelLogs",
     "Delegate",
     "StateDirectory",

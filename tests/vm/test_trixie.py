@@ -143,7 +143,7 @@ def test_a_jail_that_cannot_be_built_exits_125_with_nsjails_reason(
     cli: Cli, trixie: dict[str, object]
 ) -> None:
     # Anything mounted over part of the guest's /proc makes the kernel refuse the jail's own
-    # procfs (mount_too_revealing): what ProtectKernelLogs= did on systemd 257.
+    # procfs (mount_too_revealing) on trixie's kernel: what ProtectKernelLogs= did to the jail.
     cli.ok("ssh", "--name", VM, "--", "mount", "--bind", "/dev/null", "/proc/kmsg")
     try:
         refused = cli.run("run", "--name", VM, "--sandbox", "nsjail", "--", "true")

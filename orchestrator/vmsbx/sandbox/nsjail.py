@@ -217,7 +217,8 @@ def _mounts(policy: SandboxSettings, layout: RunLayout, arch: str, python: str) 
         # A fresh procfs of the jail's own PID namespace. The kernel refuses it inside a new user
         # namespace unless the unit's /proc is fully visible (fs/namespace.c mount_too_revealing):
         # nothing mounted over anything in it, so no ProtectProc=, ProtectKernelTunables= or
-        # ProtectKernelLogs= (systemd 257 overmounts /proc/kmsg for it) on the outer unit.
+        # ProtectKernelLogs= (its /proc/kmsg overmount: trixie's 6.12 kernel refuses the mount
+        # for it, bookworm's 6.1 did not) on the outer unit.
         _mount(dst="/proc", fstype="proc", rw=False),
     ]
     # Read-only mounts: writing to a device node does not need a writable mount, and the
@@ -353,13 +354,14 @@ def render_nsjail_unit_properties(policy: SandboxSettings, layout: RunLayout) ->
     PrivateUsers=, ProtectHostname=, ProtectKernelTunables=, ProtectProc=, ProcSubset=pid,
     ProtectKernelLogs=, and @mount/@privileged in SystemCallFilter=.
 
-    ProtectKernelLogs= is replaced, not lost: systemd 257 puts it into effect by mounting over
-    /proc/kmsg, and that overmount alone makes the kernel refuse the jail's own procfs (the
-    jail then never starts). What it would add is held otherwise: syslog(2) is denied below
-    and by the jail's seccomp policy, CAP_SYSLOG is outside the bounding set (so /proc/kmsg
-    of the jail's procfs, which checks CAP_SYSLOG in the guest's user namespace, refuses),
-    and /dev/kmsg does not exist (PrivateDevices=yes, DevicePolicy=closed). The analyzer
-    cannot see that and scores the unit 0.1 higher (3.0 instead of 2.9).
+    ProtectKernelLogs= is replaced, not lost: systemd puts it into effect by mounting over
+    /proc/kmsg, and on newer kernels (trixie's 6.12; bookworm's 6.1 let it pass) that overmount
+    alone makes the kernel refuse the jail's own procfs, so the jail never starts. What it
+    would add is held otherwise: syslog(2) is denied below and by the jail's seccomp policy,
+    CAP_SYSLOG is outside the bounding set (so /proc/kmsg of the jail's procfs, which checks
+    CAP_SYSLOG in the guest's user namespace, refuses), and /dev/kmsg does not exist
+    (PrivateDevices=yes, DevicePolicy=closed). The analyzer cannot see that and scores the
+    unit 0.1 higher (3.0 instead of 2.9).
     """
     return [
         f"Description=vmsbx run {layout.run_id} (nsjail)",
