@@ -530,12 +530,12 @@ def _read_keyed(path: str) -> dict[str, int]:
 
 
 def _holder_started(p: dict[str, str]) -> bool:
-    """Whether the session holder ran: it opens its transcript first thing. If nsjail (or
-    systemd) failed to set the sandbox up, nothing did, and the host reports exit 125 with the
-    reason instead of nsjail's 255 as if it were the command's. lstat only: the path is in the
-    run's tmp, which the sandbox can write."""
+    """Whether the session holder ran: its first act is to make its folder (.vmsbx) on the
+    run's tmpfs. If nsjail (or systemd) failed to set the sandbox up, nothing did, and the host
+    reports exit 125 with the reason instead of nsjail's 255 as if it were the command's.
+    lstat of the one name in root's own mount point: nothing the sandbox wrote is followed."""
     try:
-        os.lstat(p["transcript"])
+        os.lstat(f"{p['tmp']}/.vmsbx")
     except OSError:
         return False
     return True
