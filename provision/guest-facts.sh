@@ -14,5 +14,8 @@ nsjail_version=$(cat /usr/local/lib/vmsbx/nsjail/VERSION 2>/dev/null || true)
 # "VERSION PLATFORM INTEGRITY" of the installed Claude Code; empty if its program is missing.
 claude_installed=$(head -c 200 /usr/local/lib/vmsbx/claude/INSTALLED 2>/dev/null | tr -cd '0-9A-Za-z.+/= -' || true)
 [ -x "/usr/local/lib/vmsbx/claude/${claude_installed%% *}/claude" ] || claude_installed=
-printf '{"pid1":"%s","systemd_version":"%s","cgroup_fs":"%s","arch":"%s","kernel":"%s","system_state":"%s","max_user_namespaces":"%s","guest_version":"%s","nsjail_version":"%s","claude_installed":"%s"}\n' \
-  "$pid1" "${systemd_version:-}" "$cgroup_fs" "$arch" "$kernel" "$system_state" "$userns_max" "$guest_version" "$nsjail_version" "$claude_installed"
+# The real Python behind /usr/bin/python3 ("python3.13"): the jail binds its /etc/python3.N.
+python=$(basename "$(readlink -f /usr/bin/python3 2>/dev/null)" 2>/dev/null | tr -cd '0-9a-z.')
+case $python in python3.[0-9]*) ;; *) python= ;; esac
+printf '{"pid1":"%s","systemd_version":"%s","cgroup_fs":"%s","arch":"%s","kernel":"%s","system_state":"%s","max_user_namespaces":"%s","guest_version":"%s","nsjail_version":"%s","claude_installed":"%s","python":"%s"}\n' \
+  "$pid1" "${systemd_version:-}" "$cgroup_fs" "$arch" "$kernel" "$system_state" "$userns_max" "$guest_version" "$nsjail_version" "$claude_installed" "$python"

@@ -40,6 +40,12 @@ class GuestFacts(BaseModel):
     claude_installed: str = Field(
         default="", max_length=200, description="Marker of the installed Claude Code build, '' if none."
     )
+    python: str = Field(
+        default="",
+        pattern=r"^(python3\.[0-9]{1,3})?$",
+        description="What /usr/bin/python3 resolves to (`python3.13`), '' if it is not a python3.N; "
+        "the nsjail jail binds the release's /etc/python3.N by it.",
+    )
 
     @property
     def systemd_major(self) -> int:

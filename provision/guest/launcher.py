@@ -685,6 +685,18 @@ def _read_keyed(path: str) -> dict[str, int]:
     return values
 
 
+def _holder_started(p: dict[str, str]) -> bool:
+    """Whether the session holder ran: its first act is to make its folder (.vmsbx) on the
+    run's tmpfs. If nsjail (or systemd) failed to set the sandbox up, nothing did, and the host
+    reports exit 125 with the reason instead of nsjail's 255 as if it were the command's.
+    lstat of the one name in root's own mount point: nothing the sandbox wrote is followed."""
+    try:
+        os.lstat(f"{p['tmp']}/.vmsbx")
+    except OSError:
+        return False
+    return True
+
+
 def record(run_id: str) -> int:
     p = paths(run_id)
     cgroup = f"/sys/fs/cgroup/system.slice/{p['unit']}"
@@ -700,6 +712,7 @@ def record(run_id: str) -> int:
         "oom_kills": memory_events.get("oom_kill", 0),
         "tasks_limit_hits": pids_events.get("max", 0),
         "ended_at": time.time(),
+        "holder_started": _holder_started(p),
     }
     note = save_transcript(p)
     result["notes"] = [note] if note else []

@@ -70,8 +70,12 @@ def assert_matches_golden_json(name: str, value: list[str]) -> None:
     assert_matches_golden_text(name, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
-def config(policy: SandboxSettings = POLICY, arch: str = "x86_64") -> str:
-    return render_nsjail_config(policy, LAYOUT, outside_uid=UID, arch=arch)
+# The guest fact `python` of a trixie guest (what /usr/bin/python3 resolves to).
+GUEST_PYTHON = "python3.13"
+
+
+def config(policy: SandboxSettings = POLICY, arch: str = "x86_64", python: str = GUEST_PYTHON) -> str:
+    return render_nsjail_config(policy, LAYOUT, outside_uid=UID, arch=arch, python=python)
 
 
 def scalar(text: str, name: str) -> list[str]:
@@ -266,6 +270,26 @@ def test_system_is_read_only_and_users_are_the_jails() -> None:
         assert f'fstype: "{fstype}' not in text
 
 
+@pytest.mark.parametrize("python", ["python3.11", "python3.13"])
+def test_pythons_etc_dir_is_the_guests_own_release(python: str) -> None:
+    # bookworm's /etc/python3.11 was baked in; a trixie guest has /etc/python3.13 instead.
+    binds = [m for m in mounts(config(python=python)) if 'src: "/etc/python3.' in m]
+    assert binds == [
+        f'mount {{ src: "/etc/{python}" dst: "/etc/{python}" is_bind: true rw: false mandatory: false }}'
+    ]
+    assert check_jail_config(config(python=python)) == []
+
+
+def test_a_guest_without_the_python_fact_gets_no_release_path() -> None:
+    assert 'src: "/etc/python3.' not in config(python="")
+
+
+@pytest.mark.parametrize("python", ["python3.13/../../root", "/etc/shadow", "python3", "perl5.36"])
+def test_renderer_refuses_a_guest_python_that_is_no_python3_name(python: str) -> None:
+    with pytest.raises(ValueError, match=r"python3\.N"):
+        config(python=python)
+
+
 def test_holder_paths_match_the_layout() -> None:
     # The holder reads its spec and binds its socket under /tmp, exactly as in systemd mode.
     assert LAYOUT.spec_inside.startswith("/tmp/")
@@ -284,6 +308,8 @@ ABSENT_FOR_NSJAIL = (
     "ProtectProc",
     "ProcSubset",
     "ProtectHostname",
+    # It overmounts /proc/kmsg, and trixie's 6.12 kernel then refuses the jail's procfs.
+    "ProtectKernelLogs",
     "Delegate",
     "StateDirectory",
     "RuntimeDirectory",
@@ -298,6 +324,15 @@ def test_outer_unit_leaves_out_what_nsjail_needs() -> None:
     for value in props["SystemCallFilter"]:
         assert "@mount" not in value
         assert "@privileged" not in value
+
+
+def test_outer_unit_makes_up_for_protect_kernel_logs() -> None:
+    props = props_dict(render_nsjail_unit_properties(POLICY, LAYOUT))
+    assert "~syslog" in props["SystemCallFilter"]
+    assert "CAP_SYSLOG" not in props["CapabilityBoundingSet"][0]
+    assert props["PrivateDevices"] == ["yes"]  # no /dev/kmsg
+    assert props["DevicePolicy"] == ["closed"]
+    assert "syslog" in " ".join(SECCOMP_POLICY["x86_64"] + SECCOMP_POLICY["aarch64"])
 
 
 def test_outer_unit_walls() -> None:

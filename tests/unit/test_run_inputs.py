@@ -92,3 +92,11 @@ def test_a_budget_that_cannot_be_enforced_is_refused() -> None:
     assert plan_relay(_policy("none"), None, required=False, environ={"ANTHROPIC_API_KEY": KEY}) is None
     with pytest.raises(UsageError, match="'none'"):
         plan_relay(_policy("none"), None, required=True, environ={"ANTHROPIC_API_KEY": KEY})
+
+
+def test_guest_python_fact_is_a_python3_name_or_nothing() -> None:
+    assert facts(python="python3.13").python == "python3.13"
+    assert facts().python == ""  # facts gathered before the field existed
+    for hostile in ("python3.13/../../etc", "../shadow", "python3.13\n", "ruby3.3"):
+        with pytest.raises(ValueError, match="python"):
+            facts(python=hostile)

@@ -27,7 +27,7 @@ from vmsbx.paths import open_private, vm_dir, write_private
 from vmsbx.runs import agentrun, gitbundle, review, workspace
 from vmsbx.runs import record as records
 from vmsbx.runs.guestctl import GuestControl, LaunchFailed
-from vmsbx.runs.outcome import SANDBOX_FAILED, GuestResult, outcome
+from vmsbx.runs.outcome import SANDBOX_FAILED, GuestResult, jail_failure, outcome
 from vmsbx.runs.record import Resources, RunRecord
 from vmsbx.runs.streamview import StreamView
 from vmsbx.sandbox.layout import BRIDGES, PROJECTS_ROOT, RunLayout, new_run_id
@@ -427,7 +427,11 @@ def _launch_request(
         return request
     outside_uid = outside_uid_for(layout.run_id)
     config = render_nsjail_config(
-        settings.sandbox, layout, outside_uid=outside_uid, arch=facts.get("arch", "")
+        settings.sandbox,
+        layout,
+        outside_uid=outside_uid,
+        arch=facts.get("arch", ""),
+        python=facts.get("python", ""),
     )
     problems = check_jail_config(config)
     record.outside_uid, record.jail_problems = outside_uid, problems
@@ -562,14 +566,18 @@ def _record_ended(
 ) -> int:
     """The verdict into the record, then the spooled journal into journal.jsonl."""
     code, reason = outcome(result, record.policy)
+    if result.holder_started is False and code == SANDBOX_FAILED:
+        # The jail (or the unit) never ran the command: say why, from nsjail's own log.
+        spool.seek(0)
+        why = jail_failure(spool)
+        reason += f": {why}" if why else ""
     if interrupted:
         code, reason = INTERRUPTED, "interrupted (Ctrl-C): vmsbx stopped the run"
     record.exit_code, record.reason = code, reason
     record.service_result = result.service_result
     record.guest_notes = list(result.notes)
-    record.state = (
-        "exited" if result.service_result == "success" or result.exit_code == "exited" else "failed"
-    )
+    exited = result.service_result == "success" or result.exit_code == "exited"
+    record.state = "exited" if exited and result.holder_started is not False else "failed"
     record.ended_at = records.now()
     record.duration = _seconds_between(record.started_at, record.ended_at)
     record.resources = Resources(
