@@ -201,17 +201,23 @@ def open_holder_dir(p: dict[str, str], uid: int) -> int:
         os.close(tmp_fd)
 
 
+def open_in_holder_dir(p: dict[str, str], name: str, *, kind: str) -> int:
+    """An fd of `name` in the run's holder folder, checked by open_untrusted against the run's
+    own uid. Raises Untrusted or OSError."""
+    uid = run_uid(p)
+    holder_fd = open_holder_dir(p, uid)
+    try:
+        return open_untrusted(holder_fd, name, uid=uid, kind=kind)
+    finally:
+        os.close(holder_fd)
+
+
 def save_transcript(p: dict[str, str]) -> str | None:
     """Copy the holder's transcript into the run's root-only folder, at most TRANSCRIPT_CAP
     bytes. None when it was saved whole, else the note for the run's record: a run's planted
     link or FIFO is refused (never followed, never waited on), a larger file is cut short."""
     try:
-        uid = run_uid(p)
-        holder_fd = open_holder_dir(p, uid)
-        try:
-            source = open_untrusted(holder_fd, "transcript", uid=uid, kind="file")
-        finally:
-            os.close(holder_fd)
+        source = open_in_holder_dir(p, "transcript", kind="file")
     except Untrusted as exc:
         return f"transcript not saved: {exc}"
     except FileNotFoundError:
@@ -235,12 +241,7 @@ def connect_holder(p: dict[str, str]) -> socket.socket:
     symlink swapped in after the check). Raises Untrusted or OSError."""
     import socket
 
-    uid = run_uid(p)
-    holder_fd = open_holder_dir(p, uid)
-    try:
-        sock_fd = open_untrusted(holder_fd, "holder.sock", uid=uid, kind="socket")
-    finally:
-        os.close(holder_fd)
+    sock_fd = open_in_holder_dir(p, "holder.sock", kind="socket")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(f"/proc/self/fd/{sock_fd}")
