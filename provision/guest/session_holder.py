@@ -134,7 +134,9 @@ class Holder:
         self.sel = selectors.DefaultSelector()
         self.clients: list[Client] = []
         os.makedirs(HOLDER_DIR, mode=0o700, exist_ok=True)
-        self.transcript = open(os.path.join(HOLDER_DIR, "transcript"), "ab")  # noqa: SIM115
+        # Read back (for a client's backlog) through this same fd, never by name: the command
+        # shares this uid and can swap the name for a FIFO or a link to confuse its own holder.
+        self.transcript = open(os.path.join(HOLDER_DIR, "transcript"), "a+b")  # noqa: SIM115
         self.transcript_size = 0
         self.journal = {STDOUT: JournalWriter(1, 6), STDERR: JournalWriter(2, 3)}
         self.child_stdin: int | None = None
@@ -298,10 +300,7 @@ class Holder:
                 return
             client.inbuf = client.inbuf[cut + 1 :]
             client.greeted = True
-            self.transcript.flush()
-            with open(os.path.join(HOLDER_DIR, "transcript"), "rb") as backlog:
-                while chunk := backlog.read(65536):
-                    self._send(client, chunk)
+            self._send_backlog(client)
         while len(client.inbuf) >= HEADER.size:
             kind, length = HEADER.unpack(client.inbuf[: HEADER.size])
             if len(client.inbuf) < HEADER.size + length:
@@ -377,17 +376,23 @@ class Holder:
         exit_code = 128 - code if code < 0 else code
         record = frame(EXIT, json.dumps({"code": exit_code}).encode())
         self.transcript.write(record)
-        self.transcript.close()
         for client in list(self.clients):
             if client.greeted:
                 self._send(client, record)
             else:
                 # Connected but not yet served: it has seen nothing, so it gets everything.
-                with open(os.path.join(HOLDER_DIR, "transcript"), "rb") as backlog:
-                    while chunk := backlog.read(65536):
-                        self._send(client, chunk)
+                self._send_backlog(client)
             self._drop(client)
+        self.transcript.close()
         return exit_code
+
+    def _send_backlog(self, client: Client) -> None:
+        """Everything the transcript holds so far, read through the holder's own fd."""
+        self.transcript.flush()
+        fd, offset = self.transcript.fileno(), 0
+        while chunk := os.pread(fd, 65536, offset):
+            self._send(client, chunk)
+            offset += len(chunk)
 
     def _drain_ready_output(self) -> None:
         """Read what is already buffered on every output (what the command wrote before it
