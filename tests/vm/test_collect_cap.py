@@ -36,7 +36,7 @@ def test_a_changeset_over_the_cap_is_held_in_the_guest(cli: Cli, tmp_path: Path)
     mirror = f"/var/lib/vmsbx/projects/{held['workspace_key']}/mnt"
     assert mirror in stderr  # the user is told where to look
     changes = cli.home / "runs" / str(held["id"]) / "changes"
-    assert sorted(path.name for path in changes.iterdir()) == ["base-commits.json", "base.json"]
+    assert sorted(path.name for path in changes.iterdir()) == ["base-commits.json", "base.json", "rules.json"]
 
     def guest_size(path: str) -> str:
         return project.ok("ssh", "--", "stat", "-c", "%s", path).stdout.decode().strip()
