@@ -264,7 +264,12 @@ class Bench:
         from vmsbx.sandbox.nsjail import NSJAIL, nsjail_config_path, render_nsjail_unit_properties
         from vmsbx.sandbox.systemd import render_unit_properties
 
-        settings = load_settings(project_dir=self.work, flags={"sandbox.mode": "nsjail" if nsjail else None})
+        # No disk I/O caps: they are set on the run's workspace loop device, which only vmsbx's
+        # launcher makes (the unit then refuses to start); a cap costs nothing at unit start.
+        limits = ("read_bps", "write_bps", "read_iops", "write_iops")
+        uncapped = {f"sandbox.io_{key}": "max" for key in limits}
+        flags = {"sandbox.mode": "nsjail" if nsjail else None, **uncapped}
+        settings = load_settings(project_dir=self.work, flags=flags)
         layout = RunLayout(run_id=self._layout_id(nsjail))
         props = (
             render_nsjail_unit_properties(settings.sandbox, layout)
@@ -311,7 +316,8 @@ class Bench:
             self.guest.close_master(self.env)
         m.note = floor.note = (
             "Both sides run the same hardened transient unit (vmsbx's rendered properties, minus "
-            "ExecStopPost=, which only vmsbx's launcher uses). vmsbx also syncs the (unchanged) "
+            "ExecStopPost=, which only vmsbx's launcher uses, and the disk I/O caps, which need the "
+            "run's workspace loop device). vmsbx also syncs the (unchanged) "
             "3-file project, registers the run with the host agent, collects changes and the journal."
         )
 
