@@ -12,8 +12,11 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Generator
+from pathlib import Path
 
 import pytest
+
+import shards
 
 pytest_plugins = ("pytester",)
 
@@ -69,3 +72,19 @@ def pytest_make_collect_report(
     report = yield
     _fail_unless_allowed(report)
     return report
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep only this session's shard (VMSBX_TEST_SHARD=K/N, see tests/shards.py)."""
+    text = os.environ.get("VMSBX_TEST_SHARD", "")
+    if not text:
+        return
+    index, count = shards.parse_shard(text)
+    root = Path(config.rootpath)
+    groups = {item.nodeid: shards.group_of(item.path.relative_to(root).as_posix()) for item in items}
+    placed = shards.assign(groups.values(), shards.load_weights(), count)
+    keep = [item for item in items if placed[groups[item.nodeid]] == index]
+    dropped = [item for item in items if placed[groups[item.nodeid]] != index]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+    items[:] = keep
