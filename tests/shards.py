@@ -8,7 +8,7 @@ greedily by their measured seconds in shard_weights.json so the shards end at ab
 time. The assignment depends only on the collected file names and the weights, so every shard
 computes the same one and each test runs in exactly one shard. A file that has no weight yet
 counts as UNKNOWN_WEIGHT seconds; refresh the weights from a run's JUnit XML with
-`python3 tests/shards.py JUNIT.xml > tests/shard_weights.json`.
+`python3 tests/shards.py SHARD1.xml SHARD2.xml > tests/shard_weights.json`.
 """
 
 from __future__ import annotations
@@ -74,6 +74,10 @@ def weights_from_junit(xml_text: str) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python3 tests/shards.py JUNIT.xml > tests/shard_weights.json")
-    print(json.dumps(weights_from_junit(Path(sys.argv[1]).read_text(encoding="utf-8")), indent=2))
+    if len(sys.argv) < 2:
+        sys.exit("usage: python3 tests/shards.py JUNIT.xml... > tests/shard_weights.json")
+    merged: dict[str, float] = defaultdict(float)
+    for report in sys.argv[1:]:
+        for group, seconds in weights_from_junit(Path(report).read_text(encoding="utf-8")).items():
+            merged[group] += seconds
+    print(json.dumps({group: round(seconds, 1) for group, seconds in sorted(merged.items())}, indent=2))
