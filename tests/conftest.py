@@ -77,12 +77,17 @@ def pytest_make_collect_report(
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep only this session's shard (VMSBX_TEST_SHARD=K/N, see tests/shards.py)."""
     text = os.environ.get("VMSBX_TEST_SHARD", "")
-    if not text:
+    root = Path(config.rootpath)
+    # Only this repository's own session: a pytest run inside a test (pytester, which inherits
+    # the environment) has other files and must keep them all.
+    if not text or root != Path(__file__).resolve().parents[1]:
         return
     index, count = shards.parse_shard(text)
-    root = Path(config.rootpath)
     groups = {item.nodeid: shards.group_of(item.path.relative_to(root).as_posix()) for item in items}
-    placed = shards.assign(groups.values(), shards.load_weights(), count)
+    weights = shards.load_weights()
+    # The weighed files count too, collected or not: a shard keeps the same files whatever
+    # subset a command line picks.
+    placed = shards.assign([*weights, *groups.values()], weights, count)
     keep = [item for item in items if placed[groups[item.nodeid]] == index]
     dropped = [item for item in items if placed[groups[item.nodeid]] != index]
     if dropped:

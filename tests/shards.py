@@ -5,8 +5,8 @@ second core of a CI machine idle; two pytest sessions side by side, each with it
 VMSBX_HOME and guest, use both. `VMSBX_TEST_SHARD=K/N` (scripts/test sets it) keeps the K-th
 of N shards: whole test files, never split (a file shares one guest or fixture), assigned
 greedily by their measured seconds in shard_weights.json so the shards end at about the same
-time. The assignment depends only on the collected file names and the weights, so every shard
-computes the same one and each test runs in exactly one shard. A file that has no weight yet
+time. The assignment depends only on the weighed and the collected file names and the weights,
+so every shard computes the same one and each test runs in exactly one shard. A file that has no weight yet
 counts as UNKNOWN_WEIGHT seconds; refresh the weights from a run's JUnit XML with
 `python3 tests/shards.py SHARD1.xml SHARD2.xml > tests/shard_weights.json`.
 """
