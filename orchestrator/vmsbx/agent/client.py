@@ -32,6 +32,7 @@ from vmsbx.errors import AgentError, BootTimeout, HostKeyMismatch, TransportErro
 from vmsbx.paths import vm_dir
 
 RUN_OUTPUT_MAX = 16 * MiB  # `run` is for short commands; longer output streams through `exec`
+PING_SECONDS = 10.0
 
 
 class ByteSink(Protocol):
@@ -71,7 +72,10 @@ class AgentClient:
     def build(self) -> str | None:
         """The code build the live agent of this VM runs, or None if none answers."""
         try:
-            with self._connect(timeout=2.0) as sock:
+            # A dead agent refuses at once; this bounds only a hung one. 2 s was too short on a
+            # loaded machine: right after a reconnect (paramiko's handshake is CPU-bound) a live
+            # agent answered late, the run was refused as "not up", and `up` replaced the agent.
+            with self._connect(timeout=PING_SECONDS) as sock:
                 send_line(sock, {"op": "ping"})
                 reply = recv_line(sock)
         except (AgentError, OSError, ValueError):
