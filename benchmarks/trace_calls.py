@@ -26,6 +26,7 @@ _original_exec = client.AgentClient.exec
 _original_call = client.AgentClient.call
 _calls: list[tuple[str, float, float]] = []  # (name, start, end), seconds since _start
 _start = time.perf_counter()
+_wall_start = time.time()  # the guest's journal stamps are wall-clock: placed on the same axis
 
 
 def _exec(self: client.AgentClient, argv: list[str], **kwargs: Any) -> int:
@@ -82,7 +83,8 @@ def guest_phases(journal: Path | None) -> list[str]:
         who = "systemd" if entry.get("_PID") == "1" else str(entry.get("SYSLOG_IDENTIFIER", "run"))
         message = entry.get("MESSAGE", "")
         text = message if isinstance(message, str) else "(binary)"
-        lines.append(f"+{(stamp - first) / 1e6:7.3f} s  {who}: {text[:160]}")
+        host = stamp / 1e6 - _wall_start  # the guest clock, as set from the host's at boot
+        lines.append(f"+{(stamp - first) / 1e6:7.3f} s  (host {host:7.3f})  {who}: {text[:160]}")
     return lines
 
 
