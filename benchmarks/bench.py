@@ -330,9 +330,7 @@ class Bench:
             [sys.executable, str(ROOT / "benchmarks" / "trace_calls.py"), "run", "--", "true"],
             env=self.env, cwd=project, capture_output=True, text=True, check=False, timeout=600,
         )  # fmt: skip
-        lines = [
-            line.removeprefix("trace: ") for line in done.stderr.splitlines() if line.startswith("trace: ")
-        ]
+        lines = [line for line in done.stderr.splitlines() if line.startswith(("trace: ", "phase: "))]
         return "\n".join(["```", *lines, "```"])
 
     def _prepare_nsjail_baseline(self) -> None:

@@ -51,14 +51,14 @@ def _report() -> None:
     spent = sum(end - began for _, began, end in _calls)
     guest_execs = sum(name.startswith("guest ") for name, _, _ in _calls)
     for name, began, end in _calls:
-        print(f"trace: {end - began:7.3f} s  [{began:7.3f} → {end:7.3f}]  {name}", file=sys.stderr)
+        print(f"trace: {end - began:7.3f} s  {name}  [{began:.3f} → {end:.3f}]", file=sys.stderr)
     print(
         f"trace: {spent:7.3f} s  in {len(_calls)} calls ({guest_execs} guest execs); "
         f"{total - spent:.3f} s elsewhere; {total:.3f} s total",
         file=sys.stderr,
     )
     for line in guest_phases(_newest_journal()):
-        print(f"trace: guest {line}", file=sys.stderr)
+        print(f"phase: {line}", file=sys.stderr)
 
 
 def _newest_journal() -> Path | None:
