@@ -453,7 +453,9 @@ def workspace_root(run_id: str) -> str:
 
 def _start_bridges(p: dict[str, str], bridges: dict[str, int]) -> None:
     """One forwarder unit per host service the run may reach; its socket is on the run's
-    tmpfs (seen inside as /tmp/.vmsbx-NAME.sock), root-owned so the run cannot replace it."""
+    tmpfs (seen inside as /tmp/.vmsbx-NAME.sock), root-owned so the run cannot replace it.
+    All are started before any is waited for: their start-ups overlap."""
+    socks = {}
     for name, port in sorted(bridges.items()):
         if name not in BRIDGES or not isinstance(port, int) or not 0 < port < 65536:
             raise RuntimeError(f"invalid bridge {name!r}")
@@ -465,7 +467,10 @@ def _start_bridges(p: dict[str, str], bridges: dict[str, int]) -> None:
             argv += ["-p", prop]
         argv += ["--", "socat", f"UNIX-LISTEN:{sock},fork,mode=0666,unlink-early", f"TCP:127.0.0.1:{port}"]
         _check(argv)
-        if not _wait_for(sock, 10):
+        socks[name] = sock
+    deadline = time.monotonic() + 10
+    for name, sock in socks.items():
+        if not _wait_for(sock, max(0.0, deadline - time.monotonic())):
             raise RuntimeError(f"the {name} bridge did not come up")
 
 

@@ -173,7 +173,12 @@ class Holder:
                 finally:
                     os._exit(127)
             self.bridge_pids.append(pid)
-            _wait_listening(int(port))
+
+    def wait_bridges(self) -> None:
+        """Each bridge's port listens before the command starts (they start up together)."""
+        deadline = time.monotonic() + 5.0
+        for port in sorted(dict(self.spec.get("bridges") or {}).values()):  # type: ignore[call-overload]
+            _wait_listening(int(port), max(0.0, deadline - time.monotonic()))
 
     def seed_home(self, home: str) -> None:
         """Files the host seeds a fresh HOME with (settings; never credentials)."""
@@ -194,7 +199,7 @@ class Holder:
         home = str(self.spec.get("home", "/tmp/.vmsbx-home"))
         os.makedirs(home, mode=0o700, exist_ok=True)
         self.seed_home(home)
-        self.start_bridges()
+        self.wait_bridges()  # started in run(), before the syscall probe: their start-up overlaps it
         base = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": home,
@@ -340,6 +345,7 @@ class Holder:
         server.listen(8)
         server.setblocking(False)
         self.sel.register(server, selectors.EVENT_READ, ("server", None))
+        self.start_bridges()
         reached = unfiltered_syscalls()
         if reached:
             self.emit(
