@@ -32,7 +32,7 @@ def test_the_commands_end_is_waited_for_not_polled(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(holder, "unfiltered_syscalls", list)
     timeouts: list[float | None] = []
 
-    class Recording(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+    class Recording(selectors.DefaultSelector):
         def select(self, timeout: float | None = None) -> Any:
             timeouts.append(timeout)
             return super().select(timeout)
