@@ -321,6 +321,18 @@ class Bench:
             "3-file project, registers the run with the host agent, collects changes and the journal."
         )
 
+    def trace(self) -> str:
+        """One `vmsbx run -- true` on a synced project with every guest call and the unit's
+        phases timed (benchmarks/trace_calls.py): where the run overhead goes."""
+        project = self.new_project()
+        self.vmsbx("run", "--", "true", cwd=project)  # the first sync: not what is traced
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "trace_calls.py"), "run", "--", "true"],
+            env=self.env, cwd=project, capture_output=True, text=True, check=False, timeout=600,
+        )  # fmt: skip
+        lines = [line for line in done.stderr.splitlines() if line.startswith(("trace: ", "phase: "))]
+        return "\n".join(["```", *lines, "```"])
+
     def _prepare_nsjail_baseline(self) -> None:
         from vmsbx.config import load_settings
         from vmsbx.sandbox.layout import RunLayout
@@ -697,6 +709,12 @@ class Bench:
                 self.figure(key, body)
                 self.write(meta)  # after every figure: an interrupted run keeps what it measured
         self.figure("peak_rss", self.peak_rss)
+        if only is None or "trace" in only:
+            print("bench: trace of one run …", file=sys.stderr, flush=True)
+            try:
+                self.extra["trace"] = self.trace()
+            except (subprocess.SubprocessError, OSError) as exc:
+                self.extra["trace"] = f"FAILED: {exc}"
         for name, curve in (("concurrency", self.concurrency_curve), ("sync_size", self.sync_curve)):
             if not self.smoke and (only is None or name in only):
                 print(f"bench: curve {name} …", file=sys.stderr, flush=True)
@@ -715,6 +733,8 @@ class Bench:
             extra["Scaling: concurrent runs"] = self.extra["concurrency"]
         if "sync_size" in self.extra:
             extra["Scaling: sync time against tree size"] = self.extra["sync_size"]
+        if "trace" in self.extra:
+            extra["Trace of one run (`vmsbx run -- true`, benchmarks/trace_calls.py)"] = self.extra["trace"]
         analysis = Path(__file__).resolve().parent / "analysis.md"
         if analysis.is_file():  # the profile and before/after figures, written by people
             extra["Where the time goes (profile) and what was changed"] = analysis.read_text().strip()
@@ -740,7 +760,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        help="Measure only this figure or curve (concurrency, sync_size); repeatable.",
+        help="Measure only this figure or curve (concurrency, sync_size) or the trace of one run "
+        "(trace); repeatable.",
     )
     args = parser.parse_args(argv)
     return Bench(args).run(set(args.only) if args.only else None)

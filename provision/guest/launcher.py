@@ -8,6 +8,9 @@
   result ID         waits for the record ExecStopPost= writes, prints it.
   ended ID WAIT INV [CURSOR] [--manifest[=MAX_NEW_BYTES]]
                     result, then (--manifest) the workspace's manifest line, then the journal.
+  follow ID WAIT INV [CURSOR] [--manifest[=MAX_NEW_BYTES]]
+                    a headless run's attach (its output as frames, then an EXIT frame), then
+                    `ended`: the whole run in one guest call.
   record ID         (ExecStopPost=+) records systemd's verdict and the cgroup's peaks.
   stop ID           stops the run's unit.
   journal ID INV    the run's journal as JSON lines (trusted selectors only), after a cursor.
@@ -450,7 +453,9 @@ def workspace_root(run_id: str) -> str:
 
 def _start_bridges(p: dict[str, str], bridges: dict[str, int]) -> None:
     """One forwarder unit per host service the run may reach; its socket is on the run's
-    tmpfs (seen inside as /tmp/.vmsbx-NAME.sock), root-owned so the run cannot replace it."""
+    tmpfs (seen inside as /tmp/.vmsbx-NAME.sock), root-owned so the run cannot replace it.
+    All are started before any is waited for: their start-ups overlap."""
+    socks = {}
     for name, port in sorted(bridges.items()):
         if name not in BRIDGES or not isinstance(port, int) or not 0 < port < 65536:
             raise RuntimeError(f"invalid bridge {name!r}")
@@ -462,16 +467,22 @@ def _start_bridges(p: dict[str, str], bridges: dict[str, int]) -> None:
             argv += ["-p", prop]
         argv += ["--", "socat", f"UNIX-LISTEN:{sock},fork,mode=0666,unlink-early", f"TCP:127.0.0.1:{port}"]
         _check(argv)
-        if not _wait_for(sock, 10):
+        socks[name] = sock
+    deadline = time.monotonic() + 10
+    for name, sock in socks.items():
+        if not _wait_for(sock, max(0.0, deadline - time.monotonic())):
             raise RuntimeError(f"the {name} bridge did not come up")
 
 
-def _stop_bridges(run_id: str, *, enter: list[str] | None = None) -> None:
-    # One systemctl for all of them (it still stops the loaded ones when others are not): this
-    # runs in ExecStopPost=, under TimeoutStopSec=, where every process start counts on a slow guest.
-    # --no-block: inside a systemd job, waiting for another job could deadlock.
+def _stop_bridges(run_id: str, *, enter: list[str] | None = None) -> subprocess.Popen[bytes]:
+    """Stop the run's bridges; the caller waits for the returned systemctl (so that it runs
+    beside the unmounts). One systemctl for all of them (it still stops the loaded ones when
+    others are not): this runs in ExecStopPost=, under TimeoutStopSec=, where every process
+    start counts on a slow guest. --no-block: inside a systemd job, waiting for another job
+    could deadlock."""
     units = [f"vmsbx-bridge-{run_id}-{name}.service" for name in sorted(BRIDGES)]
-    run([*(enter or []), "systemctl", "stop", "--no-block", *units])
+    argv = [*(enter or []), "systemctl", "stop", "--no-block", *units]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _check(argv: list[str]) -> None:
@@ -482,10 +493,12 @@ def _check(argv: list[str]) -> None:
 
 def _teardown(p: dict[str, str], *, host_namespace: bool = False) -> None:
     enter = ["nsenter", "--target", "1", "--mount", "--"] if host_namespace else []
-    _stop_bridges(p["run_id"], enter=enter)
-    for mountpoint in (p["mount"], p["tmp"]):
-        if host_namespace or os.path.ismount(mountpoint):
-            run([*enter, "umount", "--lazy", mountpoint])
+    stopping = _stop_bridges(p["run_id"], enter=enter)
+    # One umount for both (it goes on past one that is not mounted).
+    mounted = [path for path in (p["mount"], p["tmp"]) if host_namespace or os.path.ismount(path)]
+    if mounted:
+        run([*enter, "umount", "--lazy", *mounted])
+    stopping.wait()
     import nsjail_prep
 
     nsjail_prep.release(p["run_id"])
@@ -514,7 +527,27 @@ def _remove_mountpoint(path: str) -> None:
 # -- attach ----------------------------------------------------------------------------------
 
 
-def attach(run_id: str) -> int:
+def follow(run_id: str, wait: float, invocation: str, after: str | None, *, manifest: bool, cap: str) -> int:
+    """A headless run from its start to its end in one guest process (one round trip instead
+    of `attach` and then `ended`): the run's output as the holder's own frames (STDOUT, STDERR,
+    then one EXIT frame with attach's code) on stdout, then exactly what `ended` prints. The
+    frames are length-prefixed, so nothing the run prints can pass for the verdict after them.
+    Exit codes as `ended`'s."""
+    if not re.fullmatch(r"[0-9a-f]{32}", invocation):
+        return fail("invalid invocation id", 2)
+    sys.stdout.buffer.write(_exit_frame(attach(run_id, framed=True)))
+    sys.stdout.flush()
+    return ended(run_id, wait, invocation, after, manifest=manifest, cap=cap)
+
+
+def _exit_frame(code: int) -> bytes:
+    payload = json.dumps({"code": code}).encode()
+    return HEADER.pack(EXIT, len(payload)) + payload
+
+
+def attach(run_id: str, *, framed: bool = False) -> int:
+    """Relay the run's session holder (see Relay); `framed`: for `follow`, which writes the
+    EXIT frame itself."""
     p = paths(run_id)
     deadline = time.monotonic() + 30
     while True:
@@ -523,13 +556,13 @@ def attach(run_id: str) -> int:
             break
         except (OSError, Untrusted) as exc:
             if os.path.exists(p["result"]):
-                return _replay_finished(p, 0)
+                return _replay_finished(p, 0, framed=framed)
             if time.monotonic() > deadline:
                 why = f" ({exc})" if isinstance(exc, Untrusted) else ""
                 return fail(f"run {run_id} has no session holder to attach to{why}")
             time.sleep(0.05)
     tty_state = _raw_stdin()
-    relay = Relay(sock)
+    relay = Relay(sock, framed=framed)
     try:
         sock.sendall(b"{}\n")
         code = relay.run()
@@ -542,7 +575,7 @@ def attach(run_id: str) -> int:
     # The holder ended before it served us everything (a fast command can finish before we
     # connect): the rest is in the transcript that ExecStopPost saves, after what we got.
     if _wait_for(p["result"], 30):
-        return _replay_finished(p, relay.received)
+        return _replay_finished(p, relay.received, framed=framed)
     return fail("the session holder went away before the command finished", 255)
 
 
@@ -582,11 +615,13 @@ def _send_size(sock: socket.socket) -> None:
 
 class Relay:
     """Copies the holder's frames to stdout/stderr and stdin to the holder; counts what it got
-    (the holder's stream is its transcript, byte for byte, so the count is a resume offset)."""
+    (the holder's stream is its transcript, byte for byte, so the count is a resume offset).
+    `framed`: STDOUT and STDERR frames go to stdout as they are (for `follow`)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, framed: bool = False) -> None:
         self.sock = sock
         self.received = 0
+        self.framed = framed
 
     def run(self) -> int | None:
         import selectors
@@ -619,7 +654,10 @@ class Relay:
                         break
                     payload, buf = buf[HEADER.size : HEADER.size + length], buf[HEADER.size + length :]
                     self.received += HEADER.size + length
-                    if kind == STDOUT:
+                    if self.framed and kind in (STDOUT, STDERR):
+                        out.write(HEADER.pack(kind, length) + payload)
+                        out.flush()
+                    elif kind == STDOUT:
                         out.write(payload)
                         out.flush()
                     elif kind == STDERR:
@@ -629,8 +667,9 @@ class Relay:
                         return int(json.loads(payload)["code"])
 
 
-def _replay_finished(p: dict[str, str], offset: int) -> int:
-    """The run already ended: print its transcript from `offset`, exit with its recorded code."""
+def _replay_finished(p: dict[str, str], offset: int, *, framed: bool = False) -> int:
+    """The run already ended: print its transcript from `offset`, exit with its recorded code
+    (`framed`: its STDOUT and STDERR frames as they are, on stdout)."""
     saved = p["transcript"]
     code = _recorded_code(p)
     if os.path.exists(saved):
@@ -640,7 +679,9 @@ def _replay_finished(p: dict[str, str], offset: int) -> int:
         while len(data) >= HEADER.size:
             kind, length = HEADER.unpack(data[: HEADER.size])
             payload, data = data[HEADER.size : HEADER.size + length], data[HEADER.size + length :]
-            if kind == STDOUT:
+            if framed and kind in (STDOUT, STDERR):
+                sys.stdout.buffer.write(HEADER.pack(kind, len(payload)) + payload)
+            elif kind == STDOUT:
                 sys.stdout.buffer.write(payload)
             elif kind == STDERR:
                 sys.stderr.buffer.write(payload)
@@ -990,6 +1031,13 @@ def main(argv: list[str]) -> int:
         return result(rest[0], float(rest[1]) if len(rest) > 1 else 0.0)
     if verb == "record" and len(rest) == 1:
         return record(rest[0])
+    if verb in ("ended", "follow") and len(rest) in (3, 4, 5):
+        flag = re.fullmatch(r"--manifest(=[1-9][0-9]{0,15})?", rest[-1])
+        args = rest[:-1] if flag else rest
+        if verb == "follow" and len(args) in (3, 4):
+            cap = rest[-1].partition("=")[2] if flag else ""
+            after = args[3] if len(args) == 4 else None
+            return follow(args[0], float(args[1]), args[2], after, manifest=bool(flag), cap=cap)
     if verb == "ended" and len(rest) in (4, 5) and re.fullmatch(r"--manifest(=[1-9][0-9]{0,15})?", rest[-1]):
         cap = rest[-1].partition("=")[2]
         return ended(

@@ -17,7 +17,6 @@ import errno
 import fcntl
 import json
 import os
-import platform
 import pty
 import selectors
 import signal
@@ -33,6 +32,7 @@ SPEC = "/tmp/.vmsbx-spec.json"
 HOLDER_DIR = "/tmp/.vmsbx"
 TRANSCRIPT_MAX = 256 * 1024 * 1024
 LINE_MAX = 16 * 1024
+LINGER_SECONDS = 2.0  # how long background children may keep the output open after the command
 # The calls both units deny by name (vmsbx.sandbox.systemd.DENIED_SYSCALLS), each with harmless
 # arguments the kernel would refuse (a NULL pointer, fd -1, an unknown operation); per arch its
 # number. systemd silently skips a name its libseccomp does not know, so these are tried for
@@ -104,7 +104,7 @@ def unfiltered_syscalls() -> list[str]:
     every one is answered as a filter answers. An unknown architecture counts as all reaching."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
-    arch = platform.machine()
+    arch = os.uname().machine  # platform.machine(), without importing platform
     reached = []
     for name, (args, numbers) in DENIED_SYSCALLS.items():
         if arch not in numbers:
@@ -115,6 +115,15 @@ def unfiltered_syscalls() -> list[str]:
         if result >= 0 or ctypes.get_errno() not in FILTERED:
             reached.append(name)
     return reached
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd of the command (readable once it has exited), or None where the kernel has
+    none (before 5.3): the holder then looks every 0.2 s."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def frame(kind: int, payload: bytes = b"") -> bytes:
@@ -164,7 +173,12 @@ class Holder:
                 finally:
                     os._exit(127)
             self.bridge_pids.append(pid)
-            _wait_listening(int(port))
+
+    def wait_bridges(self) -> None:
+        """Each bridge's port listens before the command starts (they start up together)."""
+        deadline = time.monotonic() + 5.0
+        for port in sorted(dict(self.spec.get("bridges") or {}).values()):  # type: ignore[call-overload]
+            _wait_listening(int(port), max(0.0, deadline - time.monotonic()))
 
     def seed_home(self, home: str) -> None:
         """Files the host seeds a fresh HOME with (settings; never credentials)."""
@@ -185,7 +199,7 @@ class Holder:
         home = str(self.spec.get("home", "/tmp/.vmsbx-home"))
         os.makedirs(home, mode=0o700, exist_ok=True)
         self.seed_home(home)
-        self.start_bridges()
+        self.wait_bridges()  # started in run(), before the syscall probe: their start-up overlaps it
         base = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": home,
@@ -331,6 +345,7 @@ class Holder:
         server.listen(8)
         server.setblocking(False)
         self.sel.register(server, selectors.EVENT_READ, ("server", None))
+        self.start_bridges()
         reached = unfiltered_syscalls()
         if reached:
             self.emit(
@@ -344,6 +359,11 @@ class Holder:
         for fd in self.outputs:
             os.set_blocking(fd, False)
             self.sel.register(fd, selectors.EVENT_READ, ("output", fd))
+        # The command's end as an event (readable pidfd), not found by polling every 0.2 s:
+        # the run's unit stops (and the host gets its verdict) as soon as it exits.
+        pidfd = _pidfd(pid)
+        if pidfd is not None:
+            self.sel.register(pidfd, selectors.EVENT_READ, ("child", None))
         status: int | None = None
         exited_at = 0.0
         while True:
@@ -351,15 +371,26 @@ class Holder:
                 done, wait_status = os.waitpid(pid, os.WNOHANG)
                 if done:
                     status, exited_at = wait_status, time.monotonic()
+                    if pidfd is not None:  # readable from now on: it would wake every select
+                        self.sel.unregister(pidfd)
+                        os.close(pidfd)
+                        pidfd = None
             # Background children may keep the output open; give them a moment, then go
             # (the unit's KillMode=control-group ends them with us).
             if status is not None and not self.outputs:
                 break
-            if status is not None and time.monotonic() - exited_at > 2.0:
+            lingered = time.monotonic() - exited_at
+            if status is not None and lingered > LINGER_SECONDS:
                 self._drain_ready_output()
                 break
-            for key, _ in self.sel.select(timeout=0.2):
+            if status is not None:
+                timeout: float | None = LINGER_SECONDS - lingered + 0.01
+            else:
+                timeout = None if pidfd is not None else 0.2
+            for key, _ in self.sel.select(timeout=timeout):
                 role, obj = key.data
+                if role == "child":
+                    continue  # reaped at the top of the loop
                 if role == "server":
                     self.accept(server)
                 elif role == "client":

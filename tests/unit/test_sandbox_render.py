@@ -218,8 +218,11 @@ def test_io_caps_follow_the_policy_on_the_workspace_and_root_devices() -> None:
     assert len(check) == 1
     assert f"/sys/fs/cgroup/system.slice/{LAYOUT.unit}/io.max" in check[0]
     assert "-ge 2 ]" in check[0] and "exit 1" in check[0]
-    # The check runs before the run's first process, as root (+), like the stamp after it.
-    assert table["ExecStartPre"][0] == check[0]
+    # The check runs before the run's first process, as root (+), in the same one shell as
+    # the stamp after it (each ExecStartPre= is a process start PID 1 waits for).
+    assert table["ExecStartPre"] == check
+    assert check[0].startswith("+/bin/sh -c ")
+    assert check[0].index("exit 1") < check[0].index(LAYOUT.started_stamp)
 
 
 def test_no_io_caps_and_no_check_when_every_cap_is_max() -> None:

@@ -59,11 +59,12 @@ def _wait_for_line(cli: Cli, run_id: str, line: str, seconds: float = 120) -> No
     raise AssertionError(f"run {run_id} never printed {line}")
 
 
-# Kill (SIGKILL) the sshd session process that carries `guest.py attach RUN`: the SSH connection
-# of the host agent dies mid-stream, as with a network drop. This command's own session is the
-# same connection, so it dies too: its exit status is not checked.
+# Kill (SIGKILL) the sshd session process that carries `guest.py follow RUN` (a headless attach:
+# the output, then the verdict): the SSH connection of the host agent dies mid-stream, as with a
+# network drop. This command's own session is the same connection, so it dies too: its exit
+# status is not checked.
 KILL_ATTACH_SESSION = """
-pid=$(pgrep -f "guest.py attach $1" | head -n 1)
+pid=$(pgrep -f "guest.py follow $1" | head -n 1)
 while [ -n "$pid" ] && [ "$pid" != 1 ]; do
     case $(cat /proc/$pid/comm) in sshd) kill -KILL "$pid"; exit 0 ;; esac
     pid=$(awk '{print $4}' /proc/$pid/stat)

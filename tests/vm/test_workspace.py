@@ -109,8 +109,9 @@ def test_a_run_makes_these_guest_calls_and_no_more(
     cli: Cli, default_vm: dict[str, object], tmp_path: Path
 ) -> None:
     # Each guest call starts a guest process over SSH (0.5-1.5 s under TCG): the sequence is
-    # the run overhead, so it is pinned here. The workspace manifest after the run comes back
-    # inside `ended` (no `wsync run … manifest` of its own); nothing changed, so no `pack`.
+    # the run overhead, so it is pinned here. A headless run's output, verdict, journal and
+    # workspace manifest come back in one `follow` call (no `attach`, `ended` or `wsync run …
+    # manifest` of their own); nothing changed, so no `pack`.
     project = _project(cli, tmp_path)
     project.ok("run", "--", "true")  # the first sync and the policy's score happen here
     trace = Path(__file__).resolve().parents[2] / "benchmarks" / "trace_calls.py"
@@ -125,7 +126,7 @@ def test_a_run_makes_these_guest_calls_and_no_more(
         if line.startswith("trace:") and " in " not in line
     ]
     assert calls == [
-        "guest wsync", "agent run_register", "guest launch", "guest attach", "guest ended",
+        "guest wsync", "agent run_register", "guest launch", "guest follow",
         "agent run_unregister", "guest release",
     ]  # fmt: skip
     assert "changed nothing" in done.stderr.decode()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from vmsbx.agent.client import AgentClient, ByteSink
-from vmsbx.agent.protocol import FrameWriter
+from vmsbx.agent.protocol import HEADER, MAX_FRAME, Frame, FrameWriter
 from vmsbx.bounded import BoundedBuffer, MiB, TailBuffer
 from vmsbx.errors import TransportError, VmsbxError
 from vmsbx.runs.outcome import GuestResult
@@ -19,6 +19,7 @@ from vmsbx.textsafe import strip_control
 
 GUEST = ["/usr/bin/python3", "-S", f"{GUEST_LIB}/guest.py"]  # -S: see sandbox.systemd.NO_SITE
 _REPLY_MAX = 1 * MiB  # a verb's JSON reply or error text
+STDOUT, STDERR, EXIT = Frame.STDOUT, Frame.STDERR, Frame.EXIT  # the holder's frames, as the agent's
 # What one `vmsbx logs` pull may bring (the end of a run streams its journal to a file instead).
 JOURNAL_PULL_MAX = 256 * MiB
 
@@ -108,6 +109,10 @@ class GuestControl:
         out, err = JournalSink(spool, after, heads=2 if manifest else 1), TailBuffer(_REPLY_MAX)
         code = self.client.exec(argv, stdin=None, stdout=out, stderr=err)
         out.close()
+        return self._ended_reply(code, out, err)
+
+    @staticmethod
+    def _ended_reply(code: int, out: JournalSink, err: TailBuffer) -> Ended | None:
         if code == 3:
             return None
         if code != 0:
@@ -118,6 +123,39 @@ class GuestControl:
             )
         listed = out.heads[1] if len(out.heads) > 1 and out.heads[1] != b"null" else None
         return Ended(GuestResult.model_validate_json(out.heads[0]), out.cursor, listed)
+
+    def follow(
+        self,
+        run_id: str,
+        invocation_id: str,
+        after: str | None,
+        *,
+        stdin: BinaryIO | bytes | None,
+        stdout: ByteSink,
+        stderr: ByteSink,
+        wait: float,
+        spool: BinaryIO,
+        manifest: bool = False,
+        collect_max: int | None = None,
+    ) -> Ended | None:
+        """A headless run's `attach` and then `ended`, in one guest call: the run's output goes
+        to `stdout`/`stderr` as it comes, then what `ended` returns (the journal to `spool`)."""
+        argv = [*GUEST, "follow", run_id, str(wait), invocation_id]
+        if after:
+            argv.append(after)
+        if manifest:
+            argv.append(f"--manifest={collect_max}" if collect_max else "--manifest")
+        end = JournalSink(spool, after, heads=2 if manifest else 1)
+        out, err = OutputThenEnd(stdout, stderr, end), TeeTail(stderr, _REPLY_MAX)
+        code = self.client.exec(argv, stdin=stdin, stdout=out, stderr=err)
+        end.close()
+        if not out.ended:
+            raise TransportError(
+                "the guest's stream of the run stopped before the run's end: "
+                + strip_control(err.tail.getvalue().decode(errors="replace")).strip()[-2000:],
+                hint="`vmsbx runs` shows what vmsbx recorded",
+            )
+        return self._ended_reply(code, end, err.tail)
 
     def release(self, run_id: str) -> None:
         """Free an ended run's workspace and tmpfs in the guest (its record stays)."""
@@ -162,6 +200,63 @@ class Ended:
     result: GuestResult
     cursor: str | None
     manifest: bytes | None  # the workspace manifest's JSON, when asked for and made
+
+
+class OutputThenEnd:
+    """`guest.py follow`'s stdout: the holder's frames (STDOUT and STDERR payloads go to the
+    run's sinks), up to the EXIT frame; everything after it is `ended`'s reply, for `end`.
+    Frames are length-prefixed, so the run's output cannot pass for the reply; a frame longer
+    than the holder ever writes (the guest is not trusted) fails the call."""
+
+    FRAME_MAX = MAX_FRAME
+
+    def __init__(self, stdout: ByteSink, stderr: ByteSink, end: JournalSink) -> None:
+        self.sinks = {STDOUT: stdout, STDERR: stderr}
+        self.end = end
+        self.ended = False  # the EXIT frame came: the rest is the reply
+        self._partial = bytearray()
+
+    def write(self, data: bytes, /) -> int:
+        if self.ended:
+            return self.end.write(data)
+        self._partial += data
+        while len(self._partial) >= HEADER.size:
+            kind, length = HEADER.unpack_from(self._partial)
+            if length > self.FRAME_MAX or kind not in (STDOUT, STDERR, EXIT):
+                raise TransportError("the guest sent a malformed output frame", hint="run again")
+            if len(self._partial) < HEADER.size + length:
+                break
+            payload = bytes(self._partial[HEADER.size : HEADER.size + length])
+            del self._partial[: HEADER.size + length]
+            if kind == EXIT:
+                self.ended = True
+                rest, self._partial = bytes(self._partial), bytearray()
+                if rest:
+                    self.end.write(rest)
+                break
+            self.sinks[kind].write(payload)
+            self.sinks[kind].flush()
+        return len(data)
+
+    def flush(self) -> None:
+        self.end.flush()
+
+
+class TeeTail:
+    """The guest's stderr: shown as it comes (what `attach` said goes to the user), and its
+    tail kept for an error message."""
+
+    def __init__(self, sink: ByteSink, limit: int) -> None:
+        self.sink = sink
+        self.tail = TailBuffer(limit)
+
+    def write(self, data: bytes, /) -> int:
+        self.tail.write(data)
+        self.sink.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.sink.flush()
 
 
 class JournalSink:

@@ -26,7 +26,7 @@ from vmsbx.logsetup import register_secret
 from vmsbx.paths import open_private, vm_dir, write_private
 from vmsbx.runs import agentrun, gitbundle, review, workspace
 from vmsbx.runs import record as records
-from vmsbx.runs.guestctl import GuestControl, LaunchFailed
+from vmsbx.runs.guestctl import Ended, GuestControl, LaunchFailed
 from vmsbx.runs.outcome import SANDBOX_FAILED, GuestResult, jail_failure, outcome
 from vmsbx.runs.record import Resources, RunRecord
 from vmsbx.runs.streamview import StreamView
@@ -481,12 +481,24 @@ def attach(record: RunRecord, guest: GuestControl, *, stdin: BinaryIO | None, vi
                     size=size,
                     on_open=_follow_resizes,
                 )
+        elif record.invocation_id:
+            # Headless: the output, the verdict, the journal and the manifest in one guest call.
+            return finish(record, guest, output=Output(stdin, sys.stdout.buffer, sys.stderr.buffer))
         else:
             guest.attach(record.id, stdin=stdin, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer)
     except KeyboardInterrupt:
         interrupted = True
         guest.stop(record.id)
     return finish(record, guest, interrupted=interrupted)
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where a headless run's output goes while `finish` waits for its end (`guest.py follow`)."""
+
+    stdin: BinaryIO | None
+    stdout: BinaryIO
+    stderr: BinaryIO
 
 
 # Longer than the unit's TimeoutStopSec= (30 s, which also bounds ExecStopPost=): past this
@@ -501,8 +513,11 @@ def finish(
     interrupted: bool = False,
     wait: float = FINISH_WAIT,
     quiet: bool = False,
+    output: Output | None = None,
 ) -> int:
-    """Collect systemd's verdict and the journal into the run's record; free the run's space."""
+    """Collect systemd's verdict and the journal into the run's record; free the run's space.
+    `output`: the run is still going, and its output is streamed there until it ends, in the
+    same guest call as the verdict (Ctrl-C then stops it, and the verdict is asked for again)."""
     # The verdict and the journal in one guest call (each call starts a guest process). The
     # journal streams into a spool file, appended to journal.jsonl once the verdict is recorded.
     spool_path = records.run_dir(record.id) / "journal.spool"
@@ -513,15 +528,25 @@ def finish(
     try:
         with open_private(spool_path, "w+b") as spool:
             if record.invocation_id:
-                end = guest.ended(
-                    record.id,
-                    record.invocation_id,
-                    record.journal_cursor,
-                    wait=wait,
-                    spool=spool,
-                    manifest=_wants_changes(record),
-                    collect_max=_collect_max(record),
-                )
+                end = None
+                if output is not None:
+                    try:
+                        end = _follow(record, guest, output, wait, spool)
+                    except KeyboardInterrupt:
+                        interrupted = True
+                        guest.stop(record.id)
+                        spool.seek(0)
+                        spool.truncate()
+                if output is None or interrupted:
+                    end = guest.ended(
+                        record.id,
+                        record.invocation_id,
+                        record.journal_cursor,
+                        wait=wait,
+                        spool=spool,
+                        manifest=_wants_changes(record),
+                        collect_max=_collect_max(record),
+                    )
                 result = end.result if end else None
                 cursor, listed = (end.cursor, end.manifest) if end else (None, None)
             else:
@@ -536,6 +561,23 @@ def finish(
         return _record_lost(record, guest, wait)
     _collect_changes(record, guest, quiet=quiet, listed=listed)
     return code
+
+
+def _follow(
+    record: RunRecord, guest: GuestControl, output: Output, wait: float, spool: BinaryIO
+) -> Ended | None:
+    return guest.follow(
+        record.id,
+        record.invocation_id or "",
+        record.journal_cursor,
+        stdin=output.stdin,
+        stdout=output.stdout,
+        stderr=output.stderr,
+        wait=wait,
+        spool=spool,
+        manifest=_wants_changes(record),
+        collect_max=_collect_max(record),
+    )
 
 
 def _wants_changes(record: RunRecord) -> bool:

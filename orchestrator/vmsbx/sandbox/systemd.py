@@ -115,9 +115,7 @@ def io_devices(layout: RunLayout) -> tuple[str, ...]:
 
 
 def render_io_properties(policy: SandboxSettings, layout: RunLayout) -> list[str]:
-    """The disk I/O caps, one per limit and device (none for a limit set to "max"), and a check
-    as root before the run's first process that the kernel holds one io.max line per device:
-    systemd skips a device it cannot resolve with a warning, vmsbx then refuses to run."""
+    """The disk I/O caps, one per limit and device (none for a limit set to "max")."""
     limits = (
         ("IOReadBandwidthMax", policy.io_read_bps),
         ("IOWriteBandwidthMax", policy.io_write_bps),
@@ -125,18 +123,32 @@ def render_io_properties(policy: SandboxSettings, layout: RunLayout) -> list[str
         ("IOWriteIOPSMax", policy.io_write_iops),
     )
     # Plain numbers: systemd reads a K/M/G suffix here as powers of 1000, not 1024.
-    props = [
+    return [
         f"{key}={path} {value}" for key, value in limits if value is not None for path in io_devices(layout)
     ]
-    if not props:
-        return []
-    io_max = f"/sys/fs/cgroup/system.slice/{layout.unit}/io.max"
-    wanted = len(io_devices(layout))
-    check = (
-        f"n=0; while read -r line; do n=$$((n+1)); done < {io_max}; [ $$n -ge {wanted} ] || "
-        f"{{ echo 'vmsbx: the disk I/O caps did not apply to every device' >&2; exit 1; }}"
-    )
-    return [*props, f'ExecStartPre=+/bin/sh -c "{check}"']
+
+
+def render_start_check(policy: SandboxSettings, layout: RunLayout) -> str:
+    """The unit's one ExecStartPre=+ (root, outside the sandbox, after systemd has chowned the
+    workspace to the run's user and before the run's first process), one shell for both jobs:
+    each ExecStartPre= is a process start that PID 1 waits for, ~0.3-1 s under TCG.
+
+    - With disk I/O caps, a check that the kernel holds one io.max line per device: systemd
+      skips a device it cannot resolve with a warning, vmsbx then refuses to run.
+    - The stamp: files whose ctime is older than it were only touched by root since the
+      launcher checked the hash cache (the next sync trusts the cache for them instead of
+      hashing the whole project again). It holds the invocation ID, which the launcher would
+      otherwise ask systemctl for ($$: for sh). Written last, so a refused run has none."""
+    steps = []
+    if render_io_properties(policy, layout):
+        io_max = f"/sys/fs/cgroup/system.slice/{layout.unit}/io.max"
+        wanted = len(io_devices(layout))
+        steps.append(
+            f"n=0; while read -r line; do n=$$((n+1)); done < {io_max}; [ $$n -ge {wanted} ] || "
+            f"{{ echo 'vmsbx: the disk I/O caps did not apply to every device' >&2; exit 1; }}"
+        )
+    steps.append(f"echo $$INVOCATION_ID > {layout.started_stamp}")
+    return f'ExecStartPre=+/bin/sh -c "{"; ".join(steps)}"'
 
 
 def render_run_lifetime_properties(policy: SandboxSettings, layout: RunLayout) -> list[str]:
@@ -166,12 +178,7 @@ def render_run_lifetime_properties(policy: SandboxSettings, layout: RunLayout) -
         # then tells journald nothing and journald's default of 10,000 per 30 s applies.)
         "LogRateLimitIntervalSec=1s",
         "LogRateLimitBurst=1000000",
-        # Root, outside the sandbox, after systemd has chowned the workspace to the run's user
-        # and before the run's first process: files whose ctime is older than this stamp were
-        # only touched by root since the launcher checked the hash cache (the next sync trusts
-        # the cache for them instead of hashing the whole project again). It holds the
-        # invocation ID, which the launcher would otherwise ask systemctl for ($$: for sh).
-        f'ExecStartPre=+/bin/sh -c "echo $$INVOCATION_ID > {layout.started_stamp}"',
+        render_start_check(policy, layout),
         # Runs as root outside the sandbox after the run: records systemd's verdict and the
         # cgroup's peaks before the unit is collected.
         f"ExecStopPost=+{PYTHON} {NO_SITE} {GUEST} record {layout.run_id}",
