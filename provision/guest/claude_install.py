@@ -41,13 +41,11 @@ import tempfile
 import urllib.parse
 import urllib.request
 
-ROOT = "/usr/local/lib/vmsbx/claude"
+from contract import BINARY_MAX, METADATA_MAX, TARBALL_MAX
+from contract import CLAUDE_MEMBER as MEMBER
+from contract import CLAUDE_ROOT as ROOT
+
 MARKER = f"{ROOT}/INSTALLED"
-MEMBER = "package/claude"
-# Keep in step with vmsbx.claude.package (TARBALL_MAX, BINARY_MAX, METADATA_MAX).
-TARBALL_MAX = 512 * 1024 * 1024
-BINARY_MAX = 1024 * 1024 * 1024
-METADATA_MAX = 1024 * 1024
 CHUNK = 1 << 20
 VERSION = re.compile(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]{1,64})?$")
 PLATFORMS = ("linux-x64", "linux-arm64")

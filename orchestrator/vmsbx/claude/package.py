@@ -32,6 +32,7 @@ from typing import IO
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vmsbx.contract import BINARY_MAX, CLAUDE_MEMBER, METADATA_MAX, TARBALL_MAX
 from vmsbx.errors import ToolMissing
 from vmsbx.paths import cache_root
 
@@ -40,11 +41,7 @@ log = logging.getLogger(__name__)
 SCOPE = "@anthropic-ai"
 PACKAGE_PREFIX = "claude-code-"
 DEFAULT_REGISTRY = "https://registry.npmjs.org"
-BINARY_MEMBER = "package/claude"
-# 2.1.332: a 186 MB tarball holding a 402 MB binary. Caps leave room for growth, not for abuse.
-TARBALL_MAX = 512 * 1024 * 1024
-BINARY_MAX = 1024 * 1024 * 1024
-METADATA_MAX = 1024 * 1024
+BINARY_MEMBER = CLAUDE_MEMBER
 _CHUNK = 1 << 20
 
 _PLATFORMS = {"x86_64": "linux-x64", "amd64": "linux-x64", "aarch64": "linux-arm64", "arm64": "linux-arm64"}
