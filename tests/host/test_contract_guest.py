@@ -9,6 +9,7 @@ is one the guest computes from the run id itself.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -191,3 +192,32 @@ def test_the_run_inside_sees_the_paths_the_launcher_prepares() -> None:
         host_contract.ProjectPaths(project).mnt,
         host_contract.ProjectPaths(project).owner,
     )
+
+
+def test_a_uid_clash_is_said_by_its_exit_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both ways a drawn uid can be taken (a live run's claim, an account or process) are
+    UidInUse, which the launcher and nsjail_prep report as EXIT_UID_IN_USE; the host's retry once
+    grepped "is in use" and missed the claim of a live run ("is claimed by the live run")."""
+    guest_contract = sys.modules["contract"]
+    monkeypatch.setattr(guest_contract, "RUNS_ROOT", str(tmp_path / "runs"))
+    monkeypatch.setattr(nsjail_prep, "CLAIMS", str(tmp_path / "claims"))
+    (tmp_path / "runs" / "abcdefabcdef").mkdir(parents=True)  # the live run that holds the uid
+    nsjail_prep._claim("abcdefabcdef", 60001)
+    with pytest.raises(nsjail_prep.UidInUse, match="claimed by the live run abcdefabcdef"):
+        nsjail_prep._claim("0123456789ab", 60001)
+    nsjail_prep._claim("0123456789ab", 60002)  # another uid is free
+    # A stale claim (its run is gone) is taken over.
+    (tmp_path / "runs" / "abcdefabcdef").rmdir()
+    nsjail_prep._claim("0123456789ab", 60001)
+
+    def refuse(error: Exception) -> None:
+        def prepare(*_: object) -> None:
+            raise error
+
+        monkeypatch.setattr(nsjail_prep, "prepare", prepare)
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("config"))
+    refuse(nsjail_prep.UidInUse("uid 60001 is in use"))
+    assert nsjail_prep.main(["prepare", "0123456789ab", "60001"]) == host_contract.EXIT_UID_IN_USE
+    refuse(nsjail_prep.PrepError("the nsjail config is empty or too large"))
+    assert nsjail_prep.main(["prepare", "0123456789ab", "60001"]) == host_contract.EXIT_FAILED

@@ -181,3 +181,14 @@ def test_run_spec_keeps_the_holders_fields() -> None:
     spec = sample_request("systemd").spec
     assert isinstance(spec, RunSpec)
     assert set(spec.to_dict()) == set(RunSpec.FIELDS)
+
+
+def test_a_refused_launch_is_tried_again_by_the_guests_code_never_by_its_words() -> None:
+    from vmsbx.runs.guestctl import LaunchFailed
+    from vmsbx.runs.lifecycle import draws_again
+
+    clash = "preparing the run failed: uid 60001 is claimed by the live run abcdefabcdef; start the run again"
+    assert draws_again(LaunchFailed(clash, guest_code=contract.EXIT_UID_IN_USE))
+    # The words alone never decide: a message that happens to say "is in use" is not a clash.
+    for code in (contract.EXIT_FAILED, contract.EXIT_BAD_REQUEST, None):
+        assert not draws_again(LaunchFailed("the project's workspace is in use by run x", guest_code=code))

@@ -283,9 +283,7 @@ def start(
             with workspace.launch_stream(request, sync) as stream:
                 launched = guest.launch(stream)
         except LaunchFailed as exc:
-            # Two concurrent jails may draw the same outside uid: the guest refuses with its own
-            # exit code (never judged by its words), and the run draws again under a new id.
-            if exc.guest_code == EXIT_UID_IN_USE and attempt < 2:
+            if draws_again(exc) and attempt < 2:
                 _leave_relay(guest, record)
                 records.discard(record.id)
                 continue
@@ -419,6 +417,13 @@ def _leave_relay(guest: GuestControl, record: RunRecord) -> None:
     if record.relay or record.egress:
         with contextlib.suppress(VmsbxError, OSError):
             guest.client.call({"op": "run_unregister", "run_id": record.id})
+
+
+def draws_again(exc: LaunchFailed) -> bool:
+    """Whether a refused launch is tried again under a new run id: only when the guest said, by
+    its exit code (never by the words of its message), that the jail's drawn outside uid is
+    taken by another live run or account: a new id draws another uid."""
+    return exc.guest_code == EXIT_UID_IN_USE
 
 
 def _launch_sandbox(
