@@ -265,7 +265,9 @@ def connect_holder(p: RunPaths) -> socket.socket:
 # -- launch ----------------------------------------------------------------------------------
 
 
-REQUEST_MAX = 1 << 20  # the request line: the spec, the unit's argv, an nsjail config (<= 256 KiB)
+# The request line: the spec (argv and env, which exec caps at ARG_MAX, 2 MiB by default), the
+# unit's argv, an nsjail config (<= 256 KiB). Root reads no more.
+REQUEST_MAX = 4 << 20
 
 
 def parse_request(line: bytes) -> LaunchRequest:
@@ -310,6 +312,10 @@ def launch() -> int:
             _discard(p)
             return fail("the sandbox did not start: " + started.stderr.strip())
         invocation = _invocation_of(p)
+        if not INVOCATION_ID.fullmatch(invocation):  # fail closed: the host could not follow it
+            run(["systemctl", "stop", p.unit])
+            _discard(p)
+            return fail(f"the sandbox started, but systemd gave no invocation id for {p.unit}")
         print(Launched(unit=p.unit, invocation_id=invocation).to_json(), flush=True)
         return 0
     except Exception as exc:  # leave nothing half-made behind
