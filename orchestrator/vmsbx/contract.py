@@ -26,6 +26,8 @@ the guest when it parses it (the launcher then exits EXIT_BAD_REQUEST).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import struct
@@ -75,6 +77,29 @@ HOME_INSIDE = "/tmp/.vmsbx-home"  # a fresh HOME per run
 # the transcript is a sequence of them): a kind byte and a big-endian payload length.
 FRAME_HEADER = struct.Struct(">BI")
 FRAME_STDIN, FRAME_STDOUT, FRAME_STDERR, FRAME_STDIN_EOF, FRAME_RESIZE, FRAME_EXIT = 0, 1, 2, 3, 4, 5
+
+
+def sha512_digest(integrity: str) -> bytes:
+    """The sha512 digest in an npm integrity string (Subresource Integrity: `sha512-<base64>`,
+    possibly several space-separated hashes, each maybe with `?options`), checked the same way
+    by the host's download and the guest's installer. Only sha512 is accepted: sha1 is too weak
+    to trust. Raises ContractError."""
+    digests = set()
+    for item in integrity.split():
+        algorithm, _, encoded = item.partition("-")
+        if algorithm != "sha512":
+            continue
+        try:
+            digest = base64.b64decode(encoded.split("?", 1)[0], validate=True)
+        except (binascii.Error, ValueError):
+            digest = b""
+        if len(digest) != 64:
+            raise ContractError(f"malformed sha512 integrity {item!r}")
+        digests.add(digest)
+    if len(digests) != 1:
+        raise ContractError(f"integrity {integrity!r} does not name exactly one sha512")
+    return digests.pop()
+
 
 # -- exit codes of the guest launcher ------------------------------------------------------------
 #

@@ -221,3 +221,23 @@ def test_a_uid_clash_is_said_by_its_exit_code(tmp_path: Path, monkeypatch: pytes
     assert nsjail_prep.main(["prepare", "0123456789ab", "60001"]) == host_contract.EXIT_UID_IN_USE
     refuse(nsjail_prep.PrepError("the nsjail config is empty or too large"))
     assert nsjail_prep.main(["prepare", "0123456789ab", "60001"]) == host_contract.EXIT_FAILED
+
+
+def test_the_host_and_the_guest_read_an_integrity_the_same_way() -> None:
+    """Claude Code's npm integrity: the host's download and the guest's installer once parsed
+    it each by hand, and had drifted (the host dropped `?options`, the guest refused them)."""
+    import base64
+    import hashlib
+
+    from vmsbx.claude.package import ClaudePackageError, parse_integrity
+
+    claude_install = load_guest("claude_install")
+    digest = hashlib.sha512(b"package").digest()
+    good = "sha512-" + base64.b64encode(digest).decode()
+    for integrity in (good, good + "?size=7", f"sha1-AAAA {good}", f"{good} {good}"):
+        assert parse_integrity(integrity) == claude_install._sha512(integrity) == digest, integrity
+    for bad in ("", "sha1-AAAA", "sha512-!!!", f"{good} sha512-" + base64.b64encode(b"x" * 64).decode()):
+        with pytest.raises(ClaudePackageError):
+            parse_integrity(bad)
+        with pytest.raises(claude_install.InstallError):
+            claude_install._sha512(bad)
