@@ -260,8 +260,9 @@ class Bench:
     def _systemd_baseline_argv(self, nsjail: bool) -> list[str]:
         """The properties vmsbx gives a run, for a fixed bench run id, as one systemd-run --wait."""
         from vmsbx.config import load_settings
+        from vmsbx.contract import NSJAIL
         from vmsbx.sandbox.layout import RunLayout
-        from vmsbx.sandbox.nsjail import NSJAIL, nsjail_config_path, render_nsjail_unit_properties
+        from vmsbx.sandbox.nsjail import nsjail_config_path, render_nsjail_unit_properties
         from vmsbx.sandbox.systemd import render_unit_properties
 
         # No disk I/O caps: they are set on the run's workspace loop device, which only vmsbx's

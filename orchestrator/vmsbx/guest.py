@@ -8,13 +8,15 @@ import io
 import json
 import logging
 import time
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from vmsbx import contract
 from vmsbx.agent.client import AgentClient
+from vmsbx.contract import GUEST_LIB, PROJECTS_ROOT, RUNS_ROOT, STATE_ROOT
 from vmsbx.errors import GuestCheckFailed
 from vmsbx.paths import data_dir
-from vmsbx.sandbox.layout import GUEST_LIB
 from vmsbx.textsafe import strip_control
 
 _log = logging.getLogger("vmsbx.guest")
@@ -67,10 +69,16 @@ def gather_facts(client: AgentClient) -> GuestFacts:
 
 
 def guest_bundle() -> tuple[str, dict[str, bytes]]:
-    """The guest-side programs vmsbx pushes, and their content hash (the installed version)."""
+    """The guest-side programs vmsbx pushes, and their content hash (the installed version):
+    provision/guest/*.py, and the host↔guest contract (vmsbx.contract, this very package's
+    file, pushed as contract.py) that the launcher imports."""
     files = {
         path.name: path.read_bytes() for path in sorted((data_dir() / "provision" / "guest").glob("*.py"))
     }
+    if "contract.py" in files:
+        raise GuestCheckFailed("provision/guest/contract.py shadows vmsbx.contract", hint="remove it")
+    files["contract.py"] = Path(contract.__file__).read_bytes()
+    files = dict(sorted(files.items()))
     digest = hashlib.sha256()
     for name, data in files.items():
         digest.update(name.encode() + b"\0" + data + b"\0")
@@ -89,7 +97,7 @@ def provision(client: AgentClient, facts: GuestFacts) -> bool:
         raise GuestCheckFailed(f"cannot create {GUEST_LIB} in the guest: {err.decode(errors='replace')}")
     # The launcher's root-only state (runs, project mirrors) exists from the start, so that
     # `vmsbx verify`'s control finds it even before the first run.
-    state = ["/var/lib/vmsbx", "/var/lib/vmsbx/runs", "/var/lib/vmsbx/projects"]
+    state = [STATE_ROOT, RUNS_ROOT, PROJECTS_ROOT]
     code, _out, err = client.run(["install", "-d", "-m", "0700", *state])
     if code != 0:
         raise GuestCheckFailed(f"cannot create vmsbx's state in the guest: {err.decode(errors='replace')}")

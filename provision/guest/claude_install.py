@@ -27,8 +27,6 @@ Standard library only (python 3.11 in Debian 12).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import os
@@ -41,13 +39,11 @@ import tempfile
 import urllib.parse
 import urllib.request
 
-ROOT = "/usr/local/lib/vmsbx/claude"
+from contract import BINARY_MAX, METADATA_MAX, TARBALL_MAX, ContractError, sha512_digest
+from contract import CLAUDE_MEMBER as MEMBER
+from contract import CLAUDE_ROOT as ROOT
+
 MARKER = f"{ROOT}/INSTALLED"
-MEMBER = "package/claude"
-# Keep in step with vmsbx.claude.package (TARBALL_MAX, BINARY_MAX, METADATA_MAX).
-TARBALL_MAX = 512 * 1024 * 1024
-BINARY_MAX = 1024 * 1024 * 1024
-METADATA_MAX = 1024 * 1024
 CHUNK = 1 << 20
 VERSION = re.compile(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]{1,64})?$")
 PLATFORMS = ("linux-x64", "linux-arm64")
@@ -58,21 +54,10 @@ class InstallError(Exception):
 
 
 def _sha512(integrity: str) -> bytes:
-    digests = set()
-    for item in integrity.split():
-        algorithm, _, encoded = item.partition("-")
-        if algorithm != "sha512":
-            continue
-        try:
-            digest = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            digest = b""
-        if len(digest) != 64:
-            raise InstallError(f"malformed sha512 integrity {item!r}")
-        digests.add(digest)
-    if len(digests) != 1:
-        raise InstallError(f"integrity {integrity!r} does not name exactly one sha512")
-    return digests.pop()
+    try:
+        return sha512_digest(integrity)  # the host checks the same integrity the same way
+    except ContractError as exc:
+        raise InstallError(str(exc)) from None
 
 
 def _check(version: str, platform: str) -> str:

@@ -43,10 +43,40 @@ import os
 import re
 import signal
 import stat
-import struct
 import subprocess
 import sys
 import time
+
+# The host↔guest contract (vmsbx.contract, pushed beside this file): paths, ids, codes, records.
+from contract import (
+    BRIDGES,
+    EXIT_BAD_REQUEST,
+    EXIT_FAILED,
+    EXIT_HOLDER_LOST,
+    EXIT_NO_RUN,
+    EXIT_NOT_ENDED,
+    EXIT_UID_IN_USE,
+    EXIT_USAGE,
+    INVOCATION_ID,
+    PROJECT_ID,
+    PROJECTS_ROOT,
+    RUN_ID,
+    RUNS_ROOT,
+    ContractError,
+    Launched,
+    LaunchRequest,
+    ProjectPaths,
+    RunPaths,
+)
+
+# The session holder's frames.
+from contract import FRAME_EXIT as EXIT
+from contract import FRAME_HEADER as HEADER
+from contract import FRAME_RESIZE as RESIZE
+from contract import FRAME_STDERR as STDERR
+from contract import FRAME_STDIN as STDIN
+from contract import FRAME_STDIN_EOF as STDIN_EOF
+from contract import FRAME_STDOUT as STDOUT
 
 # Annotations only (typing itself is not imported: ~20 ms per guest call under TCG); mypy reads
 # any name TYPE_CHECKING as true. The verbs that use sockets import socket themselves.
@@ -54,13 +84,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
 
-
-RUNS = "/var/lib/vmsbx/runs"
-PROJECTS = "/var/lib/vmsbx/projects"
-RUN_ID = re.compile(r"^[a-z0-9]{12}$")
-PROJECT_ID = re.compile(r"^[0-9a-f]{16}$")
-# Keep in step with vmsbx.sandbox.layout.BRIDGES: host services a run may reach.
-BRIDGES = ("relay", "proxy", "socks")
 # The bridge forwarder: root, outside the sandbox, but with nothing to do except copy bytes
 # between the run's socket and one loopback port of the guest (the SSH reverse tunnel).
 BRIDGE_PROPERTIES = [
@@ -69,32 +92,19 @@ BRIDGE_PROPERTIES = [
     "IPAddressDeny=any", "IPAddressAllow=localhost", "SystemCallFilter=@system-service",
     "SystemCallArchitectures=native", "MemoryMax=64M", "TasksMax=64",
 ]  # fmt: skip
-HEADER = struct.Struct(">BI")
-STDIN, STDOUT, STDERR, STDIN_EOF, RESIZE, EXIT = 0, 1, 2, 3, 4, 5
 SCORE_RE = re.compile(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)")
 
 
-def fail(message: str, code: int = 125) -> int:
+def fail(message: str, code: int = EXIT_FAILED) -> int:
     sys.stderr.write(f"vmsbx-guest: {message}\n")
     return code
 
 
-def paths(run_id: str) -> dict[str, str]:
-    if not RUN_ID.fullmatch(run_id):
-        raise SystemExit(fail(f"invalid run id {run_id!r}", 2))
-    run_dir = f"{RUNS}/{run_id}"
-    return {
-        "run_id": run_id,
-        "run_dir": run_dir,
-        "tmp": f"{run_dir}/tmp",
-        "image": f"{run_dir}/workspace.img",
-        "mount": f"/var/lib/private/vmsbx-ws-{run_id}",
-        "link": f"/var/lib/vmsbx-ws-{run_id}",
-        "result": f"{run_dir}/result.json",
-        "started": f"{run_dir}/started",
-        "unit": f"vmsbx-run-{run_id}.service",
-        "transcript": f"{run_dir}/transcript",
-    }
+def paths(run_id: str) -> RunPaths:
+    try:
+        return RunPaths(run_id)
+    except ValueError as exc:
+        raise SystemExit(fail(str(exc), EXIT_USAGE)) from None
 
 
 def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -110,7 +120,6 @@ def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
 # replace either), one name at a time relative to a directory fd, with O_NOFOLLOW, and checks
 # with fstat what it got: the kind it expects, owned by the run's user, read up to a cap.
 
-HOLDER_DIR = ".vmsbx"  # the holder's folder on the run's tmpfs (made by the holder, the run's)
 TRANSCRIPT_CAP = 257 << 20  # the holder stops at 256 MiB; its last frames (the exit) come after
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -179,12 +188,12 @@ def copy_capped(source_fd: int, target: str, cap: int) -> tuple[int, int]:
     return copied, size
 
 
-def run_uid(p: dict[str, str]) -> int:
+def run_uid(p: RunPaths) -> int:
     """The run's user outside its sandbox: the owner its workspace got at the run's start (from
     systemd's StateDirectory= chown, or nsjail_prep's hand-over), which the run cannot change:
     without CAP_CHOWN it cannot give its files to another user."""
     try:
-        st = os.stat(p["mount"], follow_symlinks=False)
+        st = os.stat(p.workspace_mount, follow_symlinks=False)
     except OSError as exc:
         raise Untrusted(f"the run's user is unknown: its workspace is gone ({exc.strerror})") from None
     if not stat.S_ISDIR(st.st_mode) or st.st_uid == 0:
@@ -192,19 +201,19 @@ def run_uid(p: dict[str, str]) -> int:
     return st.st_uid
 
 
-def open_holder_dir(p: dict[str, str], uid: int) -> int:
+def open_holder_dir(p: RunPaths, uid: int) -> int:
     """The holder's folder on the run's tmpfs, pinned: later lookups through the fd cannot be
     redirected by renaming or replacing the folder."""
-    tmp_fd = os.open(p["tmp"], DIR_FLAGS)  # root's own mount point in the root-only run folder
+    tmp_fd = os.open(p.tmp_dir, DIR_FLAGS)  # root's own mount point in the root-only run folder
     try:
         if os.fstat(tmp_fd).st_uid != 0:
-            raise Untrusted(f"{p['tmp']} is not the run's tmpfs")
-        return open_untrusted(tmp_fd, HOLDER_DIR, uid=uid, kind="directory")
+            raise Untrusted(f"{p.tmp_dir} is not the run's tmpfs")
+        return open_untrusted(tmp_fd, p.holder_name, uid=uid, kind="directory")
     finally:
         os.close(tmp_fd)
 
 
-def open_in_holder_dir(p: dict[str, str], name: str, *, kind: str) -> int:
+def open_in_holder_dir(p: RunPaths, name: str, *, kind: str) -> int:
     """An fd of `name` in the run's holder folder, checked by open_untrusted against the run's
     own uid. Raises Untrusted or OSError."""
     uid = run_uid(p)
@@ -215,7 +224,7 @@ def open_in_holder_dir(p: dict[str, str], name: str, *, kind: str) -> int:
         os.close(holder_fd)
 
 
-def save_transcript(p: dict[str, str]) -> str | None:
+def save_transcript(p: RunPaths) -> str | None:
     """Copy the holder's transcript into the run's root-only folder, at most TRANSCRIPT_CAP
     bytes. None when it was saved whole, else the note for the run's record: a run's planted
     link or FIFO is refused (never followed, never waited on), a larger file is cut short."""
@@ -228,7 +237,7 @@ def save_transcript(p: dict[str, str]) -> str | None:
     except OSError as exc:
         return f"transcript not saved: {exc.strerror}"
     try:
-        copied, size = copy_capped(source, p["transcript"], TRANSCRIPT_CAP)
+        copied, size = copy_capped(source, p.transcript, TRANSCRIPT_CAP)
     except OSError as exc:  # e.g. a full guest disk: the verdict must still be recorded
         return f"transcript not saved: {exc.strerror}"
     finally:
@@ -238,7 +247,7 @@ def save_transcript(p: dict[str, str]) -> str | None:
     return None
 
 
-def connect_holder(p: dict[str, str]) -> socket.socket:
+def connect_holder(p: RunPaths) -> socket.socket:
     """A connection to the run's session holder: only to a socket the run's user owns in the
     holder's folder, reached through the O_PATH fd of that very socket (a path would follow a
     symlink swapped in after the check). Raises Untrusted or OSError."""
@@ -259,80 +268,103 @@ def connect_holder(p: dict[str, str]) -> socket.socket:
 # -- launch ----------------------------------------------------------------------------------
 
 
+# The request line: the spec (argv and env, which exec caps at ARG_MAX, 2 MiB by default), the
+# unit's argv, an nsjail config (<= 256 KiB). Root reads no more.
+REQUEST_MAX = 4 << 20
+
+
+def parse_request(line: bytes) -> LaunchRequest:
+    """The launch request, strictly by the contract (raises ContractError): an unknown or a
+    missing field, or a wrong type, refuses the launch before anything is made."""
+    if len(line) > REQUEST_MAX or not line.endswith(b"\n"):
+        raise ContractError(f"LaunchRequest: not one line of at most {REQUEST_MAX} bytes")
+    request: LaunchRequest = LaunchRequest.from_json(line)
+    return request
+
+
 def launch() -> int:
     stdin = sys.stdin.buffer
-    request = json.loads(stdin.readline())
-    run_id = str(request["run_id"])
-    p = paths(run_id)
-    os.makedirs(RUNS, mode=0o700, exist_ok=True)
     try:
-        os.mkdir(p["run_dir"], 0o700)
+        request = parse_request(stdin.readline(REQUEST_MAX + 1))
+    except ContractError as exc:
+        return fail(
+            f"refused the launch request (host and guest disagree: run `vmsbx up`): {exc}", EXIT_BAD_REQUEST
+        )
+    p = request.paths
+    run_id = p.run_id
+    os.makedirs(RUNS_ROOT, mode=0o700, exist_ok=True)
+    try:
+        os.mkdir(p.run_dir, 0o700)
     except FileExistsError:
         return fail(f"run {run_id} already exists")
     except OSError as exc:  # e.g. a full guest disk: say so, no traceback
-        return fail(f"preparing the run failed: {exc.strerror}: {p['run_dir']}")
+        return fail(f"preparing the run failed: {exc.strerror}: {p.run_dir}")
     try:
         _prepare(request, p, stdin)
-        jail = request.get("nsjail")
-        if jail:  # nsjail mode: the config, the outside uid, the workspace handed to it
+        if request.jail is not None:  # nsjail mode: the config, the outside uid, the workspace handed to it
             import nsjail_prep
 
-            nsjail_prep.prepare(run_id, str(jail["config"]), int(jail["outside_uid"]))
-        _start_bridges(p, request.get("bridges") or {})
-        started = run(list(request["systemd_run"]))
+            try:
+                nsjail_prep.prepare(run_id, request.jail.config, request.jail.outside_uid)
+            except nsjail_prep.UidInUse as exc:
+                _discard(p)
+                return fail(f"preparing the run failed: {exc}", EXIT_UID_IN_USE)
+        _start_bridges(p, request.bridges)
+        started = run(request.systemd_run)
         if started.returncode != 0:
             _discard(p)
             return fail("the sandbox did not start: " + started.stderr.strip())
         invocation = _invocation_of(p)
-        print(json.dumps({"unit": p["unit"], "invocation_id": invocation}), flush=True)
+        if not INVOCATION_ID.fullmatch(invocation):  # fail closed: the host could not follow it
+            run(["systemctl", "stop", p.unit])
+            _discard(p)
+            return fail(f"the sandbox started, but systemd gave no invocation id for {p.unit}")
+        print(Launched(unit=p.unit, invocation_id=invocation).to_json(), flush=True)
         return 0
     except Exception as exc:  # leave nothing half-made behind
         _discard(p)
         return fail(f"preparing the run failed: {exc}")
 
 
-def _invocation_of(p: dict[str, str]) -> str:
+def _invocation_of(p: RunPaths) -> str:
     """The unit's invocation ID, as its ExecStartPre=+ wrote it (done before systemd-run
     returns); systemctl only if that file is missing or odd (one guest process more)."""
     with contextlib.suppress(OSError, UnicodeDecodeError):
-        with open(p["started"], encoding="ascii") as handle:
+        with open(p.started_stamp, encoding="ascii") as handle:
             written = handle.read().strip()
-        if re.fullmatch(r"[0-9a-f]{32}", written):
+        if INVOCATION_ID.fullmatch(written):
             return written
-    return run(["systemctl", "show", "-p", "InvocationID", "--value", p["unit"]]).stdout.strip()
+    return run(["systemctl", "show", "-p", "InvocationID", "--value", p.unit]).stdout.strip()
 
 
-def _prepare(request: dict[str, object], p: dict[str, str], stdin: object) -> None:
-    tmp_size = int(request["tmp_size"])  # type: ignore[call-overload]
-    ws_size = int(request["workspace_size"])  # type: ignore[call-overload]
-    project = str(request["project"])
-    os.mkdir(p["tmp"], 0o755)
-    _check(["mount", "-t", "tmpfs", "-o", f"size={tmp_size},mode=1777,nosuid,nodev", "tmpfs", p["tmp"]])
-    spec_path = f"{p['tmp']}/.vmsbx-spec.json"
-    with open(spec_path, "w", encoding="utf-8") as spec:
-        json.dump(request["spec"], spec)
-    os.chmod(spec_path, 0o644)
+def _prepare(request: LaunchRequest, p: RunPaths, stdin: object) -> None:
+    tmp_size, ws_size, project = request.sizes.tmp, request.sizes.workspace, request.project
+    os.mkdir(p.tmp_dir, 0o755)
+    _check(["mount", "-t", "tmpfs", "-o", f"size={tmp_size},mode=1777,nosuid,nodev", "tmpfs", p.tmp_dir])
+    with open(p.spec_outside, "w", encoding="utf-8") as spec:
+        spec.write(request.spec.to_json())
+    os.chmod(p.spec_outside, 0o644)
     proj = project_paths(project)
     _ensure_project(proj, ws_size)
-    _claim_project(proj, p["run_id"])
-    with open(f"{p['run_dir']}/project", "w", encoding="ascii") as note:
+    _claim_project(proj, p.run_id)
+    with open(p.project_note, "w", encoding="ascii") as note:
         note.write(project)
     # The mirror: exactly the host's project (minus excludes) before the run starts.
     import wsync
 
-    written = wsync.apply_stream(proj["mnt"], None)
+    written = wsync.apply_stream(proj.mnt, None)
     print(json.dumps({"ok": True, "written": len(written)}), flush=True)
     # The hash cache, checked against the mirror as it is now (nothing else writes it while
     # this run holds the project): what lets the collect after the run trust files whose only
     # change is systemd's chown to the run's user (see wsync.cached_digest).
-    wsync.revalidate_cache(proj["mnt"], proj["cache"], written)
+    wsync.revalidate_cache(proj.mnt, proj.cache, written)
     # Root-owned top: systemd's StateDirectory= (or nsjail_prep) then hands the whole tree to
     # this run's user, even when the dynamic uid happens to equal the last run's.
-    os.chown(proj["mnt"], 0, 0)
+    os.chown(proj.mnt, 0, 0)
     os.makedirs("/var/lib/private", mode=0o700, exist_ok=True)
     os.chmod("/var/lib/private", 0o700)
-    os.makedirs(p["mount"], exist_ok=True)
-    _check(["mount", "--bind", proj["mnt"], p["mount"]])
+    os.makedirs(p.workspace_mount, exist_ok=True)
+    _check(["mount", "--bind", proj.mnt, p.workspace_mount])
 
 
 # -- per-project workspaces ------------------------------------------------------------------
@@ -343,70 +375,64 @@ def _prepare(request: dict[str, object], p: dict[str, str], stdin: object) -> No
 #     owner                            the run that has it (one run per project at a time)
 
 
-def project_paths(project: str) -> dict[str, str]:
-    if not PROJECT_ID.fullmatch(project):
-        raise RuntimeError(f"invalid project id {project!r}")
-    folder = f"{PROJECTS}/{project}"
-    return {
-        "dir": folder,
-        "image": f"{folder}/workspace.img",
-        "mnt": f"{folder}/mnt",
-        "owner": f"{folder}/owner",
-        "cache": f"{folder}/manifest-cache.json",
-    }
+def project_paths(project: str) -> ProjectPaths:
+    try:
+        return ProjectPaths(project)
+    except ValueError as exc:
+        raise RuntimeError(str(exc)) from None
 
 
-def _ensure_project(proj: dict[str, str], size: int) -> None:
+def _ensure_project(proj: ProjectPaths, size: int) -> None:
     """The project's image exists and is mounted; with a `size`, the image must have it (the
     run's workspace cap): the sync's manifest step has already replaced one of another size."""
-    os.makedirs(PROJECTS, mode=0o700, exist_ok=True)
-    os.makedirs(proj["dir"], mode=0o700, exist_ok=True)
-    if size and os.path.exists(proj["image"]) and os.path.getsize(proj["image"]) != size:
+    os.makedirs(PROJECTS_ROOT, mode=0o700, exist_ok=True)
+    os.makedirs(proj.dir, mode=0o700, exist_ok=True)
+    if size and os.path.exists(proj.image) and os.path.getsize(proj.image) != size:
         raise RuntimeError(
-            f"the project's workspace image is {os.path.getsize(proj['image'])} bytes, not the cap of "
+            f"the project's workspace image is {os.path.getsize(proj.image)} bytes, not the cap of "
             f"{size} (another run changed it since this sync was planned): run again"
         )
-    if not os.path.exists(proj["image"]):
-        with open(proj["image"] + ".new", "wb") as image:
+    if not os.path.exists(proj.image):
+        with open(proj.image + ".new", "wb") as image:
             image.truncate(size)
-        _check(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "root_owner=0:0", proj["image"] + ".new"])
-        os.replace(proj["image"] + ".new", proj["image"])
-    os.makedirs(proj["mnt"], mode=0o755, exist_ok=True)
-    if not os.path.ismount(proj["mnt"]):
-        _check(["mount", "-o", "loop,nosuid,nodev", proj["image"], proj["mnt"]])
+        _check(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "root_owner=0:0", proj.image + ".new"])
+        os.replace(proj.image + ".new", proj.image)
+    os.makedirs(proj.mnt, mode=0o755, exist_ok=True)
+    if not os.path.ismount(proj.mnt):
+        _check(["mount", "-o", "loop,nosuid,nodev", proj.image, proj.mnt])
         # Written by earlier runs: a `lost+found` there may be the agent's link to an empty
         # folder elsewhere (rmdir would fail on it, and every later launch with it).
         with contextlib.suppress(OSError):
-            lost = f"{proj['mnt']}/lost+found"
+            lost = f"{proj.mnt}/lost+found"
             if stat.S_ISDIR(os.lstat(lost).st_mode) and not os.listdir(lost):
                 os.rmdir(lost)
 
 
-def _active_owner(proj: dict[str, str]) -> str:
+def _active_owner(proj: ProjectPaths) -> str:
     """The run that holds the project's workspace and is still running ('' if none)."""
     try:
-        with open(proj["owner"], encoding="ascii") as handle:
+        with open(proj.owner, encoding="ascii") as handle:
             owner = handle.read().strip()
     except FileNotFoundError:
         return ""
     if not RUN_ID.fullmatch(owner):
         return ""
     other = paths(owner)
-    if os.path.exists(other["result"]):  # ended (the common case: no systemctl to start)
+    if os.path.exists(other.result):  # ended (the common case: no systemctl to start)
         return ""
     # Still running: its unit is up. (After a VM reset or kill it has neither result nor unit.)
-    state = run(["systemctl", "is-active", other["unit"]]).stdout.strip()
+    state = run(["systemctl", "is-active", other.unit]).stdout.strip()
     return owner if state in ("active", "activating", "deactivating") else ""
 
 
-def _claim_project(proj: dict[str, str], run_id: str) -> None:
+def _claim_project(proj: ProjectPaths, run_id: str) -> None:
     """One run per project at a time; a run that has ended gives its claim up."""
     owner = _active_owner(proj)
     if owner and owner != run_id:
         raise RuntimeError(f"the project's workspace is in use by run {owner}, which is still running")
-    with open(proj["owner"] + ".new", "w", encoding="ascii") as handle:
+    with open(proj.owner + ".new", "w", encoding="ascii") as handle:
         handle.write(run_id)
-    os.replace(proj["owner"] + ".new", proj["owner"])
+    os.replace(proj.owner + ".new", proj.owner)
 
 
 def _release_project(run_id: str) -> None:
@@ -415,17 +441,17 @@ def _release_project(run_id: str) -> None:
         return
     proj = project_paths(project)
     try:
-        with open(proj["owner"], encoding="ascii") as handle:
+        with open(proj.owner, encoding="ascii") as handle:
             if handle.read().strip() != run_id:
                 return
     except FileNotFoundError:
         return
-    os.unlink(proj["owner"])
+    os.unlink(proj.owner)
 
 
 def _run_project(run_id: str) -> str:
     try:
-        with open(f"{paths(run_id)['run_dir']}/project", encoding="ascii") as handle:
+        with open(paths(run_id).project_note, encoding="ascii") as handle:
             project = handle.read().strip()
     except FileNotFoundError:
         return ""
@@ -440,29 +466,26 @@ def workspace_root(run_id: str) -> str:
         raise RuntimeError(f"run {run_id} has no workspace")
     proj = project_paths(project)
     try:
-        with open(proj["owner"], encoding="ascii") as handle:
+        with open(proj.owner, encoding="ascii") as handle:
             owner = handle.read().strip()
     except FileNotFoundError:
         owner = ""
     if owner != run_id:
         raise RuntimeError(f"the workspace of run {run_id} has been taken over by run {owner or '(none)'}")
-    if not os.path.ismount(proj["mnt"]):
+    if not os.path.ismount(proj.mnt):
         _ensure_project(proj, 0)
-    return proj["mnt"]
+    return proj.mnt
 
 
-def _start_bridges(p: dict[str, str], bridges: dict[str, int]) -> None:
+def _start_bridges(p: RunPaths, bridges: dict[str, int]) -> None:
     """One forwarder unit per host service the run may reach; its socket is on the run's
     tmpfs (seen inside as /tmp/.vmsbx-NAME.sock), root-owned so the run cannot replace it.
     All are started before any is waited for: their start-ups overlap."""
     socks = {}
     for name, port in sorted(bridges.items()):
-        if name not in BRIDGES or not isinstance(port, int) or not 0 < port < 65536:
-            raise RuntimeError(f"invalid bridge {name!r}")
-        sock = f"{p['tmp']}/.vmsbx-{name}.sock"
-        unit = f"vmsbx-bridge-{p['run_id']}-{name}.service"
+        sock, unit = p.bridge_socket_outside(name), p.bridge_unit(name)  # the contract checked the names
         argv = ["systemd-run", f"--unit={unit}", "--collect", "--quiet", "--service-type=exec",
-                "-p", f"ReadWritePaths={p['tmp']}"]  # fmt: skip
+                "-p", f"ReadWritePaths={p.tmp_dir}"]  # fmt: skip
         for prop in BRIDGE_PROPERTIES:
             argv += ["-p", prop]
         argv += ["--", "socat", f"UNIX-LISTEN:{sock},fork,mode=0666,unlink-early", f"TCP:127.0.0.1:{port}"]
@@ -480,7 +503,7 @@ def _stop_bridges(run_id: str, *, enter: list[str] | None = None) -> subprocess.
     others are not): this runs in ExecStopPost=, under TimeoutStopSec=, where every process
     start counts on a slow guest. --no-block: inside a systemd job, waiting for another job
     could deadlock."""
-    units = [f"vmsbx-bridge-{run_id}-{name}.service" for name in sorted(BRIDGES)]
+    units = [RunPaths(run_id).bridge_unit(name) for name in sorted(BRIDGES)]
     argv = [*(enter or []), "systemctl", "stop", "--no-block", *units]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -491,28 +514,28 @@ def _check(argv: list[str]) -> None:
         raise RuntimeError(f"{argv[0]} failed: {done.stderr.strip()}")
 
 
-def _teardown(p: dict[str, str], *, host_namespace: bool = False) -> None:
+def _teardown(p: RunPaths, *, host_namespace: bool = False) -> None:
     enter = ["nsenter", "--target", "1", "--mount", "--"] if host_namespace else []
-    stopping = _stop_bridges(p["run_id"], enter=enter)
+    stopping = _stop_bridges(p.run_id, enter=enter)
     # One umount for both (it goes on past one that is not mounted).
-    mounted = [path for path in (p["mount"], p["tmp"]) if host_namespace or os.path.ismount(path)]
+    mounted = [path for path in (p.workspace_mount, p.tmp_dir) if host_namespace or os.path.ismount(path)]
     if mounted:
         run([*enter, "umount", "--lazy", *mounted])
     stopping.wait()
     import nsjail_prep
 
-    nsjail_prep.release(p["run_id"])
+    nsjail_prep.release(p.run_id)
 
 
-def _discard(p: dict[str, str]) -> None:
+def _discard(p: RunPaths) -> None:
     """Undo a launch that failed: nothing of it may stay in the guest (the project's mirror
     stays; only the run's hold on it goes)."""
     import shutil
 
     _teardown(p)
-    _remove_mountpoint(p["mount"])
-    _release_project(p["run_id"])
-    shutil.rmtree(p["run_dir"], ignore_errors=True)
+    _remove_mountpoint(p.workspace_mount)
+    _release_project(p.run_id)
+    shutil.rmtree(p.run_dir, ignore_errors=True)
 
 
 def _remove_mountpoint(path: str) -> None:
@@ -533,8 +556,8 @@ def follow(run_id: str, wait: float, invocation: str, after: str | None, *, mani
     then one EXIT frame with attach's code) on stdout, then exactly what `ended` prints. The
     frames are length-prefixed, so nothing the run prints can pass for the verdict after them.
     Exit codes as `ended`'s."""
-    if not re.fullmatch(r"[0-9a-f]{32}", invocation):
-        return fail("invalid invocation id", 2)
+    if not INVOCATION_ID.fullmatch(invocation):
+        return fail("invalid invocation id", EXIT_USAGE)
     sys.stdout.buffer.write(_exit_frame(attach(run_id, framed=True)))
     sys.stdout.flush()
     return ended(run_id, wait, invocation, after, manifest=manifest, cap=cap)
@@ -555,7 +578,7 @@ def attach(run_id: str, *, framed: bool = False) -> int:
             sock = connect_holder(p)
             break
         except (OSError, Untrusted) as exc:
-            if os.path.exists(p["result"]):
+            if os.path.exists(p.result):
                 return _replay_finished(p, 0, framed=framed)
             if time.monotonic() > deadline:
                 why = f" ({exc})" if isinstance(exc, Untrusted) else ""
@@ -574,9 +597,9 @@ def attach(run_id: str, *, framed: bool = False) -> int:
         return code
     # The holder ended before it served us everything (a fast command can finish before we
     # connect): the rest is in the transcript that ExecStopPost saves, after what we got.
-    if _wait_for(p["result"], 30):
+    if _wait_for(p.result, 30):
         return _replay_finished(p, relay.received, framed=framed)
-    return fail("the session holder went away before the command finished", 255)
+    return fail("the session holder went away before the command finished", EXIT_HOLDER_LOST)
 
 
 def _wait_for(path: str, seconds: float) -> bool:
@@ -667,10 +690,10 @@ class Relay:
                         return int(json.loads(payload)["code"])
 
 
-def _replay_finished(p: dict[str, str], offset: int, *, framed: bool = False) -> int:
+def _replay_finished(p: RunPaths, offset: int, *, framed: bool = False) -> int:
     """The run already ended: print its transcript from `offset`, exit with its recorded code
     (`framed`: its STDOUT and STDERR frames as they are, on stdout)."""
-    saved = p["transcript"]
+    saved = p.transcript
     code = _recorded_code(p)
     if os.path.exists(saved):
         with open(saved, "rb") as handle:
@@ -692,10 +715,10 @@ def _replay_finished(p: dict[str, str], offset: int, *, framed: bool = False) ->
     return code
 
 
-def _recorded_code(p: dict[str, str]) -> int:
+def _recorded_code(p: RunPaths) -> int:
     """The exit code systemd saw (used when the holder died before writing its own)."""
     try:
-        with open(p["result"], encoding="utf-8") as handle:
+        with open(p.result, encoding="utf-8") as handle:
             result = json.load(handle)
     except (OSError, ValueError):
         return 255
@@ -727,13 +750,13 @@ def _read_keyed(path: str) -> dict[str, int]:
     return values
 
 
-def _holder_started(p: dict[str, str]) -> bool:
+def _holder_started(p: RunPaths) -> bool:
     """Whether the session holder ran: its first act is to make its folder (.vmsbx) on the
     run's tmpfs. If nsjail (or systemd) failed to set the sandbox up, nothing did, and the host
     reports exit 125 with the reason instead of nsjail's 255 as if it were the command's.
     lstat of the one name in root's own mount point: nothing the sandbox wrote is followed."""
     try:
-        os.lstat(f"{p['tmp']}/.vmsbx")
+        os.lstat(p.holder_dir_outside)
     except OSError:
         return False
     return True
@@ -741,7 +764,7 @@ def _holder_started(p: dict[str, str]) -> bool:
 
 def record(run_id: str) -> int:
     p = paths(run_id)
-    cgroup = f"/sys/fs/cgroup/system.slice/{p['unit']}"
+    cgroup = f"/sys/fs/cgroup/system.slice/{p.unit}"
     memory_events = _read_keyed(f"{cgroup}/memory.events")
     pids_events = _read_keyed(f"{cgroup}/pids.events")
     result: dict[str, object] = {
@@ -758,10 +781,10 @@ def record(run_id: str) -> int:
     }
     note = save_transcript(p)
     result["notes"] = [note] if note else []
-    tmp = p["result"] + ".tmp"
+    tmp = p.result + ".tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(result, handle)
-    os.replace(tmp, p["result"])
+    os.replace(tmp, p.result)
     # ExecStopPost=+ still runs in the unit's own mount namespace: unmount in PID 1's, where
     # the launcher mounted them, or every run would leave a tmpfs and a loop device behind.
     _teardown(p, host_namespace=True)
@@ -771,13 +794,13 @@ def record(run_id: str) -> int:
 def result(run_id: str, wait: float) -> int:
     p = paths(run_id)
     deadline = time.monotonic() + wait
-    while not os.path.exists(p["result"]):
-        if not os.path.isdir(p["run_dir"]):
-            return fail(f"run {run_id} is not known in this guest", 4)
+    while not os.path.exists(p.result):
+        if not os.path.isdir(p.run_dir):
+            return fail(f"run {run_id} is not known in this guest", EXIT_NO_RUN)
         if time.monotonic() > deadline:
-            return fail(f"run {run_id} has not ended", 3)
+            return fail(f"run {run_id} has not ended", EXIT_NOT_ENDED)
         time.sleep(0.05)
-    with open(p["result"], encoding="utf-8") as handle:
+    with open(p.result, encoding="utf-8") as handle:
         sys.stdout.write(handle.read() + "\n")
     return 0
 
@@ -789,8 +812,8 @@ def ended(
     @ws` gives it, or `null` if it cannot, as one line, then the run's journal (as `journal`
     gives it) when it has ended: the end of a run costs one guest process start instead of three.
     The manifest is made while journald drains the run's output. Exit codes as `result`'s."""
-    if not re.fullmatch(r"[0-9a-f]{32}", invocation):
-        return fail("invalid invocation id", 2)
+    if not INVOCATION_ID.fullmatch(invocation):
+        return fail("invalid invocation id", EXIT_USAGE)
     code = result(run_id, wait)
     if code != 0:
         return code
@@ -807,7 +830,7 @@ def ended(
         if not listed:
             print("null")  # the host asks again on its own and reports why
         sys.stdout.flush()
-    _wait_journal_drained(paths(run_id)["unit"], JOURNAL_DRAIN_SECONDS)
+    _wait_journal_drained(paths(run_id).unit, JOURNAL_DRAIN_SECONDS)
     return journal(run_id, invocation, after)
 
 
@@ -845,13 +868,13 @@ def _stream_is(path: str, wanted: str) -> bool:
 
 def stop(run_id: str) -> int:
     p = paths(run_id)
-    run(["systemctl", "stop", p["unit"]])
+    run(["systemctl", "stop", p.unit])
     return 0
 
 
 def journal(run_id: str, invocation: str, after: str | None) -> int:
-    if not re.fullmatch(r"[0-9a-f]{32}", invocation):
-        return fail("invalid invocation id", 2)
+    if not INVOCATION_ID.fullmatch(invocation):
+        return fail("invalid invocation id", EXIT_USAGE)
     paths(run_id)
     # Only trusted fields select entries: the unit's own processes by invocation, and what
     # PID 1 (systemd) said about that invocation. Never fields the run can write itself.
@@ -877,7 +900,7 @@ def score() -> int:
 
 def score_live(run_id: str) -> int:
     p = paths(run_id)
-    return _print_score(run(["systemd-analyze", "security", "--no-pager", p["unit"]]))
+    return _print_score(run(["systemd-analyze", "security", "--no-pager", p.unit]))
 
 
 def _print_score(done: subprocess.CompletedProcess[str]) -> int:
@@ -895,14 +918,14 @@ def release(run_id: str) -> int:
     import shutil
 
     p = paths(run_id)
-    if not os.path.exists(p["result"]):
-        return fail(f"run {run_id} has not ended", 3)
+    if not os.path.exists(p.result):
+        return fail(f"run {run_id} has not ended", EXIT_NOT_ENDED)
     _teardown(p)
-    _remove_mountpoint(p["mount"])
-    if os.path.isdir(p["tmp"]) and not os.path.ismount(p["tmp"]):
-        shutil.rmtree(p["tmp"], ignore_errors=True)
-    if os.path.islink(p["link"]):
-        os.unlink(p["link"])
+    _remove_mountpoint(p.workspace_mount)
+    if os.path.isdir(p.tmp_dir) and not os.path.ismount(p.tmp_dir):
+        shutil.rmtree(p.tmp_dir, ignore_errors=True)
+    if os.path.islink(p.workspace):
+        os.unlink(p.workspace)
     _release_project(run_id)
     return 0
 
@@ -922,54 +945,56 @@ def wsync_for(kind: str, ident: str, args: list[str]) -> int:
     sync): `wsync run ID manifest|pack @ws …` / `wsync project ID manifest @ws [--size=BYTES]`.
     The host never names a guest path: "@ws" is resolved here, and the hash cache is the guest's own."""
     if len(args) < 2 or args[1] != "@ws" or args[0] not in ("manifest", "pack"):
-        return fail(f"bad wsync arguments: {args!r}", 2)
+        return fail(f"bad wsync arguments: {args!r}", EXIT_USAGE)
     import wsync
 
     if kind == "run":
         p = paths(ident)
-        if not os.path.exists(p["result"]):
-            return fail(f"run {ident} has not ended", 3)
+        if not os.path.exists(p.result):
+            return fail(f"run {ident} has not ended", EXIT_NOT_ENDED)
         try:
             root = workspace_root(ident)
         except RuntimeError as exc:
-            return fail(str(exc), 4)
+            return fail(str(exc), EXIT_NO_RUN)
         project = _run_project(ident)
     elif kind == "project" and PROJECT_ID.fullmatch(ident) and args[0] == "manifest":
         project = ident
         proj = project_paths(project)
         size = _size_option(args[2:])
         if size is None:
-            return fail(f"bad wsync arguments: {args!r}", 2)
-        if size and os.path.exists(proj["image"]) and os.path.getsize(proj["image"]) != size:
+            return fail(f"bad wsync arguments: {args!r}", EXIT_USAGE)
+        if size and os.path.exists(proj.image) and os.path.getsize(proj.image) != size:
             # The cap changed: a fresh image of the new size (growing or shrinking ext4 in place
             # is not always possible: a 10G image's journal alone is 64M). It is only a mirror;
             # the sync about to be planned from this empty manifest fills it again.
             owner = _active_owner(proj)
             if owner:
-                return fail(f"the project's workspace is in use by run {owner}, which is still running", 4)
-            if os.path.ismount(proj["mnt"]):
-                _check(["umount", proj["mnt"]])
-            os.unlink(proj["image"])
+                return fail(
+                    f"the project's workspace is in use by run {owner}, which is still running", EXIT_NO_RUN
+                )
+            if os.path.ismount(proj.mnt):
+                _check(["umount", proj.mnt])
+            os.unlink(proj.image)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(proj["cache"])
-        if not os.path.exists(proj["image"]):
+                os.unlink(proj.cache)
+        if not os.path.exists(proj.image):
             print(json.dumps({"version": wsync.VERSION, "entries": []}))
             return 0
         _ensure_project(proj, 0)
-        root = proj["mnt"]
+        root = proj.mnt
     else:
-        return fail(f"bad wsync target {kind} {ident!r}", 2)
+        return fail(f"bad wsync target {kind} {ident!r}", EXIT_USAGE)
     rest = [arg for arg in args[2:] if arg == "--purge-bad-names"]
     rest += [
         arg for arg in args[2:] if kind == "run" and re.fullmatch(r"--max-new-bytes=[1-9][0-9]{0,15}", arg)
     ]
     if args[0] == "manifest":
-        rest += ["--cache", project_paths(project)["cache"]]
+        rest += ["--cache", project_paths(project).cache]
         if kind == "run":
             with contextlib.suppress(FileNotFoundError):
                 # Stamped by the unit's ExecStartPre=+ (root), after systemd's chown and before
                 # any process of the run: see wsync.cached_digest.
-                rest += ["--stable-before", str(os.stat(paths(ident)["started"]).st_mtime_ns)]
+                rest += ["--stable-before", str(os.stat(paths(ident).started_stamp).st_mtime_ns)]
     return wsync.main([args[0], root, *rest])
 
 
@@ -988,15 +1013,15 @@ def bundle(run_id: str, bases: list[str]) -> int:
     """A git bundle of the workspace's HEAD, minus what the host already has, on stdout."""
     p = paths(run_id)
     if not all(re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", base) for base in bases):
-        return fail("invalid base commit id", 2)
-    if not os.path.exists(p["result"]):
-        return fail(f"run {run_id} has not ended", 3)
+        return fail("invalid base commit id", EXIT_USAGE)
+    if not os.path.exists(p.result):
+        return fail(f"run {run_id} has not ended", EXIT_NOT_ENDED)
     try:
         root = workspace_root(run_id)  # the run's own mount is gone once it ended
     except RuntimeError as exc:
-        return fail(str(exc), 4)
+        return fail(str(exc), EXIT_NO_RUN)
     if not os.path.isdir(f"{root}/.git"):
-        return fail("the workspace is not a git repository", 4)
+        return fail("the workspace is not a git repository", EXIT_NO_RUN)
     argv = ["systemd-run", "--wait", "--pipe", "--quiet", "--collect",
             "-p", f"BindReadOnlyPaths={root}:/ws"]  # fmt: skip
     for prop in GIT_UNIT_PROPERTIES:
@@ -1012,16 +1037,18 @@ def bundle(run_id: str, bases: list[str]) -> int:
 
 def cleanup(run_id: str) -> int:
     p = paths(run_id)
-    run(["systemctl", "stop", p["unit"]])
+    run(["systemctl", "stop", p.unit])
     _discard(p)
-    if os.path.islink(p["link"]):
-        os.unlink(p["link"])
+    if os.path.islink(p.workspace):
+        os.unlink(p.workspace)
     return 0
 
 
 def main(argv: list[str]) -> int:
     if not argv:
-        return fail("usage: guest.py launch|attach|result|record|stop|journal|score|score-live|cleanup", 2)
+        return fail(
+            "usage: guest.py launch|attach|result|record|stop|journal|score|score-live|cleanup", EXIT_USAGE
+        )
     verb, rest = argv[0], argv[1:]
     if verb == "launch":
         return launch()
@@ -1061,7 +1088,7 @@ def main(argv: list[str]) -> int:
         return bundle(rest[0], rest[1:])
     if verb == "cleanup" and len(rest) == 1:
         return cleanup(rest[0])
-    return fail(f"bad arguments: {argv!r}", 2)
+    return fail(f"bad arguments: {argv!r}", EXIT_USAGE)
 
 
 if __name__ == "__main__":

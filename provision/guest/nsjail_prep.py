@@ -18,33 +18,38 @@ import grp
 import json
 import os
 import pwd
-import re
 import stat
 import sys
 
-RUNS = "/var/lib/vmsbx/runs"
+# The host renders the config with the same contract; this side refuses anything else.
+from contract import (
+    EXIT_FAILED,
+    EXIT_UID_IN_USE,
+    EXIT_USAGE,
+    NSJAIL,
+    OUTSIDE_UID_FIRST,
+    OUTSIDE_UID_LAST,
+    RUN_ID,
+    RunPaths,
+)
+from contract import NSJAIL_CONFIG_MAX as CONFIG_MAX
+
 CLAIMS = "/run/vmsbx/jail-uids"  # on tmpfs: a crash or reboot cannot leave a uid claimed
-RUN_ID = re.compile(r"^[a-z0-9]{12}$")
-# Keep in step with vmsbx.sandbox.nsjail (OUTSIDE_UID_FIRST/LAST, NSJAIL): the host renders
-# the config, this side refuses anything else.
-UID_FIRST, UID_LAST = 60000, 60999
-NSJAIL = "/usr/local/lib/vmsbx/nsjail/bin/nsjail"
-CONFIG_MAX = 256 * 1024
 
 
 class PrepError(Exception):
     """An nsjail run cannot be prepared; the message says why and what to do."""
 
 
-def _run_paths(run_id: str) -> dict[str, str]:
-    if not RUN_ID.fullmatch(run_id):
-        raise PrepError(f"invalid run id {run_id!r}")
-    run_dir = f"{RUNS}/{run_id}"
-    return {
-        "run_dir": run_dir,
-        "config": f"{run_dir}/nsjail.cfg",
-        "workspace": f"/var/lib/private/vmsbx-ws-{run_id}",
-    }
+class UidInUse(PrepError):
+    """The drawn outside uid is taken: the host launches again under a new run id."""
+
+
+def _run_paths(run_id: str) -> RunPaths:
+    try:
+        return RunPaths(run_id)
+    except ValueError as exc:
+        raise PrepError(str(exc)) from None
 
 
 def _uid_in_use(uid: int) -> str | None:
@@ -80,10 +85,8 @@ def _claim(run_id: str, uid: int) -> None:
             owner = _claim_owner(path)
             if owner == run_id:
                 return
-            if owner and os.path.isdir(f"{RUNS}/{owner}"):
-                raise PrepError(
-                    f"uid {uid} is claimed by the live run {owner}; start the run again"
-                ) from None
+            if RUN_ID.fullmatch(owner) and os.path.isdir(RunPaths(owner).run_dir):
+                raise UidInUse(f"uid {uid} is claimed by the live run {owner}; start the run again") from None
             os.unlink(path)  # left by a run that is gone
             continue
         with os.fdopen(fd, "w", encoding="ascii") as handle:
@@ -135,29 +138,31 @@ def _hand_over(top: str, uid: int) -> int:
 def prepare(run_id: str, config: str, uid: int) -> dict[str, object]:
     """Claim `uid`, write `config`, hand the workspace over. Raises PrepError."""
     p = _run_paths(run_id)
-    if not UID_FIRST <= uid <= UID_LAST:
-        raise PrepError(f"outside uid {uid} is not in vmsbx's jail range {UID_FIRST}-{UID_LAST}")
+    if not OUTSIDE_UID_FIRST <= uid <= OUTSIDE_UID_LAST:
+        raise PrepError(
+            f"outside uid {uid} is not in vmsbx's jail range {OUTSIDE_UID_FIRST}-{OUTSIDE_UID_LAST}"
+        )
     if uid in (0, os.getuid(), os.geteuid()):
         raise PrepError(f"uid {uid} is the caller's own id")
     if not os.access(NSJAIL, os.X_OK):
         raise PrepError(f'{NSJAIL} is missing: run `vmsbx up` with sandbox.mode = "nsjail" to install it')
     if not config.strip() or len(config.encode()) > CONFIG_MAX:
         raise PrepError("the nsjail config is empty or too large")
-    if not os.path.isdir(p["run_dir"]):
+    if not os.path.isdir(p.run_dir):
         raise PrepError(f"run {run_id} has no run directory (launch it first)")
     busy = _uid_in_use(uid)
     if busy:
-        raise PrepError(f"uid {uid} is in use ({busy}); start the run again")
+        raise UidInUse(f"uid {uid} is in use ({busy}); start the run again")
     _claim(run_id, uid)
     try:
-        fd = os.open(p["config"], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = os.open(p.nsjail_config, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(config)
-        changed = _hand_over(p["workspace"], uid)
+        changed = _hand_over(p.workspace_mount, uid)
     except BaseException:
         release(run_id)
         raise
-    return {"config": p["config"], "outside_uid": uid, "workspace_entries": changed}
+    return {"config": p.nsjail_config, "outside_uid": uid, "workspace_entries": changed}
 
 
 def main(argv: list[str]) -> int:
@@ -169,9 +174,9 @@ def main(argv: list[str]) -> int:
             return release(argv[1])
     except (PrepError, OSError) as exc:
         sys.stderr.write(f"vmsbx-nsjail-prep: {exc}\n")
-        return 125
+        return EXIT_UID_IN_USE if isinstance(exc, UidInUse) else EXIT_FAILED
     sys.stderr.write("usage: nsjail_prep.py prepare ID UID < config | release ID\n")
-    return 2
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -26,10 +26,18 @@ import sys
 import termios
 import time
 
-HEADER = struct.Struct(">BI")
-STDIN, STDOUT, STDERR, STDIN_EOF, RESIZE, EXIT = 0, 1, 2, 3, 4, 5
-SPEC = "/tmp/.vmsbx-spec.json"
-HOLDER_DIR = "/tmp/.vmsbx"
+# The frames and the paths the launcher also uses (the host↔guest contract, beside this file).
+from contract import EXIT_FAILED
+from contract import FRAME_EXIT as EXIT
+from contract import FRAME_HEADER as HEADER
+from contract import FRAME_RESIZE as RESIZE
+from contract import FRAME_STDERR as STDERR
+from contract import FRAME_STDIN as STDIN
+from contract import FRAME_STDIN_EOF as STDIN_EOF
+from contract import FRAME_STDOUT as STDOUT
+from contract import HOLDER_DIR_INSIDE as HOLDER_DIR
+from contract import SPEC_INSIDE as SPEC
+
 TRANSCRIPT_MAX = 256 * 1024 * 1024
 LINE_MAX = 16 * 1024
 LINGER_SECONDS = 2.0  # how long background children may keep the output open after the command
@@ -47,7 +55,7 @@ DENIED_SYSCALLS: dict[str, tuple[tuple[int, ...], dict[str, int]]] = {
 }
 # What a seccomp filter answers (systemd: EPERM; the nsjail policy: ENOSYS for io_uring).
 FILTERED = (errno.EPERM, errno.ENOSYS)
-REFUSED_CODE = 125
+REFUSED_CODE = EXIT_FAILED  # the command never started: vmsbx's own failure
 
 
 class JournalWriter:

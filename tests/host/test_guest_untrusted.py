@@ -10,33 +10,24 @@ blocks, never reads past its cap, and still saves and connects to the real thing
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 
 import pytest
+from guest_code import GUEST, load_guest
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the launcher runs as root in the guest")
 
-LAUNCHER = Path(__file__).resolve().parents[2] / "provision" / "guest" / "launcher.py"
 RUN_UID = 61234  # a DynamicUser= id: what the run's files belong to
 OTHER_UID = 61235
 
 
-def _launcher() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("launcher_under_test", LAUNCHER)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-launcher = _launcher()
+launcher = load_guest("launcher")
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +45,7 @@ def _never_blocks() -> Iterator[None]:
 
 
 @pytest.fixture
-def run(tmp_path: Path) -> dict[str, str]:
+def run(tmp_path: Path) -> Any:
     """A run's folders as the guest has them: root-only run folder, its tmpfs mount point
     (root's, 1777), the holder's folder and transcript (the run's), the workspace (the run's)."""
     run_dir = tmp_path / "runs" / "abcdefabcdef"
@@ -69,19 +60,22 @@ def run(tmp_path: Path) -> dict[str, str]:
     (holder / "transcript").write_bytes(b"\x01\x00\x00\x00\x03out")
     for path in (holder, holder / "transcript", workspace):
         os.chown(path, RUN_UID, RUN_UID)
-    return {
-        "run_dir": str(run_dir),
-        "tmp": str(tmp),
-        "mount": str(workspace),
-        "transcript": f"{run_dir}/transcript",
-    }
+
+    class _Paths(launcher.RunPaths):  # type: ignore[name-defined,misc]
+        """The contract's paths of the run, under tmp_path instead of /var/lib."""
+
+        __slots__ = ()
+        run_dir = property(lambda _self: str(tmp_path / "runs" / _self.run_id))
+        workspace_mount = property(lambda _self: str(tmp_path / "private" / _self.state_name))
+
+    return _Paths("abcdefabcdef")
 
 
-def _holder(run: dict[str, str]) -> Path:
-    return Path(run["tmp"]) / ".vmsbx"
+def _holder(run: Any) -> Path:
+    return Path(run.tmp_dir) / ".vmsbx"
 
 
-def _plant_transcript(run: dict[str, str], how: str, other: Path) -> None:
+def _plant_transcript(run: Any, how: str, other: Path) -> None:
     target = _holder(run) / "transcript"
     target.unlink()
     if how == "dev-zero":
@@ -100,9 +94,9 @@ def _plant_transcript(run: dict[str, str], how: str, other: Path) -> None:
         os.lchown(target, RUN_UID, RUN_UID)
 
 
-def test_the_runs_own_transcript_is_saved_whole(run: dict[str, str]) -> None:
+def test_the_runs_own_transcript_is_saved_whole(run: Any) -> None:
     assert launcher.save_transcript(run) is None
-    saved = Path(run["transcript"])
+    saved = Path(run.transcript)
     assert saved.read_bytes() == b"\x01\x00\x00\x00\x03out"
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
 
@@ -119,17 +113,17 @@ def test_the_runs_own_transcript_is_saved_whole(run: dict[str, str]) -> None:
     ],
 )
 def test_a_planted_transcript_is_refused_with_its_reason(
-    run: dict[str, str], tmp_path: Path, how: str, said: str
+    run: Any, tmp_path: Path, how: str, said: str
 ) -> None:
     other = tmp_path / "another-projects-secret"
     other.write_text("secret of another project\n")
     _plant_transcript(run, how, other)
     assert launcher.save_transcript(run) == f"transcript not saved: {said}"
-    assert not Path(run["transcript"]).exists()
+    assert not Path(run.transcript).exists()
     assert other.read_text() == "secret of another project\n"
 
 
-def test_a_swapped_holder_folder_is_refused(run: dict[str, str], tmp_path: Path) -> None:
+def test_a_swapped_holder_folder_is_refused(run: Any, tmp_path: Path) -> None:
     elsewhere = tmp_path / "another-run"
     elsewhere.mkdir()
     (elsewhere / "transcript").write_text("another run's transcript")
@@ -138,10 +132,10 @@ def test_a_swapped_holder_folder_is_refused(run: dict[str, str], tmp_path: Path)
     holder.symlink_to(elsewhere)
     os.lchown(holder, RUN_UID, RUN_UID)
     assert launcher.save_transcript(run) == "transcript not saved: .vmsbx is a symbolic link, not a directory"
-    assert not Path(run["transcript"]).exists()
+    assert not Path(run.transcript).exists()
 
 
-def test_a_holder_folder_of_another_user_is_refused(run: dict[str, str]) -> None:
+def test_a_holder_folder_of_another_user_is_refused(run: Any) -> None:
     os.chown(_holder(run), OTHER_UID, OTHER_UID)
     note = launcher.save_transcript(run)
     assert note == (
@@ -149,29 +143,29 @@ def test_a_holder_folder_of_another_user_is_refused(run: dict[str, str]) -> None
     )
 
 
-def test_without_a_known_run_user_nothing_is_read(run: dict[str, str]) -> None:
-    os.chown(run["mount"], 0, 0)  # never handed over: the run's user is not known
+def test_without_a_known_run_user_nothing_is_read(run: Any) -> None:
+    os.chown(run.workspace_mount, 0, 0)  # never handed over: the run's user is not known
     assert launcher.save_transcript(run) == (
         "transcript not saved: the run's user is unknown: its workspace was never handed to it"
     )
 
 
-def test_a_sparse_terabyte_is_cut_at_the_cap(run: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_sparse_terabyte_is_cut_at_the_cap(run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(launcher, "TRANSCRIPT_CAP", 3 << 20)
     with open(_holder(run) / "transcript", "r+b") as handle:
         handle.truncate(1 << 40)
     note = launcher.save_transcript(run)
     assert note == f"transcript cut at {3 << 20} bytes (it was {1 << 40})"
-    assert Path(run["transcript"]).stat().st_size == 3 << 20
+    assert Path(run.transcript).stat().st_size == 3 << 20
 
 
 def test_the_real_cap_keeps_the_holders_own_limit() -> None:
-    holder = (LAUNCHER.parent / "session_holder.py").read_text()
+    holder = (GUEST / "session_holder.py").read_text()
     assert "TRANSCRIPT_MAX = 256 * 1024 * 1024" in holder
     assert launcher.TRANSCRIPT_CAP > 256 * 1024 * 1024
 
 
-def test_a_missing_transcript_is_said_so(run: dict[str, str]) -> None:
+def test_a_missing_transcript_is_said_so(run: Any) -> None:
     (_holder(run) / "transcript").unlink()
     assert launcher.save_transcript(run) == "transcript not saved: the run left none"
 
@@ -187,7 +181,7 @@ def _listen(path: Path, uid: int) -> socket.socket:
     return server
 
 
-def test_attach_connects_to_the_runs_own_socket(run: dict[str, str]) -> None:
+def test_attach_connects_to_the_runs_own_socket(run: Any) -> None:
     with _listen(_holder(run) / "holder.sock", RUN_UID) as server:
         client = launcher.connect_holder(run)
         with client, server.accept()[0] as served:
@@ -195,7 +189,7 @@ def test_attach_connects_to_the_runs_own_socket(run: dict[str, str]) -> None:
             assert served.recv(16) == b"{}\n"
 
 
-def test_attach_never_follows_a_link_to_another_socket(run: dict[str, str], tmp_path: Path) -> None:
+def test_attach_never_follows_a_link_to_another_socket(run: Any, tmp_path: Path) -> None:
     with _listen(tmp_path / "victim.sock", RUN_UID) as victim:
         victim.setblocking(False)
         link = _holder(run) / "holder.sock"
@@ -207,7 +201,7 @@ def test_attach_never_follows_a_link_to_another_socket(run: dict[str, str], tmp_
             victim.accept()  # nobody connected
 
 
-def test_attach_refuses_a_socket_of_another_user(run: dict[str, str]) -> None:
+def test_attach_refuses_a_socket_of_another_user(run: Any) -> None:
     with (
         _listen(_holder(run) / "holder.sock", OTHER_UID),
         pytest.raises(launcher.Untrusted, match=f"belongs to uid {OTHER_UID}"),
@@ -215,7 +209,7 @@ def test_attach_refuses_a_socket_of_another_user(run: dict[str, str]) -> None:
         launcher.connect_holder(run)
 
 
-def test_attach_refuses_a_file_where_the_socket_should_be(run: dict[str, str]) -> None:
+def test_attach_refuses_a_file_where_the_socket_should_be(run: Any) -> None:
     path = _holder(run) / "holder.sock"
     path.write_text("")
     os.chown(path, RUN_UID, RUN_UID)

@@ -4,32 +4,20 @@ reports exit 125 with nsjail's reason instead of its 255 as the command's own co
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
-GUEST = Path(__file__).resolve().parents[2] / "provision" / "guest"
-
-
-def _launcher() -> ModuleType:
-    sys.path.insert(0, str(GUEST))
-    try:
-        spec = importlib.util.spec_from_file_location("launcher_under_test", GUEST / "launcher.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(GUEST))
+import pytest
+from guest_code import load_guest
 
 
-def test_holder_started_follows_the_holders_folder_on_the_runs_tmp(tmp_path: Path) -> None:
-    launcher = _launcher()
+def test_holder_started_follows_the_holders_folder_on_the_runs_tmp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launcher = load_guest("launcher")
+    monkeypatch.setattr(launcher.RunPaths, "tmp_dir", property(lambda _self: str(tmp_path / "tmp")))
     p = launcher.paths("0123456789ab")
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    p = {**p, "tmp": str(tmp)}
     assert launcher._holder_started(p) is False  # nsjail failed before the holder ran
     (tmp / ".vmsbx").mkdir(mode=0o700)
     assert launcher._holder_started(p) is True

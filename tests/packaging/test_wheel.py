@@ -27,6 +27,7 @@ REQUIRED_FILES = (
     "vmsbx/_data/vm-templates/qemu/recipe.toml",
     "vmsbx/_data/vm-templates/qemu/customize.sh",
     "vmsbx/_data/vm-templates/qemu/load-keys.sh",
+    "vmsbx/_data/vm-templates/qemu/sshd-vmsbx.conf",
     "vmsbx/_data/vm-templates/qemu/customize-lima.sh",
     "vmsbx/_data/vm-templates/lima/vmsbx.yaml",
     "vmsbx/_data/provision/guest-facts.sh",

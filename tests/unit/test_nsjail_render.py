@@ -20,14 +20,12 @@ from pathlib import Path
 import pytest
 
 from vmsbx.config.models import SandboxSettings
+from vmsbx.contract import NSJAIL, OUTSIDE_UID_FIRST, OUTSIDE_UID_LAST
 from vmsbx.sandbox import nsjail
 from vmsbx.sandbox.layout import RunLayout
 from vmsbx.sandbox.nsjail import (
     CLONE_FLAGS,
     JAIL_WORKSPACE,
-    NSJAIL,
-    OUTSIDE_UID_FIRST,
-    OUTSIDE_UID_LAST,
     SECCOMP_POLICY,
     STAGE_TMP,
     STAGE_WORKSPACE,

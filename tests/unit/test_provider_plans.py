@@ -26,7 +26,13 @@ from vmsbx.providers import (
     platform_key,
     wsl2_argv,
 )
-from vmsbx.providers.guest_setup import heredoc, render_stock_sshd_setup, render_wsl_setup
+from vmsbx.providers.guest_setup import (
+    heredoc,
+    render_stock_sshd_setup,
+    render_wsl_setup,
+    sshd_drop_in,
+    sshd_policy,
+)
 from vmsbx.providers.guestkeys import VMKeys
 from vmsbx.providers.hosttool import ToolResult, decode_tool_text, parse_version
 from vmsbx.providers.image import load_recipe, recipe_hash, render_mmdebstrap_argv, resolve_recipe
@@ -192,17 +198,16 @@ def test_cloud_init_keeps_the_default_user_and_carries_the_pinned_keys() -> None
         "ssh_pwauth",
         "ssh_deletekeys",
         "ssh_genkeytypes",
-        "write_files",
         "runcmd",
     }
     assert set(base) <= known
     assert base["users"][0] == "default"  # Multipass logs in as `ubuntu`: never replace it
     assert base["disable_root"] is False and base["ssh_pwauth"] is False
     assert base["ssh_deletekeys"] is True and base["ssh_genkeytypes"] == []
-    for entry in base["write_files"]:
-        assert set(entry) <= {"path", "content", "permissions", "owner", "encoding", "append", "defer"}
-    user_data = render_user_data(template, KEYS)
+    user_data = render_user_data(template, KEYS, sshd_drop_in=sshd_drop_in())
     parsed = yaml.safe_load(user_data)
+    for entry in parsed["write_files"]:
+        assert set(entry) <= {"path", "content", "permissions", "owner", "encoding", "append", "defer"}
     assert parsed["ssh_keys"] == {"ed25519_private": KEYS.host_private, "ed25519_public": KEYS.host_public}
     assert parsed["ssh_authorized_keys"] == [KEYS.client_public]
     assert user_data.startswith("#cloud-config\n")
@@ -344,3 +349,73 @@ def test_off_linux_the_lima_image_is_built_on_linux_and_named(monkeypatch: pytes
     assert lima_recipe_name("bookworm") == "bookworm-lima"
     with pytest.raises(UsageError, match="no image for trixie"):
         lima_recipe_name("trixie")
+
+
+SSHD_POLICY = {
+    "PermitRootLogin": "prohibit-password",
+    "PasswordAuthentication": "no",
+    "KbdInteractiveAuthentication": "no",
+    "AllowAgentForwarding": "no",
+    "X11Forwarding": "no",
+    "PermitUserEnvironment": "no",
+    "UseDNS": "no",
+}
+
+
+def _sshd_options(text: str) -> dict[str, list[str]]:
+    options: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.strip().partition(" ")
+            options.setdefault(key, []).append(value.strip())
+    return options
+
+
+def _heredoc_body(script: str, path: str) -> str:
+    start = script.index(f"cat > '{path}.vmsbx-new' <<'VMSBX_EOF'\n") + len(
+        f"cat > '{path}.vmsbx-new' <<'VMSBX_EOF'\n"
+    )
+    return script[start : script.index("VMSBX_EOF\n", start)]
+
+
+def test_every_provider_gets_the_one_sshd_policy() -> None:
+    """One source (vm-templates/qemu/sshd-vmsbx.conf): the QEMU image's hook installs it, Lima's
+    and Multipass's drop-ins and WSL2's own sshd_config are rendered from it. (The Lima/WSL2
+    copies once lacked PermitUserEnvironment and UseDNS.)"""
+    policy = _sshd_options(sshd_policy())
+    assert {key: values[0] for key, values in policy.items()} == SSHD_POLICY
+    assert all(len(values) == 1 for values in policy.values())
+    lima = _sshd_options(_heredoc_body(render_stock_sshd_setup(KEYS), "/etc/ssh/sshd_config.d/10-vmsbx.conf"))
+    multipass = yaml.safe_load(
+        render_user_data(
+            (TEMPLATES / "multipass" / "cloud-init.yaml").read_text(), KEYS, sshd_drop_in=sshd_drop_in()
+        )
+    )["write_files"]
+    assert [entry["path"] for entry in multipass] == ["/etc/ssh/sshd_config.d/10-vmsbx.conf"]
+    root = TEMPLATES / "wsl2"
+    wsl_script = render_wsl_setup(
+        KEYS,
+        wsl_conf=(root / "wsl.conf").read_text(),
+        sshd_config=(root / "sshd_config").read_text(),
+        sshd_unit=(root / "vmsbx-sshd.service").read_text(),
+        port=42022,
+    )
+    wsl = _sshd_options(_heredoc_body(wsl_script, "/etc/ssh/vmsbx/sshd_config"))
+    stock_key = ["/etc/ssh/ssh_host_ed25519_key"]
+    for name, options, host_key in (
+        ("lima", lima, stock_key),
+        ("multipass", _sshd_options(multipass[0]["content"]), stock_key),
+        ("wsl2", wsl, ["/etc/ssh/vmsbx/ssh_host_ed25519_key"]),
+    ):
+        assert options.pop("HostKey") == host_key, name
+        for key, value in SSHD_POLICY.items():
+            assert options.get(key) == [value], (name, key)
+    # The QEMU image's hook reads the same file, and no template carries a copy of its lines.
+    customize = (TEMPLATES / "qemu" / "customize.sh").read_text()
+    assert 'cat "$(dirname "$0")/sshd-vmsbx.conf"' in customize
+    for path in [*TEMPLATES.rglob("*"), *(TEMPLATES.parent / "orchestrator").rglob("*.py")]:
+        if path.is_file() and path.name != "sshd-vmsbx.conf":
+            text = path.read_text(errors="replace")
+            assert "PermitUserEnvironment no" not in text and "KbdInteractiveAuthentication no" not in text, (
+                path
+            )

@@ -62,7 +62,7 @@ def test_hash_changes_when_the_disk_size_changes(templates_copy: Path) -> None:
     assert recipe_hash(load_recipe("bookworm")) != before
 
 
-@pytest.mark.parametrize("script", ["customize.sh", "load-keys.sh"])
+@pytest.mark.parametrize("script", ["customize.sh", "load-keys.sh", "sshd-vmsbx.conf"])
 def test_hash_changes_when_a_build_script_changes(templates_copy: Path, script: str) -> None:
     recipe = load_recipe("bookworm")
     before = recipe_hash(recipe)

@@ -9,11 +9,8 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from launch_samples import sample_request
 
-from vmsbx.config.models import SandboxSettings
-from vmsbx.sandbox.layout import RunLayout
-from vmsbx.sandbox.nsjail import nsjail_config_path, render_nsjail_config, render_nsjail_systemd_run_argv
-from vmsbx.sandbox.systemd import render_systemd_run_argv
 from vmsbx.verify.attempts import ATTEMPTS, BY_NAME, CATEGORIES
 from vmsbx.verify.loosen import LOOSENINGS, loosen_request
 from vmsbx.verify.verdict import Observation, RunFacts, judge, merge_aftermath, parse
@@ -151,26 +148,16 @@ def test_persistence_is_judged_by_what_is_left_after_the_run() -> None:
 
 @pytest.mark.parametrize("mode", ["systemd", "nsjail"])
 def test_each_loosening_removes_only_its_wall(mode: str) -> None:
-    layout = RunLayout(run_id="0123456789ab")
-    policy = SandboxSettings(mode=mode)  # type: ignore[arg-type]
+    request = sample_request(mode)
+    argv = request.systemd_run
     for loosening in LOOSENINGS[mode]:
         assert set(loosening.catches) <= set(BY_NAME)
-        if mode == "nsjail":
-            argv = render_nsjail_systemd_run_argv(policy, layout, config_path=nsjail_config_path(layout))
-        else:
-            argv = render_systemd_run_argv(policy, layout)
-        request: dict[str, object] = {"systemd_run": list(argv)}
-        if mode == "nsjail":
-            config = render_nsjail_config(policy, layout, outside_uid=60123, arch="x86_64")
-            request["nsjail"] = {"config": config, "outside_uid": 60123}
-        loosen_request(request, loosening)
-        after = request["systemd_run"]
-        assert isinstance(after, list)
+        loosened = loosen_request(request, loosening)
+        after = loosened.systemd_run
         removed = [p for p in argv if p not in after]
         assert removed, loosening.name
         assert all(p == "-p" or p.startswith(loosening.unit_properties) for p in removed)
         assert len(argv) - len(after) == 2 * sum(1 for p in argv if p.startswith(loosening.unit_properties))
         if loosening.jail_lines:
-            jail = request["nsjail"]
-            assert isinstance(jail, dict)
-            assert "clone_newnet: false" in jail["config"]
+            assert loosened.jail is not None
+            assert "clone_newnet: false" in loosened.jail.config

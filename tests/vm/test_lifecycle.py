@@ -93,7 +93,8 @@ def test_guest_facts_pinning_and_no_host_sharing(cli: Cli, default_vm: dict[str,
         "cat /proc/1/comm; stat -fc %T /sys/fs/cgroup; "
         "cut -d' ' -f3 /proc/mounts | sort -u | tr '\\n' ' '; echo; "
         "cat /etc/ssh/ssh_host_ed25519_key.pub; ls /etc/ssh | grep -c '^ssh_host_' ; "
-        "sshd -T 2>/dev/null | grep -E '^(passwordauthentication|permitrootlogin) '"
+        "sshd -T 2>/dev/null"
+        " | grep -E '^(passwordauthentication|permitrootlogin|permituserenvironment|usedns) '"
     )
     lines = cli.ok("ssh", "--", "sh", "-c", probe).stdout.decode().splitlines()
     assert lines[0] == "systemd"
@@ -104,6 +105,9 @@ def test_guest_facts_pinning_and_no_host_sharing(cli: Cli, default_vm: dict[str,
     assert lines[4] == "2"  # only the ed25519 pair vmsbx handed over
     assert "passwordauthentication no" in lines[5:]
     assert "permitrootlogin without-password" in lines[5:]
+    # vmsbx's one sshd policy (vm-templates/qemu/sshd-vmsbx.conf), as every provider gets it.
+    assert "permituserenvironment no" in lines[5:]
+    assert "usedns no" in lines[5:]
 
 
 def test_a_different_host_key_is_refused_by_the_real_guest(

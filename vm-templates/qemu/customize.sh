@@ -32,16 +32,11 @@ chroot "$root" systemctl enable systemd-networkd.service >/dev/null 2>&1
 
 # sshd: keys only, the per-VM ed25519 host key only, no agent or X11 forwarding.
 mkdir -p "$root/etc/ssh/sshd_config.d"
-cat > "$root/etc/ssh/sshd_config.d/10-vmsbx.conf" <<'SSHD'
-HostKey /etc/ssh/ssh_host_ed25519_key
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-AllowAgentForwarding no
-X11Forwarding no
-PermitUserEnvironment no
-UseDNS no
-SSHD
+# The policy is vmsbx's one sshd-vmsbx.conf, shared with every provider (and hashed into the recipe).
+{
+  echo "HostKey /etc/ssh/ssh_host_ed25519_key"
+  cat "$(dirname "$0")/sshd-vmsbx.conf"
+} > "$root/etc/ssh/sshd_config.d/10-vmsbx.conf"
 
 # Per-VM keys arrive through QEMU fw_cfg and are installed before sshd starts.
 install -D -m 0755 "$(dirname "$0")/load-keys.sh" "$root/usr/local/lib/vmsbx/load-keys"

@@ -31,13 +31,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from vmsbx.agent.client import AgentClient
 from vmsbx.claude.package import ClaudeTarball, ensure_tarball, platform_for_arch, resolve
 from vmsbx.config.models import Settings
+from vmsbx.contract import CLAUDE_ROOT
 from vmsbx.errors import GuestCheckFailed
 from vmsbx.guest import GuestFacts
 from vmsbx.sandbox.layout import GUEST_LIB
 
 log = logging.getLogger(__name__)
 
-GUEST_ROOT = f"{GUEST_LIB}/claude"
+GUEST_ROOT = CLAUDE_ROOT
 GUEST_MARKER = f"{GUEST_ROOT}/INSTALLED"
 GUEST_INSTALLER = f"{GUEST_LIB}/claude_install.py"
 

@@ -14,7 +14,6 @@ refused (never silently replaced), with the command that clears it.
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import hashlib
 import json
@@ -32,6 +31,7 @@ from typing import IO
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vmsbx.contract import BINARY_MAX, CLAUDE_MEMBER, METADATA_MAX, TARBALL_MAX, ContractError, sha512_digest
 from vmsbx.errors import ToolMissing
 from vmsbx.paths import cache_root
 
@@ -40,11 +40,7 @@ log = logging.getLogger(__name__)
 SCOPE = "@anthropic-ai"
 PACKAGE_PREFIX = "claude-code-"
 DEFAULT_REGISTRY = "https://registry.npmjs.org"
-BINARY_MEMBER = "package/claude"
-# 2.1.332: a 186 MB tarball holding a 402 MB binary. Caps leave room for growth, not for abuse.
-TARBALL_MAX = 512 * 1024 * 1024
-BINARY_MAX = 1024 * 1024 * 1024
-METADATA_MAX = 1024 * 1024
+BINARY_MEMBER = CLAUDE_MEMBER
 _CHUNK = 1 << 20
 
 _PLATFORMS = {"x86_64": "linux-x64", "amd64": "linux-x64", "aarch64": "linux-arm64", "arm64": "linux-arm64"}
@@ -102,26 +98,14 @@ def metadata_url(registry: str, platform: str, version: str) -> str:
 
 
 def parse_integrity(integrity: str) -> bytes:
-    """The sha512 digest in an npm integrity string (Subresource Integrity: `sha512-<base64>`,
-    possibly several space-separated hashes). Only sha512 is accepted: sha1 is too weak to trust."""
-    digests = set()
-    for item in integrity.split():
-        algorithm, _, encoded = item.partition("-")
-        if algorithm != "sha512":
-            continue
-        try:
-            digest = base64.b64decode(encoded.split("?", 1)[0], validate=True)
-        except (binascii.Error, ValueError):
-            digest = b""
-        if len(digest) != 64:
-            raise ClaudePackageError(f"malformed sha512 integrity {item!r}")
-        digests.add(digest)
-    if len(digests) != 1:
+    """The sha512 digest in an npm integrity string (vmsbx.contract.sha512_digest: the guest's
+    installer parses it the same way)."""
+    try:
+        return sha512_digest(integrity)
+    except ContractError as exc:
         raise ClaudePackageError(
-            f"integrity {integrity!r} does not name exactly one sha512",
-            hint="vmsbx verifies Claude Code only against a sha512 integrity",
-        )
-    return digests.pop()
+            str(exc), hint="vmsbx verifies Claude Code only against a sha512 integrity"
+        ) from None
 
 
 def format_integrity(digest: bytes) -> str:

@@ -7,19 +7,22 @@ a heredoc early. Scripts are idempotent: Lima runs its provision scripts on ever
 
 from __future__ import annotations
 
+from vmsbx.paths import data_dir
 from vmsbx.providers.guestkeys import VMKeys
 
 _EOF = "VMSBX_EOF"
+STOCK_HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
 
-SSHD_DROP_IN = """\
-# vmsbx: the host key it pinned, key logins only, no forwarding of agents or X11.
-HostKey /etc/ssh/ssh_host_ed25519_key
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-AllowAgentForwarding no
-X11Forwarding no
-"""
+
+def sshd_policy() -> str:
+    """vmsbx's sshd policy, the one source every provider uses (the QEMU image's hook installs
+    the same file): vm-templates/qemu/sshd-vmsbx.conf."""
+    return (data_dir() / "vm-templates" / "qemu" / "sshd-vmsbx.conf").read_text(encoding="utf-8")
+
+
+def sshd_drop_in(host_key: str = STOCK_HOST_KEY) -> str:
+    """/etc/ssh/sshd_config.d/10-vmsbx.conf: the key vmsbx pinned, then the policy."""
+    return f"HostKey {host_key}\n" + sshd_policy()
 
 
 def heredoc(path: str, content: str, *, mode: str) -> str:
@@ -56,7 +59,7 @@ def render_stock_sshd_setup(keys: VMKeys) -> str:
         + heredoc("/etc/ssh/ssh_host_ed25519_key", keys.host_private, mode="0600")
         + heredoc("/etc/ssh/ssh_host_ed25519_key.pub", keys.host_public, mode="0644")
         + "install -d -m 0755 /etc/ssh/sshd_config.d\n"
-        + heredoc("/etc/ssh/sshd_config.d/10-vmsbx.conf", SSHD_DROP_IN, mode="0644")
+        + heredoc("/etc/ssh/sshd_config.d/10-vmsbx.conf", sshd_drop_in(), mode="0644")
         + _authorize_root(keys.client_public)
         + "systemctl reload-or-restart ssh.service 2>/dev/null || systemctl reload-or-restart sshd.service\n"
     )
@@ -72,7 +75,7 @@ def render_wsl_setup(keys: VMKeys, *, wsl_conf: str, sshd_config: str, sshd_unit
     """
     if not 1024 <= port <= 65535:
         raise ValueError(f"port {port} out of range")
-    config = sshd_config + f"ListenAddress 127.0.0.1:{port}\n"
+    config = sshd_config + sshd_policy() + f"ListenAddress 127.0.0.1:{port}\n"
     return (
         "#!/bin/sh\n"
         "# vmsbx: harden the WSL distro and give it vmsbx's own SSH endpoint.\n"

@@ -69,6 +69,10 @@ class ImageInfo(BaseModel):
         return self.directory / "initrd"
 
 
+# Files the hooks read beside them (customize.sh installs both): part of the recipe's hash.
+HOOK_FILES = ("load-keys.sh", "sshd-vmsbx.conf")
+
+
 def templates_dir() -> Path:
     return data_dir() / "vm-templates" / "qemu"
 
@@ -116,7 +120,7 @@ def _strings(value: object) -> list[str]:
 def recipe_hash(recipe: ImageRecipe) -> str:
     """Hash of the recipe and of every file the build runs: any change means a new image."""
     digest = hashlib.sha256(recipe.model_dump_json().encode())
-    for script in (*recipe.hooks, "load-keys.sh"):
+    for script in (*recipe.hooks, *HOOK_FILES):
         digest.update(script.encode() + b"\0" + (templates_dir() / script).read_bytes())
     return digest.hexdigest()[:16]
 

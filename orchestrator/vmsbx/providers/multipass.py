@@ -24,6 +24,7 @@ from vmsbx.errors import BootTimeout, ProviderError, ToolMissing, VMNotRunning
 from vmsbx.paths import data_dir, ensure_private_dir, vm_dir, write_private
 from vmsbx.providers import multipass_argv as argv
 from vmsbx.providers.base import ProbeResult, ProviderFeatures, SSHInfo, VMState
+from vmsbx.providers.guest_setup import sshd_drop_in
 from vmsbx.providers.guestkeys import client_key_file, create_vm_keys, host_key_alias, now_iso
 from vmsbx.providers.hosttool import ToolResult, format_version, parse_version, run_tool
 from vmsbx.providers.multipass_template import render_user_data
@@ -185,7 +186,7 @@ class MultipassProvider:
         directory = ensure_private_dir(vm_dir(vm))
         keys = create_vm_keys(directory, vm)
         template = (data_dir() / "vm-templates" / "multipass" / "cloud-init.yaml").read_text()
-        user_data = render_user_data(template, keys)
+        user_data = render_user_data(template, keys, sshd_drop_in=sshd_drop_in())
         record = MultipassVMRecord(
             name=vm, instance=instance, image=IMAGE, cpus=self._settings.cpus,
             memory_mib=self._settings.memory // (1024 * 1024),

@@ -11,6 +11,7 @@ from typing import BinaryIO
 from vmsbx.agent.client import AgentClient, ByteSink
 from vmsbx.agent.protocol import HEADER, MAX_FRAME, Frame, FrameWriter
 from vmsbx.bounded import BoundedBuffer, MiB, TailBuffer
+from vmsbx.contract import EXIT_FAILED, EXIT_NOT_ENDED, ContractError, Launched, RunPaths
 from vmsbx.errors import TransportError, VmsbxError
 from vmsbx.runs.outcome import GuestResult
 from vmsbx.sandbox.layout import GUEST_LIB
@@ -25,16 +26,21 @@ JOURNAL_PULL_MAX = 256 * MiB
 
 
 class LaunchFailed(VmsbxError):
-    """The sandbox could not be started; nothing ran."""
+    """The sandbox could not be started; nothing ran. `guest_code` is the launcher's exit code
+    (the contract's EXIT_*; None when the host itself refused): what the host decides by."""
 
-    exit_code = 125
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, *, hint: str = "", guest_code: int | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.guest_code = guest_code
 
 
 class GuestControl:
     def __init__(self, client: AgentClient) -> None:
         self.client = client
 
-    def launch(self, stream: BinaryIO) -> dict[str, str]:
+    def launch(self, stream: BinaryIO) -> Launched:
         """Start a run: `stream` is the request line, then the workspace sync stream."""
         stdout, stderr = BoundedBuffer(_REPLY_MAX, "launch reply"), TailBuffer(_REPLY_MAX)
         code = self.client.exec([*GUEST, "launch"], stdin=stream, stdout=stdout, stderr=stderr)
@@ -44,9 +50,17 @@ class GuestControl:
                 f"the sandbox did not start: {message}",
                 hint="if a property is not supported by this guest's systemd, vmsbx refuses rather than "
                 "run with less isolation; `vmsbx doctor` and `vmsbx up` check the guest",
+                guest_code=code,
             )
-        reply = json.loads(stdout.getvalue().decode().strip().splitlines()[-1])
-        return {"unit": str(reply["unit"]), "invocation_id": str(reply["invocation_id"])}
+        lines = stdout.getvalue().decode(errors="replace").strip().splitlines()
+        try:
+            launched: Launched = Launched.from_json(lines[-1] if lines else "")
+        except ContractError as exc:
+            raise LaunchFailed(
+                f"the guest launcher's reply breaks the contract: {strip_control(str(exc))[:400]}",
+                hint="`vmsbx up` pushes the launcher of this vmsbx version",
+            ) from None
+        return launched
 
     def attach(
         self,
@@ -72,7 +86,7 @@ class GuestControl:
     def result(self, run_id: str, *, wait: float) -> GuestResult | None:
         """systemd's verdict on the run, or None if it has not ended within `wait` seconds."""
         code, out, err = self.client.run([*GUEST, "result", run_id, str(wait)])
-        if code == 3:
+        if code == EXIT_NOT_ENDED:
             return None
         if code != 0:
             raise TransportError(
@@ -83,7 +97,7 @@ class GuestControl:
 
     def is_active(self, run_id: str) -> bool:
         """Whether the run's unit is still up in the guest (starting, running or stopping)."""
-        _code, out, _err = self.client.run(["systemctl", "is-active", f"vmsbx-run-{run_id}.service"])
+        _code, out, _err = self.client.run(["systemctl", "is-active", RunPaths(run_id).unit])
         return out.strip() in (b"active", b"activating", b"deactivating", b"reloading")
 
     def ended(
@@ -113,7 +127,7 @@ class GuestControl:
 
     @staticmethod
     def _ended_reply(code: int, out: JournalSink, err: TailBuffer) -> Ended | None:
-        if code == 3:
+        if code == EXIT_NOT_ENDED:
             return None
         if code != 0:
             raise TransportError(

@@ -20,6 +20,7 @@ from vmsbx.agent.credential import CredentialKind
 from vmsbx.agent.egress.sandbox_env import env_for_sandbox
 from vmsbx.agent.protocol import FrameWriter
 from vmsbx.config.models import Settings
+from vmsbx.contract import EXIT_UID_IN_USE, PROJECT_ID, Jail, LaunchRequest, ProjectPaths, RunSpec, Sizes
 from vmsbx.errors import AgentError, ConfigError, TransportError, UsageError, VmsbxError
 from vmsbx.guest import provision_nsjail
 from vmsbx.logsetup import register_secret
@@ -30,7 +31,7 @@ from vmsbx.runs.guestctl import Ended, GuestControl, LaunchFailed
 from vmsbx.runs.outcome import SANDBOX_FAILED, GuestResult, jail_failure, outcome
 from vmsbx.runs.record import Resources, RunRecord
 from vmsbx.runs.streamview import StreamView
-from vmsbx.sandbox.layout import BRIDGES, PROJECTS_ROOT, RunLayout, new_run_id
+from vmsbx.sandbox.layout import BRIDGES, RunLayout, new_run_id
 from vmsbx.sandbox.nsjail import (
     JAIL_WORKSPACE,
     check_jail_config,
@@ -200,11 +201,11 @@ def start(
     env: dict[str, str],
     relay: RelayAccess | None = None,
     home_files: Callable[[str, CredentialKind, list[str]], dict[str, str]] | None = None,
-    adjust: Callable[[dict[str, object]], None] | None = None,
+    adjust: Callable[[LaunchRequest], LaunchRequest] | None = None,
 ) -> tuple[RunRecord, GuestControl]:
     """Launch a run; returns its record (state running) and the guest control it runs under.
 
-    `adjust` edits the rendered launch request: only `vmsbx verify --self-test` passes one.
+    `adjust` returns a changed launch request: only `vmsbx verify --self-test` passes one.
     """
     check_policy(settings)
     vm = settings.vm.name
@@ -242,42 +243,47 @@ def start(
             workspace_key=key,
             collect_max=settings.sync.collect_max,
         )
-        request = _launch_request(settings, layout, record, facts)
-        request["project"] = sync.key
+        systemd_run, jail = _launch_sandbox(settings, layout, record, facts)
         run_env = dict(env)
-        spec_extra: dict[str, object] = {}
         token = agentrun.new_token()
         register_secret(token)
         ports = _admit(guest, settings, layout.run_id, token, relay)
         record.relay, record.egress = "relay" in ports, "proxy" in ports
-        request["bridges"] = ports
-        spec_extra["bridges"] = {name: BRIDGES[name] for name in ports}
         run_env.update(sandbox_environment(settings, ports, token, relay))
+        home: dict[str, str] = {}
         if record.relay and relay is not None and home_files is not None:
             workdirs = (
                 [JAIL_WORKSPACE] if record.sandbox == "nsjail" else [layout.workspace, layout.workspace_mount]
             )
-            spec_extra["home_files"] = home_files(token, relay.kind, workdirs)
-        request["spec"] = {
-            **spec_extra,
-            "argv": command,
-            "env": run_env,
-            "tty": tty,
-            "cols": size[0],
-            "rows": size[1],
-            "cwd": JAIL_WORKSPACE if record.sandbox == "nsjail" else layout.workspace,
-            "home": layout.home,
-        }
+            home = home_files(token, relay.kind, workdirs)
+        request = LaunchRequest(
+            run_id=layout.run_id,
+            project=sync.key,
+            sizes=Sizes(tmp=settings.sandbox.tmp_size, workspace=settings.sandbox.workspace_size),
+            systemd_run=systemd_run,
+            jail=jail,
+            bridges=ports,
+            spec=RunSpec(
+                argv=command,
+                env=run_env,
+                tty=tty,
+                cols=size[0],
+                rows=size[1],
+                cwd=JAIL_WORKSPACE if record.sandbox == "nsjail" else layout.workspace,
+                home=layout.home,
+                bridges={name: BRIDGES[name] for name in ports},
+                home_files=home,
+            ),
+        )
         if adjust is not None:
-            adjust(request)
+            request = adjust(request)
         records.save(record)
         workspace.save_base(records.run_dir(record.id), sync, bases)
         try:
             with workspace.launch_stream(request, sync) as stream:
                 launched = guest.launch(stream)
         except LaunchFailed as exc:
-            # Two concurrent jails may draw the same outside uid: the guest refuses, draw again.
-            if record.sandbox == "nsjail" and "is in use" in exc.message and attempt < 2:
+            if draws_again(exc) and attempt < 2:
                 _leave_relay(guest, record)
                 records.discard(record.id)
                 continue
@@ -288,7 +294,7 @@ def start(
             _mark_failed(record, exc)
             _leave_relay(guest, record)
             raise
-        record.invocation_id = launched["invocation_id"]
+        record.invocation_id = launched.invocation_id
         record.state = "running"
         record.changes = "pending"
         if settings.sandbox.network == "open":
@@ -413,18 +419,20 @@ def _leave_relay(guest: GuestControl, record: RunRecord) -> None:
             guest.client.call({"op": "run_unregister", "run_id": record.id})
 
 
-def _launch_request(
+def draws_again(exc: LaunchFailed) -> bool:
+    """Whether a refused launch is tried again under a new run id: only when the guest said, by
+    its exit code (never by the words of its message), that the jail's drawn outside uid is
+    taken by another live run or account: a new id draws another uid."""
+    return exc.guest_code == EXIT_UID_IN_USE
+
+
+def _launch_sandbox(
     settings: Settings, layout: RunLayout, record: RunRecord, facts: dict[str, str]
-) -> dict[str, object]:
-    """What the guest launcher needs to start this run (the spec is added by the caller)."""
-    request: dict[str, object] = {
-        "run_id": layout.run_id,
-        "tmp_size": settings.sandbox.tmp_size,
-        "workspace_size": settings.sandbox.workspace_size,
-    }
+) -> tuple[list[str], Jail | None]:
+    """The sandbox part of the launch request: the unit's systemd-run argv, and in nsjail mode
+    the jail's config and outside uid."""
     if settings.sandbox.mode != "nsjail":
-        request["systemd_run"] = render_systemd_run_argv(settings.sandbox, layout)
-        return request
+        return render_systemd_run_argv(settings.sandbox, layout), None
     outside_uid = outside_uid_for(layout.run_id)
     config = render_nsjail_config(
         settings.sandbox,
@@ -441,9 +449,8 @@ def _launch_request(
             hint="this is a bug in vmsbx; use --sandbox systemd meanwhile",
         )
     path = nsjail_config_path(layout)
-    request["systemd_run"] = render_nsjail_systemd_run_argv(settings.sandbox, layout, config_path=path)
-    request["nsjail"] = {"config": config, "outside_uid": outside_uid}
-    return request
+    argv = render_nsjail_systemd_run_argv(settings.sandbox, layout, config_path=path)
+    return argv, Jail(config=config, outside_uid=outside_uid)
 
 
 def _mark_failed(record: RunRecord, exc: BaseException) -> None:
@@ -663,7 +670,8 @@ def _collect_changes(
         # Nothing was fetched. The guest keeps the run's hold on its mirror and the host keeps
         # that mirror out of later syncs (`_finish_earlier_runs`) until `vmsbx discard`.
         record.changes = "held"
-        where = f"{PROJECTS_ROOT}/{record.workspace_key}/mnt" if record.workspace_key else "the guest"
+        key = record.workspace_key
+        where = ProjectPaths(key).mnt if key and PROJECT_ID.fullmatch(key) else "the guest"
         record.reason = (record.reason or "") + f"; changes not collected: {exc.message}; kept in {where}"
         records.save(record)
         print(f"vmsbx: the run's changes were not collected: {exc}", file=sys.stderr)

@@ -19,9 +19,10 @@ from collections.abc import Iterable
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vmsbx.config.models import SandboxSettings
+from vmsbx.contract import EXIT_FAILED
 from vmsbx.textsafe import strip_control
 
-SANDBOX_FAILED = 125
+SANDBOX_FAILED = EXIT_FAILED  # the launcher's own code for a sandbox that did not start
 OOM_CODE = 128 + signal.SIGKILL
 TIMEOUT_CODE = 128 + signal.SIGTERM
 MAX_NOTES, NOTE_CHARS = 16, 300

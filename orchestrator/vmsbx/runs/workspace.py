@@ -23,6 +23,7 @@ from typing import BinaryIO
 
 from vmsbx.bounded import CappedSink, TailBuffer
 from vmsbx.config.models import Settings
+from vmsbx.contract import LaunchRequest
 from vmsbx.errors import SyncError
 from vmsbx.paths import ensure_private_dir, open_private, vm_dir, write_private
 from vmsbx.runs import gitbundle, review
@@ -87,7 +88,7 @@ def plan_sync_in(settings: Settings, project: Path, guest: GuestControl, vm: str
 
 
 @contextlib.contextmanager
-def launch_stream(request: dict[str, object], sync: SyncIn) -> Iterator[BinaryIO]:
+def launch_stream(request: LaunchRequest, sync: SyncIn) -> Iterator[BinaryIO]:
     """The launcher's stdin: the request line, then the sync stream, produced by a thread
     while the agent sends it (100 MB of project never sits in memory)."""
     read_fd, write_fd = os.pipe()
@@ -96,7 +97,7 @@ def launch_stream(request: dict[str, object], sync: SyncIn) -> Iterator[BinaryIO
     def produce() -> None:
         with os.fdopen(write_fd, "wb", buffering=1 << 20) as sink:
             try:
-                sink.write(json.dumps(request).encode() + b"\n")
+                sink.write(request.to_json().encode() + b"\n")
                 write_stream(sync.scan, sync.plan, sink)
             except BrokenPipeError:
                 pass  # the launcher refused and stopped reading; its error says why

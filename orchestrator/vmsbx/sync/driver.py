@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol, cast
 
 from vmsbx.bounded import BoundedBuffer, CappedSink, MiB, TailBuffer
+from vmsbx.contract import EXIT_TOO_LARGE
 from vmsbx.errors import SyncError
 from vmsbx.paths import ensure_private_dir, open_private, write_private
 from vmsbx.sandbox.layout import GUEST_LIB
@@ -35,7 +36,6 @@ WSYNC_ARGV: tuple[str, ...] = (f"{GUEST_LIB}/wsync.py",)
 _STDERR_SHOWN = 600
 _STDERR_KEPT = 4 * MiB  # wsync's last stderr line is its report (pack: the problems)
 _STDOUT_MAX = 1 * MiB  # `apply` answers one short line
-_TOO_LARGE = 5  # wsync.py TOO_LARGE
 
 
 class ExecChannel(Protocol):
@@ -90,7 +90,7 @@ def guest_manifest(
     argv += options
     argv += [f"--max-new-bytes={max_new_bytes}"] if max_new_bytes is not None else []
     code = channel.exec(argv, stdin=None, stdout=cast(BinaryIO, out), stderr=cast(BinaryIO, err))
-    if code == _TOO_LARGE and max_new_bytes is not None:
+    if code == EXIT_TOO_LARGE and max_new_bytes is not None:
         raise _too_large_from_guest(err.getvalue(), max_new_bytes)
     _check(code, err.getvalue(), "list the guest workspace")
     return Manifest.from_json(out.getvalue())

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vmsbx.contract import LaunchRequest
+
 
 @dataclass(frozen=True)
 class Loosening:
@@ -68,25 +70,25 @@ LOOSENINGS: dict[str, tuple[Loosening, ...]] = {
 }
 
 
-def loosen_request(request: dict[str, object], loosening: Loosening) -> None:
-    """Apply `loosening` to a rendered launch request, in place. Pure data editing."""
-    argv = request["systemd_run"]
-    assert isinstance(argv, list)
+def loosen_request(request: LaunchRequest, loosening: Loosening) -> LaunchRequest:
+    """`request` with `loosening` applied (a new, contract-checked request). Pure data editing."""
+    argv = request.systemd_run
     kept: list[str] = []
     i = 0
     while i < len(argv):
         if (
             argv[i] == "-p"
             and i + 1 < len(argv)
-            and str(argv[i + 1]).startswith(loosening.unit_properties or ("\0",))
+            and argv[i + 1].startswith(loosening.unit_properties or ("\0",))
         ):
             i += 2
             continue
         kept.append(argv[i])
         i += 1
-    request["systemd_run"] = kept
-    jail = request.get("nsjail")
-    if loosening.jail_lines and isinstance(jail, dict):
-        lines = str(jail["config"]).splitlines()
+    jail = request.jail
+    if loosening.jail_lines and jail is not None:
         swaps = dict(loosening.jail_lines)
-        jail["config"] = "\n".join(swaps.get(line, line) for line in lines) + "\n"
+        config = "\n".join(swaps.get(line, line) for line in jail.config.splitlines()) + "\n"
+        jail = jail.replace(config=config)
+    loosened: LaunchRequest = request.replace(systemd_run=kept, jail=jail)
+    return loosened
