@@ -5,30 +5,16 @@ run's stdout, its stderr and the reply after it."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import SimpleNamespace
 
 import pytest
+from guest_code import load_guest
 
 from vmsbx.runs.guestctl import JournalSink, OutputThenEnd
-
-GUEST = Path(__file__).resolve().parents[2] / "provision" / "guest"
-
-
-def _launcher() -> ModuleType:
-    sys.path.insert(0, str(GUEST))
-    try:
-        spec = importlib.util.spec_from_file_location("launcher_under_test", GUEST / "launcher.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(GUEST))
 
 
 class Stdout(io.TextIOWrapper):
@@ -38,7 +24,7 @@ class Stdout(io.TextIOWrapper):
 def test_a_replayed_run_reaches_the_host_as_output_then_reply(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    launcher = _launcher()
+    launcher = load_guest("launcher")
     frame = launcher.HEADER.pack
     transcript = (
         frame(launcher.STDOUT, 6) + b"hello\n"
@@ -48,7 +34,8 @@ def test_a_replayed_run_reaches_the_host_as_output_then_reply(
     )  # fmt: skip
     (tmp_path / "transcript").write_bytes(transcript)
     (tmp_path / "result.json").write_text(json.dumps({"exit_code": "exited", "exit_status": "3"}))
-    p = {"transcript": str(tmp_path / "transcript"), "result": str(tmp_path / "result.json")}
+    # The two RunPaths fields the replay reads, pointed at this test's files.
+    p = SimpleNamespace(transcript=str(tmp_path / "transcript"), result=str(tmp_path / "result.json"))
     raw = io.BytesIO()
     stdout = Stdout(raw, write_through=True)
     monkeypatch.setattr(sys, "stdout", stdout)
