@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
+from goldens import check_golden
 from launch_samples import sample_request
 
 from vmsbx import contract
@@ -26,18 +26,6 @@ from vmsbx.contract import (
     RunSpec,
     Sizes,
 )
-
-GOLDEN = Path(__file__).parent / "golden"
-UPDATE = os.environ.get("VMSBX_TEST_UPDATE_GOLDEN") == "1"
-
-
-def _golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if UPDATE:
-        path.write_text(text, encoding="utf-8")
-        return
-    assert path.is_file(), f"no golden {path}; create it with VMSBX_TEST_UPDATE_GOLDEN=1"
-    assert text == path.read_text(encoding="utf-8"), f"{path} differs; regenerate if intended"
 
 
 def _imports(tree: ast.Module) -> tuple[set[str], set[str]]:
@@ -83,9 +71,9 @@ def test_the_contract_imports_only_the_standard_library() -> None:
 
 
 @pytest.mark.parametrize("mode", ["systemd", "nsjail"])
-def test_launch_request_matches_golden(mode: str) -> None:
+def test_launch_request_matchescheck_golden(mode: str) -> None:
     request = sample_request(mode)
-    _golden(f"launch_request_{mode}.json", json.dumps(request.to_dict(), indent=2) + "\n")
+    check_golden(f"launch_request_{mode}.json", json.dumps(request.to_dict(), indent=2) + "\n")
 
 
 @pytest.mark.parametrize("mode", ["systemd", "nsjail"])

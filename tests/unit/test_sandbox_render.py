@@ -6,28 +6,17 @@ Regenerate after an intended change with VMSBX_TEST_UPDATE_GOLDEN=1 and review t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from goldens import check_golden
 
 from vmsbx.config.models import SandboxSettings
 from vmsbx.sandbox.layout import RunLayout, is_run_id, new_run_id
 from vmsbx.sandbox.systemd import render_systemd_run_argv, render_unit_file, render_unit_properties
 
-GOLDEN = Path(__file__).parent / "golden"
-UPDATE = os.environ.get("VMSBX_TEST_UPDATE_GOLDEN") == "1"
 LAYOUT = RunLayout(run_id="0123456789ab")
 GiB = 1 << 30
-
-
-def _golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if UPDATE:
-        path.write_text(text, encoding="utf-8")
-        return
-    assert path.is_file(), f"no golden {path}; create it with VMSBX_TEST_UPDATE_GOLDEN=1"
-    assert text == path.read_text(encoding="utf-8"), f"{path} differs; regenerate if intended"
 
 
 def props(policy: SandboxSettings | None = None) -> dict[str, list[str]]:
@@ -38,13 +27,13 @@ def props(policy: SandboxSettings | None = None) -> dict[str, list[str]]:
     return table
 
 
-def test_systemd_run_argv_matches_golden() -> None:
+def test_systemd_run_argv_matchescheck_golden() -> None:
     argv = render_systemd_run_argv(SandboxSettings(), LAYOUT)
-    _golden("systemd_run_default.json", json.dumps(argv, indent=2) + "\n")
+    check_golden("systemd_run_default.json", json.dumps(argv, indent=2) + "\n")
 
 
-def test_unit_file_matches_golden() -> None:
-    _golden("systemd_unit_default.service", render_unit_file(SandboxSettings(), LAYOUT))
+def test_unit_file_matchescheck_golden() -> None:
+    check_golden("systemd_unit_default.service", render_unit_file(SandboxSettings(), LAYOUT))
 
 
 def test_limits_follow_the_policy() -> None:
