@@ -16,7 +16,7 @@ from vmcli import Cli
 
 from vmsbx.config.models import SandboxSettings
 from vmsbx.sandbox.layout import GUEST_LIB, RunLayout
-from vmsbx.sandbox.systemd import DENIED_SYSCALLS, render_io_properties
+from vmsbx.sandbox.systemd import DENIED_SYSCALLS, render_io_properties, render_start_check
 
 pytestmark = pytest.mark.vm
 
@@ -145,7 +145,8 @@ def test_a_cap_systemd_could_not_apply_refuses_the_unit(cli: Cli, default_vm: di
     only a warning; the check before the first process refuses the unit instead. The positive
     control is every other run in this file, whose check passed."""
     layout = RunLayout(run_id="f1f1f1f1f1f1")
-    props = render_io_properties(SandboxSettings(io_write_bps="1M"), layout)
+    policy = SandboxSettings(io_write_bps="1M")
+    props = [*render_io_properties(policy, layout), render_start_check(policy, layout)]
     argv = [
         "systemd-run",
         "--wait",
