@@ -10,6 +10,7 @@ for skips that are legitimate on some platforms. Away from CI, skips stay skips.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Generator
 from pathlib import Path
@@ -29,6 +30,21 @@ pytest_plugins = ("pytester",)
 ALLOWED_SKIPS: dict[str, frozenset[str]] = {
     "FIFOs are POSIX-only": frozenset({"win32"}),
 }
+
+
+def restore_sigint() -> None:
+    """Give Ctrl-C back to this session and every process it starts, if it came in ignored.
+
+    A shell starts a background job (scripts/test's shards: `pytest … &`) with SIGINT ignored,
+    the ignore is inherited across exec, and Python installs its KeyboardInterrupt handler only
+    when SIGINT is not ignored: every `vmsbx` a test sends SIGINT to (the Ctrl-C tests) then
+    went on as if nothing happened. Python's handler (a C-level one) becomes the default again
+    in each child at exec."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+restore_sigint()
 
 
 def _in_ci() -> bool:
