@@ -233,15 +233,20 @@ def test_wsl_conf_turns_host_sharing_off_and_systemd_on() -> None:
         assert parser[section][key] == "false", (section, key)
 
 
-def test_wsl_setup_script_binds_vmsbx_sshd_to_loopback_only() -> None:
+def _wsl_setup_script() -> str:
+    """The WSL2 setup script from the shipped templates, sshd on port 42022."""
     root = TEMPLATES / "wsl2"
-    script = render_wsl_setup(
+    return render_wsl_setup(
         KEYS,
         wsl_conf=(root / "wsl.conf").read_text(),
         sshd_config=(root / "sshd_config").read_text(),
         sshd_unit=(root / "vmsbx-sshd.service").read_text(),
         port=42022,
     )
+
+
+def test_wsl_setup_script_binds_vmsbx_sshd_to_loopback_only() -> None:
+    script = _wsl_setup_script()
     assert "ListenAddress 127.0.0.1:42022\n" in script
     assert "systemctl disable ssh.service ssh.socket" in script
     assert "cat > '/etc/wsl.conf.vmsbx-new' <<'VMSBX_EOF'" in script
@@ -392,14 +397,7 @@ def test_every_provider_gets_the_one_sshd_policy() -> None:
         )
     )["write_files"]
     assert [entry["path"] for entry in multipass] == ["/etc/ssh/sshd_config.d/10-vmsbx.conf"]
-    root = TEMPLATES / "wsl2"
-    wsl_script = render_wsl_setup(
-        KEYS,
-        wsl_conf=(root / "wsl.conf").read_text(),
-        sshd_config=(root / "sshd_config").read_text(),
-        sshd_unit=(root / "vmsbx-sshd.service").read_text(),
-        port=42022,
-    )
+    wsl_script = _wsl_setup_script()
     wsl = _sshd_options(_heredoc_body(wsl_script, "/etc/ssh/vmsbx/sshd_config"))
     stock_key = ["/etc/ssh/ssh_host_ed25519_key"]
     for name, options, host_key in (
