@@ -115,11 +115,7 @@ class GuestControl:
         in one guest call; None if the run did not end within `wait`. The journal streams to
         `spool`: a run that printed 100,000 lines must not sit in memory. `collect_max`: the
         guest lists no manifest (`null`) when the surely new files exceed it."""
-        argv = [*GUEST, "ended", run_id, str(wait), invocation_id]
-        if after:
-            argv.append(after)
-        if manifest:
-            argv.append(f"--manifest={collect_max}" if collect_max else "--manifest")
+        argv = [*GUEST, "ended", run_id, str(wait), invocation_id, *_end_args(after, manifest, collect_max)]
         out, err = JournalSink(spool, after, heads=2 if manifest else 1), TailBuffer(_REPLY_MAX)
         code = self.client.exec(argv, stdin=None, stdout=out, stderr=err)
         out.close()
@@ -154,11 +150,7 @@ class GuestControl:
     ) -> Ended | None:
         """A headless run's `attach` and then `ended`, in one guest call: the run's output goes
         to `stdout`/`stderr` as it comes, then what `ended` returns (the journal to `spool`)."""
-        argv = [*GUEST, "follow", run_id, str(wait), invocation_id]
-        if after:
-            argv.append(after)
-        if manifest:
-            argv.append(f"--manifest={collect_max}" if collect_max else "--manifest")
+        argv = [*GUEST, "follow", run_id, str(wait), invocation_id, *_end_args(after, manifest, collect_max)]
         end = JournalSink(spool, after, heads=2 if manifest else 1)
         out, err = OutputThenEnd(stdout, stderr, end), TeeTail(stderr, _REPLY_MAX)
         code = self.client.exec(argv, stdin=stdin, stdout=out, stderr=err)
@@ -214,6 +206,14 @@ class Ended:
     result: GuestResult
     cursor: str | None
     manifest: bytes | None  # the workspace manifest's JSON, when asked for and made
+
+
+def _end_args(after: str | None, manifest: bool, collect_max: int | None) -> list[str]:
+    """What `ended` and `follow` take after the run: the journal cursor, the manifest flag."""
+    args = [after] if after else []
+    if manifest:
+        args.append(f"--manifest={collect_max}" if collect_max else "--manifest")
+    return args
 
 
 class OutputThenEnd:
