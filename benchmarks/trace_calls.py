@@ -25,6 +25,7 @@ from vmsbx.cli.main import main
 _original_exec = client.AgentClient.exec
 _original_call = client.AgentClient.call
 _calls: list[tuple[str, float, float]] = []  # (name, start, end), seconds since _start
+_via: dict[int, str] = {}  # index in _calls -> how a guest call was carried (guestd or ssh)
 _start = time.perf_counter()
 _wall_start = time.time()  # the guest's journal stamps are wall-clock: placed on the same axis
 
@@ -35,6 +36,7 @@ def _exec(self: client.AgentClient, argv: list[str], **kwargs: Any) -> int:
         return _original_exec(self, argv, **kwargs)
     finally:
         words = [word for word in argv[1:6] if not word.startswith(("/", "-"))][:3]
+        _via[len(_calls)] = self.last_via
         _calls.append(("guest " + " ".join(words), began - _start, time.perf_counter() - _start))
 
 
@@ -49,11 +51,13 @@ def _call(self: client.AgentClient, request: dict[str, Any], **kwargs: Any) -> d
 def _report() -> None:
     total = time.perf_counter() - _start
     spent = sum(end - began for _, began, end in _calls)
-    guest_execs = sum(name.startswith("guest ") for name, _, _ in _calls)
-    for name, began, end in _calls:
-        print(f"trace: {end - began:7.3f} s  {name}  [{began:.3f} → {end:.3f}]", file=sys.stderr)
+    carried = list(_via.values())
+    for index, (name, began, end) in enumerate(_calls):
+        via = f"  via {_via[index]}" if index in _via else ""
+        print(f"trace: {end - began:7.3f} s  {name}  [{began:.3f} → {end:.3f}]{via}", file=sys.stderr)
     print(
-        f"trace: {spent:7.3f} s  in {len(_calls)} calls ({guest_execs} guest execs); "
+        f"trace: {spent:7.3f} s  in {len(_calls)} calls ({len(carried)} guest calls, "
+        f"{carried.count('ssh')} of them SSH sessions); "
         f"{total - spent:.3f} s elsewhere; {total:.3f} s total",
         file=sys.stderr,
     )

@@ -45,6 +45,20 @@ RUNS_ROOT = f"{STATE_ROOT}/runs"
 PROJECTS_ROOT = f"{STATE_ROOT}/projects"
 NSJAIL = f"{GUEST_LIB}/nsjail/bin/nsjail"
 
+# The guest launcher as one command over SSH (-S: no site import, see sandbox.systemd.NO_SITE).
+GUEST_ARGV = ("/usr/bin/python3", "-S", f"{GUEST_LIB}/guest.py")
+
+# The resident guest agent (guestd.py): a root service with the launcher loaded, serving the
+# same verbs without a Python start per call. Its socket is in a root-only directory and it
+# answers only uid 0; the host reaches it as a direct-streamlocal channel of its SSH connection.
+GUESTD_UNIT = "vmsbx-guestd.service"
+GUESTD_SOCKET = "/run/vmsbx-guestd/socket"
+# A request: a big-endian length, then this much JSON ({"version": …, "argv": [VERB, …]}), then
+# the verb's stdin until the host half-closes. The reply: frames (FRAME_HEADER below) of
+# FRAME_STDOUT and FRAME_STDERR, then one FRAME_EXIT whose payload is the JSON {"code": N}.
+GUESTD_REQUEST_HEADER = struct.Struct(">I")
+GUESTD_REQUEST_MAX = 64 * 1024
+
 RUN_ID = re.compile(r"^[a-z0-9]{12}$")  # the host draws 12 lowercase hex characters
 PROJECT_ID = re.compile(r"^[0-9a-f]{16}$")  # vmsbx.runs.workspace.project_key
 INVOCATION_ID = re.compile(r"^[0-9a-f]{32}$")  # systemd's InvocationID
@@ -111,6 +125,7 @@ EXIT_NO_RUN = 4  # the run, its workspace or the project is not there, or is ano
 EXIT_TOO_LARGE = 5  # `wsync … manifest --max-new-bytes`: the run's new files exceed the cap
 EXIT_BAD_REQUEST = 6  # the launch request breaks this contract: nothing was started
 EXIT_UID_IN_USE = 7  # nsjail: the drawn outside uid is taken; launch again under a new run id
+EXIT_STALE = 8  # guestd: it runs another bundle than the host's (it restarts to load the new one)
 EXIT_FAILED = 125  # the sandbox could not be prepared or started
 EXIT_HOLDER_LOST = 255  # the session holder went away before the command's exit
 

@@ -3,19 +3,17 @@ cannot hold vmsbx's second wall (fail closed: never carry on with less isolation
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
 import time
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from vmsbx import contract
 from vmsbx.agent.client import AgentClient
-from vmsbx.contract import GUEST_LIB, PROJECTS_ROOT, RUNS_ROOT, STATE_ROOT
+from vmsbx.contract import GUEST_LIB, GUESTD_UNIT, PROJECTS_ROOT, RUNS_ROOT, STATE_ROOT
 from vmsbx.errors import GuestCheckFailed
+from vmsbx.guestbundle import guest_bundle
 from vmsbx.paths import data_dir
 from vmsbx.textsafe import strip_control
 
@@ -68,23 +66,6 @@ def gather_facts(client: AgentClient) -> GuestFacts:
         ) from exc
 
 
-def guest_bundle() -> tuple[str, dict[str, bytes]]:
-    """The guest-side programs vmsbx pushes, and their content hash (the installed version):
-    provision/guest/*.py, and the host↔guest contract (vmsbx.contract, this very package's
-    file, pushed as contract.py) that the launcher imports."""
-    files = {
-        path.name: path.read_bytes() for path in sorted((data_dir() / "provision" / "guest").glob("*.py"))
-    }
-    if "contract.py" in files:
-        raise GuestCheckFailed("provision/guest/contract.py shadows vmsbx.contract", hint="remove it")
-    files["contract.py"] = Path(contract.__file__).read_bytes()
-    files = dict(sorted(files.items()))
-    digest = hashlib.sha256()
-    for name, data in files.items():
-        digest.update(name.encode() + b"\0" + data + b"\0")
-    return digest.hexdigest()[:32], files
-
-
 def provision(client: AgentClient, facts: GuestFacts) -> bool:
     """Push the guest launcher and session holder if the guest's copy differs. True if pushed."""
     version, files = guest_bundle()
@@ -117,11 +98,31 @@ def provision(client: AgentClient, facts: GuestFacts) -> bool:
             hint="the guest's python3 may be broken; `vmsbx reset` restores the image",
         )
     client.put(f"{GUEST_LIB}/VERSION", version.encode(), mode=0o644)
+    start_guestd(client)
     _log.info(
         "provisioned guest launcher",
         extra={"version": version, "files": len(files), "seconds": round(time.monotonic() - started, 3)},
     )
     return True
+
+
+# One guest command: reload the unit, enable it for the next boots, and restart it so that it
+# runs the bundle just pushed (Type=notify: this returns once the new one listens).
+_START_GUESTD = (
+    f"systemctl daemon-reload && systemctl enable --quiet {GUESTD_UNIT} && systemctl restart {GUESTD_UNIT}"
+)
+
+
+def start_guestd(client: AgentClient) -> None:
+    """Install and (re)start the resident guest agent (provision/vmsbx-guestd.service)."""
+    unit = (data_dir() / "provision" / GUESTD_UNIT).read_bytes()
+    client.put(f"/etc/systemd/system/{GUESTD_UNIT}", unit, mode=0o644)
+    code, _out, err = client.run(["sh", "-c", _START_GUESTD])
+    if code != 0:
+        raise GuestCheckFailed(
+            "the guest agent did not start: " + strip_control(err.decode(errors="replace"))[-800:],
+            hint=f"`vmsbx ssh -- journalctl -u {GUESTD_UNIT}` shows why; `vmsbx reset` restores the image",
+        )
 
 
 def provision_nsjail(client: AgentClient, arch: str, installed: str) -> str:

@@ -20,7 +20,7 @@ import pytest
 from guest_code import CONTRACT, load_guest
 
 from vmsbx import contract as host_contract
-from vmsbx.guest import guest_bundle
+from vmsbx.guestbundle import guest_bundle
 from vmsbx.sandbox.layout import GUEST_LIB, RunLayout
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from vmcli import Cli
 
+from vmsbx.contract import GUESTD_SOCKET
+
 pytestmark = pytest.mark.vm
 
 
@@ -108,10 +110,11 @@ def test_a_rewrite_that_puts_the_old_mtime_back_still_comes_back(
 def test_a_run_makes_these_guest_calls_and_no_more(
     cli: Cli, default_vm: dict[str, object], tmp_path: Path
 ) -> None:
-    # Each guest call starts a guest process over SSH (0.5-1.5 s under TCG): the sequence is
-    # the run overhead, so it is pinned here. A headless run's output, verdict, journal and
-    # workspace manifest come back in one `follow` call (no `attach`, `ended` or `wsync run …
-    # manifest` of their own); nothing changed, so no `pack`.
+    # The sequence of guest calls is the run overhead, so it is pinned here. A headless run's
+    # output, verdict, journal and workspace manifest come back in one `follow` call (no
+    # `attach`, `ended` or `wsync run … manifest` of their own); nothing changed, so no `pack`.
+    # Every one is taken by the resident guest agent: none starts an SSH session, a shell or a
+    # Python in the guest (0.5-1.5 s each under TCG).
     project = _project(cli, tmp_path)
     project.ok("run", "--", "true")  # the first sync and the policy's score happen here
     trace = Path(__file__).resolve().parents[2] / "benchmarks" / "trace_calls.py"
@@ -120,16 +123,41 @@ def test_a_run_makes_these_guest_calls_and_no_more(
         env=project.env, cwd=project.cwd, capture_output=True, timeout=600, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr.decode(errors="replace")
-    calls = [
-        " ".join(line.split()[3:5])
-        for line in done.stderr.decode().splitlines()
-        if line.startswith("trace:") and " in " not in line
-    ]
+    trace_lines = done.stderr.decode().splitlines()
+    lines = [line for line in trace_lines if line.startswith("trace:") and " in " not in line]
+    calls = [" ".join(line.split()[3:5]) for line in lines]
     assert calls == [
         "guest wsync", "agent run_register", "guest launch", "guest follow",
         "agent run_unregister", "guest release",
     ]  # fmt: skip
+    carried = [line.rsplit("via ", 1)[-1] for line in lines if " guest " in line]
+    assert carried == ["guestd"] * 4, lines
     assert "changed nothing" in done.stderr.decode()
+
+
+_CONNECT = """
+import socket, sys
+probe = socket.socket(socket.AF_UNIX)
+try:
+    probe.connect(sys.argv[1])
+    print("connected")
+except OSError as exc:
+    print("refused", exc.__class__.__name__)
+"""
+
+
+@pytest.mark.parametrize("mode", ["systemd", "nsjail"])
+def test_a_run_cannot_reach_the_guest_agent(
+    cli: Cli, default_vm: dict[str, object], tmp_path: Path, mode: str
+) -> None:
+    # The guest agent runs launcher verbs as root: its socket is root's alone (a 0700
+    # directory), and it answers uid 0 only (tests/host/test_guestd.py). A run is never root.
+    project = _project(cli, tmp_path)
+    done = project.ok("run", "--sandbox", mode, "--", "python3", "-c", _CONNECT, GUESTD_SOCKET)
+    assert done.stdout.decode().split()[0] == "refused", done.stdout
+    # Control: the path is right, root in the guest (vmsbx ssh) reaches it.
+    control = project.ok("ssh", "--", "python3", "-c", _CONNECT, GUESTD_SOCKET)
+    assert control.stdout.decode().strip() == "connected"
 
 
 def test_each_run_gets_its_own_workspace_cap(cli: Cli, default_vm: dict[str, object], tmp_path: Path) -> None:

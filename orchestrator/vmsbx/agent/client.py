@@ -50,6 +50,7 @@ class AgentClient:
         self.vm = vm
         self.dir = vm_dir(vm)
         self.transport = endpoint.transport()
+        self.last_via = ""  # how the last exec was carried in the guest (see exec)
 
     def _connect(self, timeout: float | None = 5.0) -> socket.socket:
         try:
@@ -177,6 +178,8 @@ class AgentClient:
                 raise AgentError("the host agent closed the connection", hint="run `vmsbx up` again")
             if not reply.get("ok"):
                 raise TransportError(str(reply.get("error")), hint="run `vmsbx up` to reconnect")
+            # "guestd": the resident guest agent took it; "ssh": an SSH session in the guest.
+            self.last_via = str(reply.get("via", "ssh"))
             writer = FrameWriter(sock)
             if isinstance(stdin, bytes):
                 for start in range(0, len(stdin), 1 << 16):

@@ -25,6 +25,8 @@ from typing import Any
 import paramiko
 
 from vmsbx.agent import endpoint
+from vmsbx.agent.guestd import GuestAgentLink, launcher_verb
+from vmsbx.agent.guestd import relay as relay_guest_call
 from vmsbx.agent.protocol import (
     AgentStatus,
     ExecRequest,
@@ -63,6 +65,7 @@ class HostAgent:
         self._conn_lock = threading.Lock()
         self._stopping = threading.Event()
         self.services = HostServices(self.connection)
+        self.guestd = GuestAgentLink()
 
     # -- status ------------------------------------------------------------------------------
 
@@ -208,13 +211,21 @@ class HostAgent:
         send_line(client, {"ok": True})
 
     def _exec(self, client: socket.socket, request: ExecRequest) -> None:
+        verb = launcher_verb(request.argv, pty=request.pty)
+        if verb is not None:
+            guest_call = self.guestd.open(self.connection(), verb)
+            if guest_call is not None:
+                send_line(client, {"ok": True, "via": "guestd"})
+                log.info("guestd %s", verb[0])
+                relay_guest_call(guest_call, client)
+                return
         channel = self.connection().open_channel(
             list(request.argv),
             pty=request.pty,
             term=request.term,
             size=(request.cols, request.rows),
         )
-        send_line(client, {"ok": True})
+        send_line(client, {"ok": True, "via": "ssh"})
         log.info("exec %s", request.argv[0])
         pump = threading.Thread(target=_client_to_channel, args=(client, channel), daemon=True)
         pump.start()

@@ -11,14 +11,13 @@ from typing import BinaryIO
 from vmsbx.agent.client import AgentClient, ByteSink
 from vmsbx.agent.protocol import HEADER, MAX_FRAME, Frame, FrameWriter
 from vmsbx.bounded import BoundedBuffer, MiB, TailBuffer
-from vmsbx.contract import EXIT_FAILED, EXIT_NOT_ENDED, ContractError, Launched, RunPaths
+from vmsbx.contract import EXIT_FAILED, EXIT_NOT_ENDED, GUEST_ARGV, ContractError, Launched, RunPaths
 from vmsbx.errors import TransportError, VmsbxError
 from vmsbx.runs.outcome import GuestResult
-from vmsbx.sandbox.layout import GUEST_LIB
 from vmsbx.sync.manifest import MAX_MANIFEST_BYTES
 from vmsbx.textsafe import strip_control
 
-GUEST = ["/usr/bin/python3", "-S", f"{GUEST_LIB}/guest.py"]  # -S: see sandbox.systemd.NO_SITE
+GUEST = list(GUEST_ARGV)  # -S: see sandbox.systemd.NO_SITE
 _REPLY_MAX = 1 * MiB  # a verb's JSON reply or error text
 STDOUT, STDERR, EXIT = Frame.STDOUT, Frame.STDERR, Frame.EXIT  # the holder's frames, as the agent's
 # What one `vmsbx logs` pull may bring (the end of a run streams its journal to a file instead).

@@ -31,6 +31,7 @@ from vmsbx.bounded import BoundedBuffer, MiB, TailBuffer
 from vmsbx.errors import ConfigError, HostKeyMismatch, TransportError
 from vmsbx.providers.base import SSHInfo
 from vmsbx.transport.keys import fingerprint, read_pinned_keys
+from vmsbx.transport.streamlocal import open_streamlocal
 
 __all__ = [
     "CommandResult",
@@ -420,6 +421,15 @@ class Connection:
                 f"cannot open an SSH session on {self.target} to run `{_short(command)}`: {exc}",
                 hint="the guest's sshd may be overloaded (MaxSessions) or the connection dropped",
             ) from exc
+
+    def open_socket(self, path: str) -> paramiko.Channel:
+        """A stream to the Unix socket `path` in the guest, connected by its sshd (no session, no
+        process): how the host agent reaches the resident guest agent."""
+        transport = self._active_transport()
+        try:
+            return open_streamlocal(transport, path, timeout=_CHANNEL_OPEN_TIMEOUT)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise TransportError(f"cannot connect to {path} on {self.target}: {exc}") from exc
 
     # -- commands ----------------------------------------------------------------------------
 
