@@ -299,6 +299,11 @@ class ProjectPaths:
     def cache(self) -> str:
         return f"{self.dir}/manifest-cache.json"
 
+    @property
+    def lock(self) -> str:
+        """flock()ed while the owner is read and changed (a claim and a release may run at once)."""
+        return f"{self.dir}/owner.lock"
+
 
 # -- typed records, strict JSON ------------------------------------------------------------------
 

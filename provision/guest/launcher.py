@@ -425,14 +425,34 @@ def _active_owner(proj: ProjectPaths) -> str:
     return owner if state in ("active", "activating", "deactivating") else ""
 
 
+class _ProjectLock:
+    """The project's owner lock: a claim and a release may run at once (the host releases an
+    ended run after its CLI returned, while the next run of the project may be launching), and
+    a release that read "mine" must not unlink the claim a new run wrote just after."""
+
+    def __init__(self, proj: ProjectPaths) -> None:
+        self.path = proj.lock
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)  # closing drops the lock
+
+
 def _claim_project(proj: ProjectPaths, run_id: str) -> None:
     """One run per project at a time; a run that has ended gives its claim up."""
-    owner = _active_owner(proj)
-    if owner and owner != run_id:
-        raise RuntimeError(f"the project's workspace is in use by run {owner}, which is still running")
-    with open(proj.owner + ".new", "w", encoding="ascii") as handle:
-        handle.write(run_id)
-    os.replace(proj.owner + ".new", proj.owner)
+    with _ProjectLock(proj):
+        owner = _active_owner(proj)
+        if owner and owner != run_id:
+            raise RuntimeError(f"the project's workspace is in use by run {owner}, which is still running")
+        with open(proj.owner + ".new", "w", encoding="ascii") as handle:
+            handle.write(run_id)
+        os.replace(proj.owner + ".new", proj.owner)
 
 
 def _release_project(run_id: str) -> None:
@@ -440,13 +460,14 @@ def _release_project(run_id: str) -> None:
     if not project:
         return
     proj = project_paths(project)
-    try:
-        with open(proj.owner, encoding="ascii") as handle:
-            if handle.read().strip() != run_id:
-                return
-    except FileNotFoundError:
-        return
-    os.unlink(proj.owner)
+    with _ProjectLock(proj):
+        try:
+            with open(proj.owner, encoding="ascii") as handle:
+                if handle.read().strip() != run_id:
+                    return
+        except FileNotFoundError:
+            return
+        os.unlink(proj.owner)
 
 
 def _run_project(run_id: str) -> str:

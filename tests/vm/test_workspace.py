@@ -114,7 +114,8 @@ def test_a_run_makes_these_guest_calls_and_no_more(
     # output, verdict, journal and workspace manifest come back in one `follow` call (no
     # `attach`, `ended` or `wsync run … manifest` of their own); nothing changed, so no `pack`.
     # Every one is taken by the resident guest agent: none starts an SSH session, a shell or a
-    # Python in the guest (0.5-1.5 s each under TCG).
+    # Python in the guest (0.5-1.5 s each under TCG). The ended run's release is the host
+    # agent's, after the CLI has returned.
     project = _project(cli, tmp_path)
     project.ok("run", "--", "true")  # the first sync and the policy's score happen here
     trace = Path(__file__).resolve().parents[2] / "benchmarks" / "trace_calls.py"
@@ -128,11 +129,26 @@ def test_a_run_makes_these_guest_calls_and_no_more(
     calls = [" ".join(line.split()[3:5]) for line in lines]
     assert calls == [
         "guest wsync", "agent run_register", "guest launch", "guest follow",
-        "agent run_unregister", "guest release",
+        "agent run_unregister", "agent exec_later",
     ]  # fmt: skip
     carried = [line.rsplit("via ", 1)[-1] for line in lines if " guest " in line]
-    assert carried == ["guestd"] * 4, lines
+    assert carried == ["guestd"] * 3, lines
     assert "changed nothing" in done.stderr.decode()
+    # The release did happen, after the CLI had gone: the run's tmpfs and its hold are freed.
+    run_id, key = (str(_last_run(project)[field]) for field in ("id", "workspace_key"))
+    freed = project.ok("ssh", "--", "sh", "-c", _FREED, "sh", run_id, key)
+    assert freed.stdout.decode().split() == ["freed"], freed.stdout
+
+
+_FREED = """
+for _ in $(seq 600); do
+    if ! mountpoint -q "/var/lib/vmsbx/runs/$1/tmp" && [ ! -e "/var/lib/vmsbx/projects/$2/owner" ]; then
+        echo freed; exit 0
+    fi
+    sleep 0.1
+done
+echo held
+"""
 
 
 _CONNECT = """

@@ -148,6 +148,10 @@ class AgentClient:
             raise AgentError(f"the host agent refused {request.get('op')!r}: {error}", hint="run `vmsbx up`")
         return reply
 
+    def exec_later(self, argv: list[str]) -> None:
+        """Have the agent run a launcher call after this process has gone (no output, no wait)."""
+        self.call(ExecRequest(argv=tuple(argv)).model_dump() | {"op": "exec_later"})
+
     def run(
         self, argv: list[str], *, stdin: bytes = b"", max_output: int = RUN_OUTPUT_MAX
     ) -> tuple[int, bytes, bytes]:

@@ -41,6 +41,7 @@ from vmsbx.agent.protocol import (
 )
 from vmsbx.agent.services import HostServices
 from vmsbx.config.models import VMSettings
+from vmsbx.contract import GUEST_ARGV
 from vmsbx.errors import VmsbxError
 from vmsbx.observe.sampler import Sampler
 from vmsbx.paths import vm_dir
@@ -181,6 +182,9 @@ class HostAgent:
                     send_line(client, {"ok": True, "samples": {k: v.model_dump() for k, v in latest.items()}})
                 elif op == "exec":
                     self._exec(client, ExecRequest.model_validate(request))
+                elif op == "exec_later":
+                    self._exec_later(ExecRequest.model_validate({**request, "op": "exec"}))
+                    send_line(client, {"ok": True})
                 elif op == "put":
                     self._put(client, PutRequest.model_validate(request))
                 elif op == "run_register":
@@ -209,6 +213,45 @@ class HostAgent:
             self.connection().put(local, request.remote, mode=request.mode)
         log.info("put %s (%d bytes)", request.remote, request.size)
         send_line(client, {"ok": True})
+
+    def _exec_later(self, request: ExecRequest) -> None:
+        """Run a launcher verb after the CLI has gone (an ended run's release): the CLI returns
+        at once; the outcome is in the agent's log. Only launcher verbs: what a CLI may leave
+        behind is what the launcher itself guards (the project's owner lock)."""
+        if launcher_verb(request.argv, pty=request.pty) is None:
+            raise VmsbxError("only a launcher verb can run after the CLI has gone")
+        threading.Thread(target=self._drive_later, args=(request,), daemon=True).start()
+
+    def _drive_later(self, request: ExecRequest) -> None:
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            threading.Thread(target=self._exec_quietly, args=(theirs, request), daemon=True).start()
+            try:
+                recv_line(ours)
+                send_frame(ours, Frame.STDIN_EOF)
+                code, tail = None, b""
+                while (frame := recv_frame(ours)) is not None:
+                    kind, payload = frame
+                    if kind is Frame.STDERR:
+                        tail = (tail + payload)[-400:]
+                    elif kind is Frame.EXIT:
+                        code = json.loads(payload)["code"]
+                        break
+            except (OSError, ValueError, KeyError) as exc:
+                code, tail = None, str(exc).encode()
+        words = " ".join(request.argv[len(GUEST_ARGV) :][:2])
+        if code == 0:
+            log.info("later %s: done", words)
+        else:
+            log.warning("later %s: exit %s: %s", words, code, tail.decode(errors="replace").strip())
+
+    def _exec_quietly(self, client: socket.socket, request: ExecRequest) -> None:
+        try:
+            self._exec(client, request)
+        except (OSError, ValueError, VmsbxError) as exc:
+            log.warning("a later call failed: %s", exc)
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
 
     def _exec(self, client: socket.socket, request: ExecRequest) -> None:
         verb = launcher_verb(request.argv, pty=request.pty)

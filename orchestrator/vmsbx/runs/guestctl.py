@@ -162,9 +162,14 @@ class GuestControl:
             )
         return self._ended_reply(code, end, err.tail)
 
-    def release(self, run_id: str) -> None:
-        """Free an ended run's workspace and tmpfs in the guest (its record stays)."""
-        self.client.run([*GUEST, "release", run_id])
+    def release(self, run_id: str, *, later: bool = False) -> None:
+        """Free an ended run's workspace and tmpfs in the guest (its record stays). `later`: the
+        host agent does it after the CLI has returned (nothing the user waits for; a next run
+        of the project may launch meanwhile, which the project's owner lock allows for)."""
+        if later:
+            self.client.exec_later([*GUEST, "release", run_id])
+        else:
+            self.client.run([*GUEST, "release", run_id])
 
     def stop(self, run_id: str) -> None:
         self.client.run([*GUEST, "stop", run_id])

@@ -655,7 +655,7 @@ def _collect_changes(
     workspace's manifest if `ended` already brought it."""
     project = record.project if _wants_changes(record) else None
     if not project:
-        guest.release(record.id)
+        guest.release(record.id, later=True)
         return
     try:
         collected = workspace.collect(
@@ -689,7 +689,7 @@ def _collect_changes(
         return
     record.changes = "collected" if collected.changeset.entries or collected.bundle else "none"
     records.save(record)
-    guest.release(record.id)
+    guest.release(record.id, later=True)
     if not quiet:
         for line in review.summary_lines(
             record.id, collected.changeset, collected.commits, collected.problems
