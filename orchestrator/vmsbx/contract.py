@@ -62,6 +62,7 @@ GUESTD_REQUEST_MAX = 64 * 1024
 RUN_ID = re.compile(r"^[a-z0-9]{12}$")  # the host draws 12 lowercase hex characters
 PROJECT_ID = re.compile(r"^[0-9a-f]{16}$")  # vmsbx.runs.workspace.project_key
 INVOCATION_ID = re.compile(r"^[0-9a-f]{32}$")  # systemd's InvocationID
+MIRROR_DIGEST = re.compile(r"^[0-9a-f]{64}$")  # mirror_digest below
 
 # Host services a run may reach, and the loopback port each has inside the run's own network
 # namespace (a small forwarder there leads to the bridge socket).
@@ -91,6 +92,15 @@ HOME_INSIDE = "/tmp/.vmsbx-home"  # a fresh HOME per run
 # the transcript is a sequence of them): a kind byte and a big-endian payload length.
 FRAME_HEADER = struct.Struct(">BI")
 FRAME_STDIN, FRAME_STDOUT, FRAME_STDERR, FRAME_STDIN_EOF, FRAME_RESIZE, FRAME_EXIT = 0, 1, 2, 3, 4, 5
+
+
+def mirror_digest(manifest_line: bytes) -> str:
+    """What a listed manifest of a project's mirror is known by on both sides: the sha256 of its
+    JSON line (without the line end). hashlib is imported here, not at the top: only the few
+    verbs that list or check a mirror pay for it."""
+    import hashlib
+
+    return hashlib.sha256(manifest_line.strip()).hexdigest()
 
 
 def sha512_digest(integrity: str) -> bytes:
@@ -125,6 +135,7 @@ EXIT_NO_RUN = 4  # the run, its workspace or the project is not there, or is ano
 EXIT_TOO_LARGE = 5  # `wsync … manifest --max-new-bytes`: the run's new files exceed the cap
 EXIT_BAD_REQUEST = 6  # the launch request breaks this contract: nothing was started
 EXIT_UID_IN_USE = 7  # nsjail: the drawn outside uid is taken; launch again under a new run id
+EXIT_STALE_MIRROR = 9  # launch: the mirror is not what the host planned its sync against
 EXIT_STALE = 8  # guestd: it runs another bundle than the host's (it restarts to load the new one)
 EXIT_FAILED = 125  # the sandbox could not be prepared or started
 EXIT_HOLDER_LOST = 255  # the session holder went away before the command's exit
@@ -298,6 +309,12 @@ class ProjectPaths:
     @property
     def cache(self) -> str:
         return f"{self.dir}/manifest-cache.json"
+
+    @property
+    def stamp(self) -> str:
+        """The mirror_digest of the last manifest listed of the mirror while no run held it (at
+        the end of a run, or a sync's own listing); gone as soon as a run claims the mirror."""
+        return f"{self.dir}/mirror-stamp"
 
     @property
     def lock(self) -> str:
@@ -530,10 +547,15 @@ class Sizes(Record):
 class LaunchRequest(Record):
     """The first line of the launcher's stdin: everything it needs to start one run."""
 
-    __slots__ = ("bridges", "jail", "project", "run_id", "sizes", "spec", "systemd_run")
+    __slots__ = ("bridges", "jail", "mirror", "project", "run_id", "sizes", "spec", "systemd_run")
     FIELDS: ClassVar[dict[str, object]] = {
         "run_id": str,
         "project": str,
+        # The mirror_digest of the project manifest the sync stream was planned against, when
+        # the host planned it against the manifest it kept from the end of the last run
+        # (without asking the guest first): the guest launches only if its mirror-stamp is that
+        # digest, else exits EXIT_STALE_MIRROR and the host plans again. "": the host asked.
+        "mirror": str,
         "sizes": Sizes,
         "systemd_run": ("list", str),
         "jail": ("optional", Jail),  # null in systemd mode
@@ -542,6 +564,7 @@ class LaunchRequest(Record):
     }
     run_id: str
     project: str
+    mirror: str
     sizes: Sizes
     systemd_run: list[str]
     jail: Jail | None
@@ -558,10 +581,11 @@ class LaunchRequest(Record):
         jail: Jail | None,
         bridges: dict[str, int],
         spec: RunSpec,
+        mirror: str = "",
     ) -> None:
         self._set(
-            run_id=run_id, project=project, sizes=sizes, systemd_run=systemd_run, jail=jail,
-            bridges=bridges, spec=spec,
+            run_id=run_id, project=project, mirror=mirror, sizes=sizes, systemd_run=systemd_run,
+            jail=jail, bridges=bridges, spec=spec,
         )  # fmt: skip
 
     @property
@@ -573,6 +597,8 @@ class LaunchRequest(Record):
             raise ContractError(f"LaunchRequest.run_id: invalid run id {self.run_id!r}")
         if not PROJECT_ID.fullmatch(self.project):
             raise ContractError(f"LaunchRequest.project: invalid project id {self.project!r}")
+        if self.mirror and not MIRROR_DIGEST.fullmatch(self.mirror):
+            raise ContractError("LaunchRequest.mirror: must be '' or a sha256 in hex")
         if not self.systemd_run or self.systemd_run[0] != "systemd-run":
             raise ContractError("LaunchRequest.systemd_run: must be a systemd-run command line")
         if f"--unit={self.paths.unit}" not in self.systemd_run:

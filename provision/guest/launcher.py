@@ -55,6 +55,7 @@ from contract import (
     EXIT_HOLDER_LOST,
     EXIT_NO_RUN,
     EXIT_NOT_ENDED,
+    EXIT_STALE_MIRROR,
     EXIT_UID_IN_USE,
     EXIT_USAGE,
     INVOCATION_ID,
@@ -67,6 +68,7 @@ from contract import (
     LaunchRequest,
     ProjectPaths,
     RunPaths,
+    mirror_digest,
 )
 
 # The session holder's frames.
@@ -321,6 +323,9 @@ def launch() -> int:
             return fail(f"the sandbox started, but systemd gave no invocation id for {p.unit}")
         print(Launched(unit=p.unit, invocation_id=invocation).to_json(), flush=True)
         return 0
+    except StaleMirror as exc:  # nothing was read of the sync stream: the host plans again
+        _discard(p)
+        return fail(str(exc), EXIT_STALE_MIRROR)
     except Exception as exc:  # leave nothing half-made behind
         _discard(p)
         return fail(f"preparing the run failed: {exc}")
@@ -346,7 +351,7 @@ def _prepare(request: LaunchRequest, p: RunPaths, stdin: object) -> None:
     os.chmod(p.spec_outside, 0o644)
     proj = project_paths(project)
     _ensure_project(proj, ws_size)
-    _claim_project(proj, p.run_id)
+    _claim_project(proj, p.run_id, request.mirror)
     with open(p.project_note, "w", encoding="ascii") as note:
         note.write(project)
     # The mirror: exactly the host's project (minus excludes) before the run starts.
@@ -399,6 +404,9 @@ def _ensure_project(proj: ProjectPaths, size: int) -> None:
         os.replace(proj.image + ".new", proj.image)
     os.makedirs(proj.mnt, mode=0o755, exist_ok=True)
     if not os.path.ismount(proj.mnt):
+        # Mounting may change it (below); and a stamp from before a reboot proves nothing.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(proj.stamp)
         _check(["mount", "-o", "loop,nosuid,nodev", proj.image, proj.mnt])
         # Written by earlier runs: a `lost+found` there may be the agent's link to an empty
         # folder elsewhere (rmdir would fail on it, and every later launch with it).
@@ -444,15 +452,55 @@ class _ProjectLock:
         os.close(self.fd)  # closing drops the lock
 
 
-def _claim_project(proj: ProjectPaths, run_id: str) -> None:
-    """One run per project at a time; a run that has ended gives its claim up."""
+class StaleMirror(Exception):
+    """The mirror is not the one the host planned its sync against (EXIT_STALE_MIRROR)."""
+
+
+def _claim_project(proj: ProjectPaths, run_id: str, mirror: str = "") -> None:
+    """One run per project at a time; a run that has ended gives its claim up. `mirror`: the
+    digest of the manifest the host planned against without asking; it must be the stamp (the
+    last listing, made while no run held the mirror). A claimed mirror has no stamp: the run
+    writes it."""
     with _ProjectLock(proj):
         owner = _active_owner(proj)
         if owner and owner != run_id:
             raise RuntimeError(f"the project's workspace is in use by run {owner}, which is still running")
+        stamp = _read_stamp(proj)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(proj.stamp)
+        if mirror and stamp != mirror:
+            raise StaleMirror("the project's mirror changed since the host listed it: plan the sync again")
         with open(proj.owner + ".new", "w", encoding="ascii") as handle:
             handle.write(run_id)
         os.replace(proj.owner + ".new", proj.owner)
+
+
+def _read_stamp(proj: ProjectPaths) -> str:
+    try:
+        fd = os.open(proj.stamp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return ""
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read(128).decode("ascii", "replace").strip()
+
+
+def _stamp_mirror(proj: ProjectPaths, listing: bytes, *, holder: str) -> None:
+    """After a listing of the mirror: stamp it with the listing's digest, if nothing can write
+    the mirror any more before the next claim (`holder`: the ended run whose workspace it is,
+    which must still be the owner; '': no run may hold it)."""
+    with _ProjectLock(proj):
+        try:
+            with open(proj.owner, encoding="ascii") as handle:
+                owner = handle.read().strip()
+        except FileNotFoundError:
+            owner = ""
+        if (holder and owner != holder) or (not holder and _active_owner(proj)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(proj.stamp)
+            return
+        with open(proj.stamp + ".new", "w", encoding="ascii") as handle:
+            handle.write(mirror_digest(listing))
+        os.replace(proj.stamp + ".new", proj.stamp)
 
 
 def _release_project(run_id: str) -> None:
@@ -1009,14 +1057,25 @@ def wsync_for(kind: str, ident: str, args: list[str]) -> int:
     rest += [
         arg for arg in args[2:] if kind == "run" and re.fullmatch(r"--max-new-bytes=[1-9][0-9]{0,15}", arg)
     ]
-    if args[0] == "manifest":
-        rest += ["--cache", project_paths(project).cache]
-        if kind == "run":
-            with contextlib.suppress(FileNotFoundError):
-                # Stamped by the unit's ExecStartPre=+ (root), after systemd's chown and before
-                # any process of the run: see wsync.cached_digest.
-                rest += ["--stable-before", str(os.stat(paths(ident).started_stamp).st_mtime_ns)]
-    return wsync.main([args[0], root, *rest])
+    if args[0] != "manifest":
+        return wsync.main([args[0], root, *rest])
+    rest += ["--cache", project_paths(project).cache]
+    if kind == "run":
+        with contextlib.suppress(FileNotFoundError):
+            # Stamped by the unit's ExecStartPre=+ (root), after systemd's chown and before
+            # any process of the run: see wsync.cached_digest.
+            rest += ["--stable-before", str(os.stat(paths(ident).started_stamp).st_mtime_ns)]
+    import io
+
+    listing = io.StringIO()
+    with contextlib.redirect_stdout(listing):
+        code = wsync.main(["manifest", root, *rest])
+    sys.stdout.write(listing.getvalue())
+    if code == 0 and project:
+        _stamp_mirror(
+            project_paths(project), listing.getvalue().encode(), holder=ident if kind == "run" else ""
+        )
+    return code
 
 
 # git runs on a repository the agent controlled: its config could name programs to run

@@ -64,6 +64,7 @@ class LocalGuest:
     def __init__(self, folder: Path, refuse: tuple[str, ...] = ()) -> None:
         self.client = LocalChannel(folder, refuse)
         self.released: list[str] = []
+        self.later: list[bool] = []  # per release: left to the host agent (the end of a run)
 
     def attach(self, run_id: str, *, stdin: object, stdout: BinaryIO, stderr: BinaryIO, **_: object) -> int:
         stdout.write(b'{"type":"assistant","message":{"content":[{"type":"text","text":"secret plan"}]}}\n')
@@ -75,8 +76,9 @@ class LocalGuest:
         spool.write(b'{"MESSAGE":"the conversation"}\n')
         return Ended(GuestResult(service_result="success", exit_code="exited", exit_status="0"), "c1", None)
 
-    def release(self, run_id: str) -> None:
+    def release(self, run_id: str, *, later: bool = False) -> None:
         self.released.append(run_id)
+        self.later.append(later)
 
     def stop(self, run_id: str) -> None:
         raise AssertionError("no stop expected")
@@ -132,6 +134,8 @@ def test_a_run_record_is_private_whatever_the_umask(home: Path, tmp_path: Path) 
     guest = LocalGuest(ws)
     services._record_event(record.id, {"event": "api_request", "tokens": 3})
     assert lifecycle.attach(record, guest, stdin=None, view=True) == 0  # type: ignore[arg-type]
+    # The collected run's release is left to the host agent: the CLI does not wait for it.
+    assert (guest.released, guest.later) == ([record.id], [True])
     run_dir = records.run_dir(record.id)
     made = {path.relative_to(run_dir).as_posix() for path in run_dir.rglob("*")}
     assert {"run.json", "stream.jsonl", "journal.jsonl", "relay.jsonl", "sync.json"} <= made
@@ -168,6 +172,7 @@ def test_a_changeset_over_the_cap_stays_held_in_the_guest(home: Path, tmp_path: 
     assert busy == {"0123456789abcdef"}
     review.discard(stored, release=lambda: guest.release(stored.id))
     assert guest.released == [record.id] and records.load(record.id).changes == "discarded"
+    assert guest.later == [False]  # `vmsbx discard` frees it before it returns
     assert lifecycle._finish_earlier_runs(guest, "default", project) == set()  # type: ignore[arg-type]
 
 

@@ -43,11 +43,15 @@ def _imports(tree: ast.Module) -> tuple[set[str], set[str]]:
             elif isinstance(stmt, ast.ImportFrom):
                 assert stmt.level == 0, "the guest has the contract as a flat module: no relative import"
                 target.add((stmt.module or "").split(".")[0])
-    # No import hides inside a function or a class either.
+    # No import hides inside a function or a class either, but one: mirror_digest's hashlib
+    # (~50 ms under TCG), which only the verbs that list or check a mirror pay for; the session
+    # holder, in every run, never does.
     nested = [
-        n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and n not in _top(tree)
+        ast.unparse(n)
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Import, ast.ImportFrom)) and n not in _top(tree)
     ]
-    assert not nested, f"imports below the top level: {[ast.unparse(n) for n in nested]}"
+    assert nested in ([], ["import hashlib"]), f"imports below the top level: {nested}"
     return runtime, typing_only
 
 

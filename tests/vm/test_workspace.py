@@ -84,6 +84,29 @@ def test_discarded_changes_are_gone_at_the_next_run(
     assert "changed nothing" in again.stderr.decode()
 
 
+_KEPT = "/var/lib/vmsbx/projects/$1"
+_PLANT = f'rm "{_KEPT}/mirror-stamp" && echo planted > "{_KEPT}/mnt/planted.txt"'
+
+
+def test_a_sync_planned_without_asking_is_refused_when_the_mirror_changed(
+    cli: Cli, default_vm: dict[str, object], tmp_path: Path
+) -> None:
+    # After a run the host keeps the mirror's manifest as that run's end listed it, and plans
+    # the next sync against it without a guest call; the launcher takes such a plan only if the
+    # mirror's stamp is that listing's digest. Here the mirror changed behind vmsbx's back (as
+    # a guest reboot remounts it): the launch is refused, the host asks the guest and plans
+    # again, and the run sees exactly the host's project.
+    project = _project(cli, tmp_path)
+    project.ok("run", "--", "true")
+    key = str(_last_run(project)["workspace_key"])
+    kept = project.home / "vms" / "default" / "sync-cache" / f"{key}.mirror.json"
+    assert kept.is_file(), "the run's end listing was kept"
+    project.ok("ssh", "--", "sh", "-c", _PLANT, "sh", key)
+    again = project.ok("run", "--", "sh", "-c", "ls -a")
+    assert b"planted.txt" not in again.stdout and b"README.md" in again.stdout, again.stdout
+    assert kept.is_file(), "the second run's end listing is kept in turn"
+
+
 def test_a_rewrite_that_puts_the_old_mtime_back_still_comes_back(
     cli: Cli, default_vm: dict[str, object], tmp_path: Path
 ) -> None:
@@ -127,12 +150,13 @@ def test_a_run_makes_these_guest_calls_and_no_more(
     trace_lines = done.stderr.decode().splitlines()
     lines = [line for line in trace_lines if line.startswith("trace:") and " in " not in line]
     calls = [" ".join(line.split()[3:5]) for line in lines]
+    # No `wsync project … manifest` either: the sync is planned against the manifest the last
+    # run's end listed (test_a_sync_planned_without_asking_is_refused_when_the_mirror_changed).
     assert calls == [
-        "guest wsync", "agent run_register", "guest launch", "guest follow",
-        "agent run_unregister", "agent exec_later",
+        "agent run_register", "guest launch", "guest follow", "agent run_unregister", "agent exec_later",
     ]  # fmt: skip
     carried = [line.rsplit("via ", 1)[-1] for line in lines if " guest " in line]
-    assert carried == ["guestd"] * 3, lines
+    assert carried == ["guestd"] * 2, lines
     assert "changed nothing" in done.stderr.decode()
     # The release did happen, after the CLI had gone: the run's tmpfs and its hold are freed.
     run_id, key = (str(_last_run(project)[field]) for field in ("id", "workspace_key"))

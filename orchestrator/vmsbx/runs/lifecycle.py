@@ -20,7 +20,16 @@ from vmsbx.agent.credential import CredentialKind
 from vmsbx.agent.egress.sandbox_env import env_for_sandbox
 from vmsbx.agent.protocol import FrameWriter
 from vmsbx.config.models import Settings
-from vmsbx.contract import EXIT_UID_IN_USE, PROJECT_ID, Jail, LaunchRequest, ProjectPaths, RunSpec, Sizes
+from vmsbx.contract import (
+    EXIT_STALE_MIRROR,
+    EXIT_UID_IN_USE,
+    PROJECT_ID,
+    Jail,
+    LaunchRequest,
+    ProjectPaths,
+    RunSpec,
+    Sizes,
+)
 from vmsbx.errors import AgentError, ConfigError, TransportError, UsageError, VmsbxError
 from vmsbx.guest import provision_nsjail
 from vmsbx.logsetup import register_secret
@@ -259,6 +268,7 @@ def start(
         request = LaunchRequest(
             run_id=layout.run_id,
             project=sync.key,
+            mirror=sync.mirror,
             sizes=Sizes(tmp=settings.sandbox.tmp_size, workspace=settings.sandbox.workspace_size),
             systemd_run=systemd_run,
             jail=jail,
@@ -422,8 +432,10 @@ def _leave_relay(guest: GuestControl, record: RunRecord) -> None:
 def draws_again(exc: LaunchFailed) -> bool:
     """Whether a refused launch is tried again under a new run id: only when the guest said, by
     its exit code (never by the words of its message), that the jail's drawn outside uid is
-    taken by another live run or account: a new id draws another uid."""
-    return exc.guest_code == EXIT_UID_IN_USE
+    taken by another live run or account (a new id draws another uid), or that the mirror is not
+    the kept manifest the sync was planned against (the plan is made again, from the guest's
+    own listing: the kept one was taken)."""
+    return exc.guest_code in (EXIT_UID_IN_USE, EXIT_STALE_MIRROR)
 
 
 def _launch_sandbox(
@@ -689,6 +701,8 @@ def _collect_changes(
         return
     record.changes = "collected" if collected.changeset.entries or collected.bundle else "none"
     records.save(record)
+    if listed is not None and record.workspace_key:
+        workspace.keep_mirror(record.vm, record.workspace_key, record.policy.workspace_size, listed)
     guest.release(record.id, later=True)
     if not quiet:
         for line in review.summary_lines(

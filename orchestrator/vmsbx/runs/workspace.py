@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from vmsbx.bounded import CappedSink, TailBuffer
 from vmsbx.config.models import Settings
-from vmsbx.contract import LaunchRequest
+from vmsbx.contract import LaunchRequest, mirror_digest
 from vmsbx.errors import SyncError
 from vmsbx.paths import ensure_private_dir, open_private, vm_dir, write_private
 from vmsbx.runs import gitbundle, review
@@ -55,6 +55,9 @@ class SyncIn:
     scan: Scan
     plan: SyncPlan
     rules: ExcludeRules
+    # The mirror_digest of the kept manifest the plan was made against ('' if the guest was
+    # asked for its manifest): the launcher checks it against the mirror's stamp.
+    mirror: str = ""
 
     @property
     def excluded(self) -> tuple[ExcludedItem, ...]:
@@ -75,6 +78,10 @@ def plan_sync_in(settings: Settings, project: Path, guest: GuestControl, vm: str
     rules = exclude_rules(settings.sync.secret_patterns, settings.sync.exclude)
     cache = ensure_private_dir(vm_dir(vm) / "sync-cache") / f"{key}.json"
     host = scan(project, rules, cache_file=cache)
+    kept = _take_kept_mirror(vm, key, settings.sandbox.workspace_size)
+    if kept is not None:
+        mirror, digest = kept
+        return SyncIn(key=key, scan=host, plan=plan_sync(host.manifest, mirror), rules=rules, mirror=digest)
     # The cap goes with the manifest request: a mirror image of another size is replaced there,
     # before the plan is made from it.
     mirror = guest_manifest(
@@ -85,6 +92,47 @@ def plan_sync_in(settings: Settings, project: Path, guest: GuestControl, vm: str
         options=[f"--size={settings.sandbox.workspace_size}"],
     )
     return SyncIn(key=key, scan=host, plan=plan_sync(host.manifest, mirror), rules=rules)
+
+
+# The mirror's manifest as the last run's end listed it. Nothing but vmsbx writes a mirror
+# between runs, so the next sync can be planned against it without a guest call; the guest
+# proves it (the launcher launches only if the mirror's stamp is this listing's digest, else
+# EXIT_STALE_MIRROR, and the host asks for the manifest and plans again). Taken, i.e. removed,
+# by the plan that uses it: the run about to start changes the mirror.
+
+
+def _kept_mirror_file(vm: str, key: str) -> Path:
+    return vm_dir(vm) / "sync-cache" / f"{key}.mirror.json"
+
+
+def keep_mirror(vm: str, key: str, size: int, listing: bytes) -> None:
+    """Keep the mirror's manifest from the end of a run (whose changes are collected)."""
+    try:
+        manifest = Manifest.from_json(listing)
+    except SyncError:
+        return
+    # A name that is not UTF-8 is listed as "special"; only the guest's own listing purges it.
+    if any(entry.kind == "special" for entry in manifest.entries):
+        return
+    ensure_private_dir(vm_dir(vm) / "sync-cache")
+    write_private(_kept_mirror_file(vm, key), json.dumps({"size": size, "listing": listing.decode()}))
+
+
+def _take_kept_mirror(vm: str, key: str, size: int) -> tuple[Manifest, str] | None:
+    path = _kept_mirror_file(vm, key)
+    try:
+        kept = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    finally:
+        path.unlink(missing_ok=True)
+    if not isinstance(kept, dict) or kept.get("size") != size or not isinstance(kept.get("listing"), str):
+        return None  # another workspace cap: the guest replaces the image when it is asked
+    listing = kept["listing"].encode()
+    try:
+        return Manifest.from_json(listing), mirror_digest(listing)
+    except SyncError:
+        return None
 
 
 @contextlib.contextmanager
