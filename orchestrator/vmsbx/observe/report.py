@@ -228,7 +228,7 @@ def render_text(report: RunReport) -> str:
         lines += [f"  {line}" for line in report.answer.text.splitlines()[:200]]
     lines.append("")
     if report.changes is None:
-        lines.append(f"files changed   {fmt.DASH}")
+        lines.append(f"files changed   {_no_changeset(report.record)}")
     else:
         lines.append(f"files changed   {len(report.changes)}" + (
             f"  (`vmsbx diff {report.record.id}` shows the diff)" if report.changes else ""
@@ -257,6 +257,16 @@ def render_text(report: RunReport) -> str:
             lines.append(f"  {i:3}. {_clock(c)} {_took(c):>6} {c.outcome:7} {c.label}")
             lines += [f"         {line}" for line in c.result.splitlines()[:3]]
     return "\n".join(lines) + "\n"
+
+
+def _no_changeset(record: RunRecord) -> str:
+    """Why a run has no stored changeset to list."""
+    return {
+        "held": "held back in the guest: over the collect cap (`vmsbx discard` frees it)",
+        "failed": "vmsbx could not collect the run's changes",
+        "pending": "not collected yet",
+        "discarded": "discarded",
+    }.get(record.changes, fmt.DASH)
 
 
 _MARK = {"added": "+", "deleted": "-", "modified": "~", "mode": "m", "type": "t"}
@@ -447,7 +457,7 @@ def render_html(report: RunReport) -> str:
         "<h2>Files changed</h2>",
     ]
     if report.changes is None:
-        parts.append(f"<p>{fmt.DASH}</p>")
+        parts.append(f"<p>{_e(_no_changeset(r))}</p>")
     elif not report.changes:
         parts.append("<p>none</p>")
     else:
