@@ -226,3 +226,60 @@ def test_interactive_agent_in_a_pty(
                 _, status = os.waitpid(pid, 0)
         os.close(fd)
     assert os.waitstatus_to_exitcode(status) in (0, 130)
+
+
+# Guest text the report must show as text: markup in the file the agent writes, in a tool's
+# output and in its final answer.
+PAGE_HOSTILE = "<script>document.body.setAttribute('data-pwned','1')</script><img src=x onerror=alert(1)>"
+REPORT_TURNS = [
+    {
+        "tool_use": {
+            "name": "Write",
+            "input": {"file_path": "{cwd}/notes.md", "content": f"# notes\n{PAGE_HOSTILE}\n"},
+        }
+    },
+    {
+        "tool_use": {
+            "name": "Bash",
+            "input": {"command": "echo RESULT-MARK-42; cat notes.md", "description": "show"},
+        }
+    },
+    {"text": f"FINAL-ANSWER-7: wrote notes.md {PAGE_HOSTILE}"},
+]
+
+
+def test_report_page_shows_task_answer_diff_tool_result_and_tokens_with_guest_text_escaped(
+    cli: Cli, default_vm: dict[str, object], fake_api: FakeAnthropic, tmp_path: Path
+) -> None:
+    from chromium import chromium_run
+
+    project = _agent_cli(cli, _git_project(tmp_path / "proj"), fake_api)
+    _script(fake_api, REPORT_TURNS)
+    task = "write <b>notes</b> and show them"
+    done = project.run("run", "-p", task, timeout=900)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    run_id = _newest_run(project)["id"]
+    folder = cli.home / "runs" / run_id
+    events = [json.loads(line) for line in (folder / "relay.jsonl").read_text().splitlines()]
+    requests = [event for event in events if event["event"] == "api_request"]
+    tokens_in = sum(
+        e["input_tokens"] + e["cache_creation_input_tokens"] + e["cache_read_input_tokens"] for e in requests
+    )
+    tokens_out = sum(e["output_tokens"] for e in requests)
+    page = tmp_path / "report.html"
+    page.write_bytes(project.ok("show", run_id, "--html").stdout)
+    dom = chromium_run("--dump-dom", page.as_uri()).stdout
+    assert '<pre id="task">write &lt;b&gt;notes&lt;/b&gt; and show them</pre>' in dom
+    answer = dom.split('<pre id="answer">', 1)[1].split("</pre>", 1)[0]
+    assert answer.startswith("FINAL-ANSWER-7: wrote notes.md &lt;script&gt;")
+    diff = dom.split('<pre class="diff">', 1)[1].split("</pre>", 1)[0]
+    assert "+++ b/notes.md" in diff and "+&lt;script&gt;document.body" in diff
+    results = [part.split("</pre>", 1)[0] for part in dom.split('<pre class="result">')[1:]]
+    assert any(r.startswith("RESULT-MARK-42\n# notes\n&lt;script&gt;") for r in results), results
+    assert f"{len(requests)} request(s), {tokens_in} input / {tokens_out} output tokens" in dom
+    assert len(requests) >= 3 and "model API via the relay" in dom
+    # Nothing the guest wrote became markup: no script ran, no element was made from it.
+    assert "data-pwned" not in dom.split("<body", 1)[1].split(">", 1)[0]
+    assert "<img" not in dom and dom.count("<script") == 0
+    text = project.ok("show", run_id).stdout.decode()
+    assert f"task            {task}" in text and "FINAL-ANSWER-7" in text and "RESULT-MARK-42" in text

@@ -5,8 +5,6 @@ through a pseudo-terminal, and the HTML report rendered by headless Chromium."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import sys
 import time
 import zlib
@@ -15,6 +13,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from chromium import chromium_run
 from vmcli import Cli
 
 pytestmark = pytest.mark.vm
@@ -125,20 +124,6 @@ def test_top_keys_select_show_the_log_and_stop_a_run_after_confirmation(
     assert child.exitstatus == 0
 
 
-def _chromium() -> str:
-    binary = shutil.which("chromium")
-    assert binary is not None, "chromium is missing: `bash scripts/setup` installs it"
-    return binary
-
-
-def _chromium_run(*args: str) -> subprocess.CompletedProcess[str]:
-    # --no-sandbox: the tests run as root, where Chromium's own sandbox cannot start.
-    return subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", *args],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
-
-
 def _png_pixels(path: Path) -> bytes:
     data = path.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
@@ -168,7 +153,7 @@ def test_html_report_renders_in_headless_chromium_with_chart_and_inert_guest_tex
     )
     page = tmp_path / "report.html"
     page.write_bytes(cli.ok("show", burner, "--html").stdout)
-    dom = _chromium_run("--dump-dom", page.as_uri()).stdout
+    dom = chromium_run("--dump-dom", page.as_uri()).stdout
     assert 'id="cpu-chart"' in dom and 'id="mem-chart"' in dom
     points = dom.split('class="cpu" points="', 1)[1].split('"', 1)[0].split()
     assert len(points) >= 2
@@ -176,9 +161,9 @@ def test_html_report_renders_in_headless_chromium_with_chart_and_inert_guest_tex
     assert "&lt;script&gt;document.body.setAttribute('data-pwned','1')&lt;/script&gt;" in dom  # shown as text
     assert "<img" not in dom
     shot = tmp_path / "report.png"
-    _chromium_run(f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri())
+    chromium_run(f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri())
     assert len(set(_png_pixels(shot))) > 20  # not a blank page
     # The same Chromium does run an inline script when no policy and no escaping stop it.
     control = tmp_path / "control.html"
     control.write_text(f"<!DOCTYPE html><html><body>{SCRIPT}</body></html>")  # (alert() would hang it)
-    assert 'data-pwned="1"' in _chromium_run("--dump-dom", control.as_uri()).stdout
+    assert 'data-pwned="1"' in chromium_run("--dump-dom", control.as_uri()).stdout

@@ -12,8 +12,11 @@ from vmsbx.cli.common import json_option, print_json
 @click.option("--html", "as_html", is_flag=True, help="Write a self-contained HTML page to stdout.")
 @json_option
 def command(run_id: str | None, as_html: bool, as_json: bool) -> None:
-    """Report of a run (the newest without RUN_ID): command, policy, score, duration, exit status
-    and reason, resource peaks, files changed, network destinations, the agent's tool calls.
+    """Report of a run (the newest without RUN_ID): an agent run's task and final answer, the
+    command, policy, score, duration, exit status and reason, resource peaks, the API account
+    (requests, tokens, estimated cost, budget left), files changed (held back and refused
+    apart), the agent's commits, network destinations, and each tool call with its time,
+    duration and the start of its result. The HTML page also has each file's diff.
 
     \b
     vmsbx show 3f2a9c1d0b7e

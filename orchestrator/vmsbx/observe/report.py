@@ -18,19 +18,32 @@ from pydantic import BaseModel, ConfigDict
 
 from vmsbx.observe import fmt
 from vmsbx.observe.artifacts import (
+    CHANGESET_FILE,
+    Answer,
+    ApiAccount,
     ChangedFile,
     NetworkSummary,
     ToolCall,
     clean,
+    clean_block,
+    read_api,
     read_changeset,
     read_network,
-    read_tool_calls,
+    read_stream,
 )
 from vmsbx.observe.samples import SAMPLES_FILE, Sample, read_samples
 from vmsbx.runs import commits as commit_reviews
+from vmsbx.runs.agentrun import agent_prompt
 from vmsbx.runs.commits import CommitReview
 from vmsbx.runs.record import RunRecord
 from vmsbx.sync.diff import show_path
+from vmsbx.textsafe import strip_control
+
+# The page stays readable and bounded whatever the run changed: each file's diff and all of
+# them together are capped (`vmsbx diff` has the whole), and so is the number of tool calls.
+_DIFF_FILE_MAX = 64 * 1024
+_DIFF_TOTAL_MAX = 1024 * 1024
+_TOOL_CALLS_SHOWN = 1000
 
 
 class RunReport(BaseModel):
@@ -43,12 +56,28 @@ class RunReport(BaseModel):
     network: NetworkSummary | None = None
     changes: list[ChangedFile] | None = None
     commits: CommitReview | None = None
+    answer: Answer | None = None
+    api: ApiAccount | None = None
+
+    @property
+    def task(self) -> str | None:
+        """The prompt of a headless agent run."""
+        return agent_prompt(self.record.command)
 
     @property
     def memory_peak(self) -> int | None:
-        peaks = [v for s in self.samples for v in (s.mem_peak, s.mem) if v is not None]
+        """systemd's figure: the cgroup's memory.peak read when the run ended (while it runs, the
+        highest memory.peak a sample saw)."""
         recorded = self.record.resources.memory_peak
-        return max([*peaks, *([recorded] if recorded is not None else [])], default=None)
+        if recorded is not None:
+            return recorded
+        return max((s.mem_peak for s in self.samples if s.mem_peak is not None), default=None)
+
+    @property
+    def memory_sampled(self) -> int | None:
+        """The sampler's figure: the highest memory.current of the once-a-second samples (the
+        chart's line), which misses peaks between samples."""
+        return max((s.mem for s in self.samples if s.mem is not None), default=None)
 
     @property
     def tasks_peak(self) -> int | None:
@@ -62,14 +91,48 @@ class RunReport(BaseModel):
 
 
 def load(run_dir: Path, record: RunRecord) -> RunReport:
+    stream = read_stream(run_dir)
+    changes = read_changeset(run_dir)
     return RunReport(
         record=record,
         samples=read_samples(run_dir / SAMPLES_FILE),
-        tool_calls=read_tool_calls(run_dir),
+        tool_calls=None if stream is None else stream.tool_calls,
+        answer=None if stream is None else stream.answer,
         network=read_network(run_dir),
-        changes=read_changeset(run_dir),
+        api=read_api(run_dir),
+        changes=None if changes is None else _with_diffs(run_dir, record, changes),
         commits=commit_reviews.load(run_dir / "changes" / commit_reviews.COMMITS_FILE),
     )
+
+
+def _with_diffs(run_dir: Path, record: RunRecord, files: list[ChangedFile]) -> list[ChangedFile]:
+    """Each changed file with its diff against the project, as `vmsbx diff` shows it, capped."""
+    from vmsbx.errors import VmsbxError
+    from vmsbx.sync.blobs import BlobStore
+    from vmsbx.sync.changeset import load as load_changeset
+    from vmsbx.sync.diff import render_entry
+
+    try:
+        changeset = load_changeset(run_dir / CHANGESET_FILE)
+    except (VmsbxError, OSError, ValueError):
+        return files  # an older or damaged changeset: the list without diffs
+    if len(changeset.entries) != len(files):
+        return files
+    blobs, project = BlobStore(run_dir / "changes" / "blobs"), Path(record.project or ".")
+    total, out = 0, []
+    for entry, listed in zip(changeset.entries, files, strict=True):
+        if total >= _DIFF_TOTAL_MAX:
+            text = f"(not shown: the report's diffs are capped; `vmsbx diff {record.id}` has it)\n"
+        else:
+            try:
+                text = strip_control(render_entry(entry, blobs, project))
+            except OSError as exc:
+                text = f"(diff not available: {exc.strerror})\n"
+            if len(text) > _DIFF_FILE_MAX:
+                text = text[:_DIFF_FILE_MAX] + f"\n… (cut; `vmsbx diff {record.id}` has the whole diff)\n"
+        total += len(text)
+        out.append(listed.model_copy(update={"diff": text}))
+    return out
 
 
 def summary_fields(report: RunReport) -> list[tuple[str, str]]:
@@ -79,9 +142,11 @@ def summary_fields(report: RunReport) -> list[tuple[str, str]]:
     exit_status = fmt.DASH if r.exit_code is None else str(r.exit_code)
     policy = r.policy
     notes = [("guest notes", clean("; ".join(r.guest_notes), 1000))] if r.guest_notes else []
+    task = [("task", clean(report.task, 500))] if report.task is not None else []
     return [
         ("run", r.id),
         ("vm", r.vm),
+        *task,
         ("command", clean(" ".join(r.command), 500)),
         ("state", r.state),
         ("sandbox", r.sandbox),
@@ -99,42 +164,141 @@ def summary_fields(report: RunReport) -> list[tuple[str, str]]:
         ("duration", fmt.duration(r.duration)),
         ("exit status", exit_status),
         ("reason", clean(r.reason or fmt.DASH, 500)),
-        ("memory peak", f"{fmt.size(report.memory_peak)} of {fmt.size(int(policy.memory_max))}"),
+        ("memory peak", _memory(report)),
         ("tasks peak", f"{fmt.number(report.tasks_peak)} of {policy.tasks_max}"),
         (
             "cpu",
             f"{fmt.number(cpu_seconds, '{:.1f}')} s used, peak {fmt.number(report.cpu_peak, '{:.0f}')} %",
         ),
         ("oom kills", str(r.resources.oom_kills)),
+        ("api", api_line(report)),
+        ("network", network_line(report)),
         *notes,
     ]
 
 
+def _memory(report: RunReport) -> str:
+    limit = fmt.size(int(report.record.policy.memory_max))
+    sampled = "" if report.memory_sampled is None else f"; highest sample {fmt.size(report.memory_sampled)}"
+    return f"{fmt.size(report.memory_peak)} of {limit} (systemd's memory.peak{sampled})"
+
+
+def api_line(report: RunReport) -> str:
+    """The relay's account: requests, tokens, estimated cost and what is left of the budget."""
+    api, cap = report.api, report.record.budget
+    if api is None:
+        return f"{fmt.DASH} (no model API use recorded)" if report.record.relay else fmt.DASH
+    refused = f", {api.refused} refused" if api.refused else ""
+    line = (
+        f"{api.requests} request(s){refused}, {api.input_tokens} input / {api.output_tokens} output tokens, "
+        f"≈ ${api.cost_usd:.4f} at list prices"
+    )
+    if cap is None:
+        return line + ", no budget"
+    left = []
+    if cap.tokens is not None:
+        left.append(f"{max(cap.tokens - api.input_tokens - api.output_tokens, 0)} of {cap.tokens} tokens")
+    if cap.usd is not None:
+        left.append(f"${max(cap.usd - api.cost_usd, 0.0):.2f} of ${cap.usd:.2f}")
+    return line + ", budget left " + " and ".join(left) + (" (used up)" if api.budget_exhausted else "")
+
+
+def network_line(report: RunReport) -> str:
+    """What left the sandbox: the model API through the relay, and what the egress proxy decided.
+    A run under the `api` policy has no egress proxy, so its only traffic is the relay's."""
+    r, api, net = report.record, report.api, report.network
+    parts = []
+    if r.relay or api is not None:
+        parts.append(f"model API via the relay: {fmt.DASH if api is None else api.requests} request(s)")
+    if net is not None:
+        parts.append(f"egress proxy: {net.allowed} allowed, {net.denied} denied")
+    elif r.policy.network in ("none", "api"):
+        parts.append(f"{'nothing else' if parts else 'none'} (policy {r.policy.network})")
+    else:
+        parts.append(f"egress proxy: {fmt.DASH}")
+    return "; ".join(parts)
+
+
 def render_text(report: RunReport) -> str:
     lines = [f"{label:15} {value}" for label, value in summary_fields(report)]
+    if report.answer is not None:
+        lines.append(
+            "answer" + ("          (Claude Code reported an error)" if report.answer.is_error else "")
+        )
+        lines += [f"  {line}" for line in report.answer.text.splitlines()[:200]]
     lines.append("")
     if report.changes is None:
-        lines.append(f"files changed   {fmt.DASH}")
+        lines.append(f"files changed   {_no_changeset(report.record)}")
     else:
-        lines.append(f"files changed   {len(report.changes)}")
-        lines += [f"  {c.change or '?':9} {c.path}" for c in report.changes[:200]]
+        lines.append(f"files changed   {len(report.changes)}" + (
+            f"  (`vmsbx diff {report.record.id}` shows the diff)" if report.changes else ""
+        ))  # fmt: skip
+        for title, rows in _file_groups(report.changes):
+            indent = "  " if title is None else "    "
+            if title is not None:
+                lines.append(f"  {title}: {len(rows)}")
+            lines += [
+                f"{indent}{_MARK.get(c.change, '?')} {c.path}" + (f"  ({c.reason})" if c.reason else "")
+                for c in rows[:200]
+            ]
     lines += _commit_text(report.commits)
-    if report.network is None:
-        lines.append(f"network         {fmt.DASH}")
-    else:
-        n = report.network
-        lines.append(f"network         {n.allowed} allowed, {n.denied} denied")
+    if report.network is not None and report.network.destinations:
+        lines.append("network destinations")
         lines += [
             f"  {d.host}{'' if d.port is None else f':{d.port}'}  allowed {d.allowed} denied {d.denied}"
             f"  {fmt.size(d.bytes)}"
-            for d in n.destinations[:200]
+            for d in report.network.destinations[:200]
         ]
     if report.tool_calls is None:
         lines.append(f"tool calls      {fmt.DASH}")
     else:
         lines.append(f"tool calls      {len(report.tool_calls)}")
-        lines += [f"  {i:3}. {c.outcome:7} {c.label}" for i, c in enumerate(report.tool_calls, 1)]
+        for i, c in enumerate(report.tool_calls[:_TOOL_CALLS_SHOWN], 1):
+            lines.append(f"  {i:3}. {_clock(c)} {_took(c):>6} {c.outcome:7} {c.label}")
+            lines += [f"         {line}" for line in c.result.splitlines()[:3]]
     return "\n".join(lines) + "\n"
+
+
+def _no_changeset(record: RunRecord) -> str:
+    """Why a run has no stored changeset to list."""
+    return {
+        "held": "held back in the guest: over the collect cap (`vmsbx discard` frees it)",
+        "failed": "vmsbx could not collect the run's changes",
+        "pending": "not collected yet",
+        "discarded": "discarded",
+    }.get(record.changes, fmt.DASH)
+
+
+_MARK = {"added": "+", "deleted": "-", "modified": "~", "mode": "m", "type": "t"}
+_GROUPS = (
+    ("apply", None),
+    ("sensitive", "held back (can run code on your machine; `vmsbx apply --include-sensitive`)"),
+    ("refused", "refused (never applied)"),
+    ("git", ".git/ changes (never applied as files; commits come back as a branch)"),
+)
+
+
+def _file_groups(files: list[ChangedFile]) -> list[tuple[str | None, list[ChangedFile]]]:
+    """Changed files by what apply does with them; files of an older changeset count as applied."""
+    known = {key for key, _ in _GROUPS}
+    groups = []
+    for key, title in _GROUPS:
+        rows = [
+            f
+            for f in files
+            if (f.classification or "apply") == key or (key == "apply" and f.classification not in known)
+        ]
+        if rows:
+            groups.append((title, rows))
+    return groups
+
+
+def _clock(call: ToolCall) -> str:
+    return fmt.DASH.rjust(8) if call.started is None else call.started.astimezone(dt.UTC).strftime("%H:%M:%S")
+
+
+def _took(call: ToolCall) -> str:
+    return fmt.DASH if call.duration is None else fmt.duration(call.duration)
 
 
 def _commit_text(commits: CommitReview | None) -> list[str]:
@@ -191,6 +355,8 @@ th{color:#555;font-weight:normal}code,.mono{font-family:ui-monospace,monospace;w
 svg{border:1px solid #ccc;background:#fafafa}.axis{stroke:#999;stroke-width:1}
 .cpu{fill:none;stroke:#1f5fbf;stroke-width:2}.mem{fill:none;stroke:#b3261e;stroke-width:2}
 .label{font-size:11px;fill:#555}
+pre{background:#f6f6f6;border:1px solid #ddd;padding:.5em;white-space:pre-wrap;word-break:break-all;
+max-height:40em;overflow:auto}summary{cursor:pointer}.file,.call{margin:.2em 0}
 """
 _CHART_W, _CHART_H, _PAD = 640, 160, 36
 
@@ -251,11 +417,17 @@ def render_charts(samples: list[Sample], memory_limit: int | None) -> str:
     mem_top = max([v for _, v in mem] + [1.0]) * 1.25
     if memory_limit:
         mem_top = min(mem_top, float(memory_limit))
+    highest = fmt.size(int(max((v for _, v in mem), default=0)))
     return _chart(
-        "cpu-chart", f"CPU (% of one core, top {cpu_top:.0f} %)", "cpu", cpu, cpu_top, "%"
+        "cpu-chart", f"CPU, % of one core (sampled each second; scale 0 to {cpu_top:.0f} %)", "cpu", cpu,
+        cpu_top, "%",
     ) + _chart(
-        "mem-chart", f"Memory (top {fmt.size(int(mem_top))})", "mem", mem, mem_top, fmt.size(int(mem_top))
-    )
+        "mem-chart",
+        f"Memory in use (memory.current sampled each second; highest sample {highest}; "
+        f"scale 0 to {fmt.size(int(mem_top))}). The summary's peak is systemd's memory.peak, which "
+        "also counts what came and went between samples.",
+        "mem", mem, mem_top, fmt.size(int(mem_top)),
+    )  # fmt: skip
 
 
 def render_html(report: RunReport) -> str:
@@ -263,6 +435,7 @@ def render_html(report: RunReport) -> str:
     rows = "".join(
         f'<tr><th>{_e(label)}</th><td class="mono">{_e(value)}</td></tr>'
         for label, value in summary_fields(report)
+        if label not in ("api", "network")  # the page has a section for them
     )
     parts = [
         "<!DOCTYPE html>",
@@ -271,41 +444,72 @@ def render_html(report: RunReport) -> str:
         '<meta name="referrer" content="no-referrer">',
         f"<title>vmsbx run {_e(r.id)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>vmsbx run {_e(r.id)}</h1>",
+    ]
+    if report.task is not None:
+        parts += ["<h2>Task</h2>", f'<pre id="task">{_e(clean_block(report.task, 20_000))}</pre>']
+    if report.answer is not None:
+        failed = (
+            ' <span class="error">(Claude Code reported an error)</span>' if report.answer.is_error else ""
+        )
+        parts += [f"<h2>Answer{failed}</h2>", f'<pre id="answer">{_e(report.answer.text)}</pre>']
+    parts += [
         f'<table id="summary">{rows}</table>',
-        "<h2>CPU and memory</h2>",
-        render_charts(report.samples, int(r.policy.memory_max)),
         "<h2>Files changed</h2>",
     ]
     if report.changes is None:
-        parts.append(f"<p>{fmt.DASH}</p>")
+        parts.append(f"<p>{_e(_no_changeset(r))}</p>")
+    elif not report.changes:
+        parts.append("<p>none</p>")
     else:
-        items = "".join(f"<li><code>{_e(c.path)}</code> {_e(c.change)}</li>" for c in report.changes)
-        parts.append(f'<ul id="changes">{items}</ul>' if items else "<p>none</p>")
+        for title, files in _file_groups(report.changes):
+            if title is not None:
+                parts.append(f"<h3>{_e(title)}: {len(files)}</h3>")
+            parts.append('<div class="changes">' + "".join(_file_html(f) for f in files) + "</div>")
     parts += _commit_html(report.commits)
-    parts.append("<h2>Network</h2>")
-    if report.network is None:
-        parts.append(f"<p>{fmt.DASH}</p>")
-    else:
-        n = report.network
+    parts += ["<h2>API and network</h2>", f'<p id="api">{_e(api_line(report))}</p>']
+    parts.append(f'<p id="network-summary">{_e(network_line(report))}</p>')
+    if report.network is not None and report.network.destinations:
         dest = "".join(
             f'<tr><td class="mono">{_e(d.host)}</td><td>{_e(fmt.number(d.port))}</td><td>{d.allowed}</td>'
             f"<td>{d.denied}</td><td>{_e(fmt.size(d.bytes))}</td></tr>"
-            for d in n.destinations
+            for d in report.network.destinations
         )
         parts.append(
-            f'<p>{n.allowed} allowed, {n.denied} denied</p><table id="network"><tr><th>host</th><th>port</th>'
+            '<table id="network"><tr><th>host</th><th>port</th>'
             f"<th>allowed</th><th>denied</th><th>bytes</th></tr>{dest}</table>"
         )
     parts.append("<h2>Tool calls</h2>")
     if report.tool_calls is None:
         parts.append(f"<p>{fmt.DASH}</p>")
     else:
-        calls = "".join(
-            f'<li class="{_e(c.outcome)}"><b>{_e(c.name)}</b> <code>{_e(c.target)}</code> '
-            f"— {_e(c.outcome)}</li>"
-            for c in report.tool_calls
-        )
+        calls = "".join(_tool_call_html(c) for c in report.tool_calls[:_TOOL_CALLS_SHOWN])
         parts.append(f'<ol id="tool-calls">{calls}</ol>')
+    parts += ["<h2>CPU and memory</h2>", render_charts(report.samples, int(r.policy.memory_max))]
     generated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     parts.append(f'<p class="label">generated by vmsbx at {_e(generated)}</p></body></html>')
     return "\n".join(parts) + "\n"
+
+
+def _file_html(changed: ChangedFile) -> str:
+    """One changed file: its name and kind of change, its diff folded underneath."""
+    reason = f" ({_e(changed.reason)})" if changed.reason else ""
+    head = (
+        f"<code>{_e(_MARK.get(changed.change, '?'))} {_e(changed.path)}</code> {_e(changed.change)}{reason}"
+    )
+    if changed.diff is None:
+        return f'<p class="file">{head}</p>'
+    return (
+        f'<details class="file"><summary>{head}</summary><pre class="diff">{_e(changed.diff)}</pre></details>'
+    )
+
+
+def _tool_call_html(call: ToolCall) -> str:
+    """One tool call: when, how long, what on, its outcome; its result's excerpt folded."""
+    head = (
+        f'<span class="mono">{_e(_clock(call))} {_e(_took(call))}</span> <b>{_e(call.name)}</b> '
+        f'<code>{_e(call.target)}</code> — <span class="{_e(call.outcome)}">{_e(call.outcome)}</span>'
+    )
+    if not call.result:
+        return f'<li class="call">{head}</li>'
+    result = f'<pre class="result">{_e(call.result)}</pre>'
+    return f'<li class="call"><details><summary>{head}</summary>{result}</details></li>'

@@ -37,6 +37,7 @@ from vmsbx.providers.qemu_argv import (
     FwCfgItem,
     GuestNetwork,
     QemuLaunch,
+    parse_qemu_version,
     render_overlay_argv,
     render_qemu_argv,
 )
@@ -96,7 +97,7 @@ class QemuProvider:
         version = None
         if QEMU_BINARY not in missing:
             out = subprocess.run([QEMU_BINARY, "--version"], capture_output=True, text=True, check=False)
-            version = out.stdout.splitlines()[0].rsplit(" ", 1)[-1] if out.stdout else None
+            version = parse_qemu_version(out.stdout)
         return ProbeResult(
             provider=self.name,
             usable=not missing,

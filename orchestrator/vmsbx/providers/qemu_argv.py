@@ -114,3 +114,14 @@ def render_accel_probe_argv(binary: str, kernel: Path) -> list[str]:
         "-append", "console=ttyS0 panic=-1 earlyprintk=serial",
         "-serial", "stdio",
     ]  # fmt: skip
+
+
+def parse_qemu_version(output: str) -> str | None:
+    """The version `qemu-system-* --version` prints on its first line, with the distribution's
+    package version when it gives one: "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7)" ->
+    "7.2.22 (Debian 1:7.2+dfsg-7)". None when the first line is not QEMU's."""
+    first = output.splitlines()[0].strip() if output.strip() else ""
+    marker = "QEMU emulator version "
+    if not first.startswith(marker) or len(first) > 200:
+        return None
+    return first[len(marker) :].strip() or None

@@ -37,6 +37,15 @@ def claude_argv(version: str, prompt: str | None) -> list[str]:
     return argv
 
 
+def agent_prompt(command: tuple[str, ...] | list[str]) -> str | None:
+    """The task of a headless agent run (the `-p` prompt of `claude_argv`), None for any other
+    command: what `runs` and `show` name a run by, rather than the binary's path."""
+    if not command or not command[0].startswith(f"{GUEST_LIB}/claude/") or "-p" not in command[1:]:
+        return None
+    position = command.index("-p", 1) + 1
+    return command[position] if position < len(command) else None
+
+
 def agent_env(token: str, kind: CredentialKind) -> dict[str, str]:
     """The run's variables: the relay's loopback port, the token under the name that matches
     the real credential's kind, and Claude Code's own network chatter switched off."""

@@ -31,6 +31,14 @@ class Resources(BaseModel):
     tasks_limit_hits: int = Field(default=0, description="pids.events max: forks refused.")
 
 
+class BudgetCap(BaseModel):
+    """The run's --budget as the relay enforced it (None: no cap of that kind)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    tokens: int | None = None
+    usd: float | None = None
+
+
 class RunRecord(BaseModel):
     """One run, as `vmsbx runs` lists it and `run.json` stores it."""
 
@@ -66,6 +74,7 @@ class RunRecord(BaseModel):
     )
     relay: bool = Field(default=False, description="Whether the run could reach the model API via the relay.")
     egress: bool = Field(default=False, description="Whether the run had an egress proxy (policy not none).")
+    budget: BudgetCap | None = Field(default=None, description="The run's API spend cap, if it had one.")
     warnings: list[str] = Field(default_factory=list, description="What the user was warned about.")
     api: dict[str, object] | None = Field(
         default=None, description="The relay's account of the run's API use."
