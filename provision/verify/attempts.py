@@ -623,6 +623,7 @@ ATTEMPTS: dict[str, tuple[Callable[[], str], float]] = {
     "raw_device": (raw_device, 10),
     "dbus_system": (lambda: unix("/run/dbus/system_bus_socket"), 10),
     "systemd_private": (lambda: unix("/run/systemd/private"), 10),
+    "guest_agent": (lambda: unix(env("GUEST_AGENT")), 10),
     "journal_forge": (journal_forge, 10),
     "abstract_unix": (lambda: unix(f"@vmsbx-verify-{env('LISTENER_TOKEN')}"), 10),
     "tiocsti": (tiocsti, 15),

@@ -93,6 +93,7 @@ ATTEMPTS: tuple[Attempt, ...] = (
     _a("raw_device", "privilege", "read the guest's raw disk", "no such device or denied"),
     _a("dbus_system", "services", "connect to the system D-Bus (systemd's API)", "refused"),
     _a("systemd_private", "services", "connect to systemd's private socket", "refused"),
+    _a("guest_agent", "services", "connect to vmsbx's root guest agent (it runs launcher verbs)", "refused"),
     _a("journal_forge", "services", "log as ssh.service through journald's socket", "trusted fields kept",
        "journal"),
     _a("abstract_unix", "services", "connect to a root abstract Unix socket", "unreachable"),

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vmsbx.agent.client import AgentClient
 from vmsbx.config.models import Settings
+from vmsbx.contract import GUESTD_SOCKET
 from vmsbx.errors import TransportError, VmsbxError
 from vmsbx.paths import data_dir
 from vmsbx.runs import lifecycle
@@ -138,6 +139,7 @@ class _Session:
             "VERIFY_TMP_SIZE": str(policy.tmp_size),
             "VERIFY_OPEN_FILES": str(policy.open_files),
             "VERIFY_LISTENER_TOKEN": self.token,
+            "VERIFY_GUEST_AGENT": GUESTD_SOCKET,
         }
 
     @contextlib.contextmanager
