@@ -223,3 +223,14 @@ def test_all_of_vmsbx_home_is_private_whatever_the_umask(
         if path.stat().st_mode & 0o077
     ]
     assert loose == [], "readable by others: " + ", ".join(loose)
+
+
+def test_a_record_that_never_started_is_forgotten_whole(home: Path, tmp_path: Path) -> None:
+    # A launch the guest refused and the host tries again under a new id (a jail uid clash, a
+    # mirror that is not the one planned against): the first id's folder already holds the
+    # sync's base and summary, and must go with its run.json.
+    record = _started_run(tmp_path, tmp_path / "ws")
+    assert (records.run_dir(record.id) / "changes" / "base.json").is_file()
+    records.discard(record.id)
+    assert not records.run_dir(record.id).exists()
+    assert record.id not in {run.id for run in records.all_runs()}

@@ -7,6 +7,7 @@ guest via the launcher's ExecStopPost= step, never from text the sandboxed progr
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -108,10 +109,9 @@ def save(record: RunRecord) -> None:
 
 
 def discard(run_id: str) -> None:
-    """Forget a record that never started (e.g. a launch retried under a new id)."""
-    directory = run_dir(run_id)
-    (directory / "run.json").unlink(missing_ok=True)
-    directory.rmdir()
+    """Forget a record that never started (e.g. a launch retried under a new id): its folder
+    holds only what vmsbx wrote before the launch (run.json, the sync's base and summary)."""
+    shutil.rmtree(run_dir(run_id), ignore_errors=True)
 
 
 def load(run_id: str) -> RunRecord:
