@@ -16,12 +16,12 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import paramiko
 
-from vmsbx.agent.protocol import Frame, recv_frame, send_frame
+from vmsbx.agent.protocol import Frame, recv_exact, recv_frame, send_frame
 from vmsbx.contract import GUEST_ARGV, GUESTD_REQUEST_HEADER, GUESTD_REQUEST_MAX, GUESTD_SOCKET
 from vmsbx.errors import TransportError
 from vmsbx.guestbundle import bundle_version
@@ -95,20 +95,22 @@ def _read_reply(channel: paramiko.Channel) -> dict[str, object]:
 
 
 def _recv_exact(channel: paramiko.Channel, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = channel.recv(size - len(data))
-        if not chunk:
-            raise EOFError("the guest agent closed the channel")
-        data += chunk
-    return bytes(data)
+    data = recv_exact(cast(socket.socket, channel), size)
+    if data is None:
+        raise EOFError("the guest agent closed the channel")
+    return data
 
 
-def relay(channel: paramiko.Channel, client: socket.socket) -> None:
-    """Carry one accepted call: the CLI's stdin frames to the guest agent, its frames back. A
-    channel cut before the EXIT frame ends without one, which tells the CLI so (as a dropped
-    SSH session does)."""
-    threading.Thread(target=_stdin_to_guest, args=(client, channel), daemon=True).start()
+def relay(
+    channel: paramiko.Channel,
+    client: socket.socket,
+    stdin_pump: Callable[[socket.socket, paramiko.Channel], None],
+) -> None:
+    """Carry one accepted call: the CLI's stdin frames to the guest agent (by `stdin_pump`, the
+    agent's own for SSH sessions: raw bytes, then a half-close), its frames back. A channel cut
+    before the EXIT frame ends without one, which tells the CLI so (as a dropped SSH session
+    does)."""
+    threading.Thread(target=stdin_pump, args=(client, channel), daemon=True).start()
     try:
         while True:
             frame = recv_frame(cast(socket.socket, channel))
@@ -130,19 +132,3 @@ def relay(channel: paramiko.Channel, client: socket.socket) -> None:
     log.warning("a guest agent call ended before its exit")
     with contextlib.suppress(OSError):
         client.shutdown(socket.SHUT_RDWR)
-
-
-def _stdin_to_guest(client: socket.socket, channel: paramiko.Channel) -> None:
-    try:
-        while True:
-            frame = recv_frame(client)
-            if frame is None:
-                channel.close()  # the CLI went away
-                return
-            kind, payload = frame
-            if kind is Frame.STDIN:
-                channel.sendall(payload)
-            elif kind is Frame.STDIN_EOF:
-                channel.shutdown_write()
-    except (OSError, ValueError, EOFError):
-        channel.close()

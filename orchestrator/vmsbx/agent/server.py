@@ -260,7 +260,7 @@ class HostAgent:
             if guest_call is not None:
                 send_line(client, {"ok": True, "via": "guestd"})
                 log.info("guestd %s", verb[0])
-                relay_guest_call(guest_call, client)
+                relay_guest_call(guest_call, client, _client_to_channel)
                 return
         channel = self.connection().open_channel(
             list(request.argv),
