@@ -32,6 +32,7 @@ that call.
 from __future__ import annotations
 
 import contextlib
+import ctypes  # noqa: F401 (the launcher's mount(2) calls)
 import errno
 import json
 import os
