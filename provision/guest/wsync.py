@@ -451,6 +451,14 @@ def cmd_apply(root: str, owner: tuple[int, int] | None) -> int:
     return 0
 
 
+# A first sync into an empty mirror unpacks with GNU tar (C, no per-file Python work: ~10x
+# faster under TCG for 10,000 files). Safe there and only there: the directory holds nothing
+# a member could be redirected through (the header's links are made after the unpacking), and
+# the members are the host's planned files. Smaller syncs are not worth a process start.
+TAR_FAST_MIN_FILES = 64
+TAR_ARGV = ["tar", "-x", "-f", "-", "--touch", "--no-same-owner", "--no-overwrite-dir", "-C"]
+
+
 def apply_stream(root: str, owner: tuple[int, int] | None) -> dict[str, str]:
     """Apply the sync on stdin to ROOT; returns the sha256 of each file written, by path."""
     stream = sys.stdin.buffer
@@ -461,32 +469,69 @@ def apply_stream(root: str, owner: tuple[int, int] | None) -> dict[str, str]:
     try:
         for path in header["delete"]:
             apply_delete(root_fd, path)
+        files = {spec["path"]: spec for spec in header["files"]}
+        fast = owner is None and len(files) >= TAR_FAST_MIN_FILES and not os.listdir(root_fd)
         for path, mode in header["dirs"]:
             apply_dir(root_fd, path, mode, owner)
-        for path, target in header["links"]:
-            apply_link(root_fd, path, target, owner)
-        files = {spec["path"]: spec for spec in header["files"]}
-        written: dict[str, str] = {}
-        parents: dict[str, int] = {}
-        try:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                for member in tar:
-                    spec = files.get(member.name)
-                    if not member.isreg() or spec is None or member.size != spec["size"]:
-                        raise Refused(f"unexpected stream member {member.name!r}")
-                    written[member.name] = apply_file(
-                        root_fd, member, tar.extractfile(member), spec, owner, parents
-                    )
-        finally:
-            for fd in parents.values():
-                os.close(fd)
-        if len(written) != len(files):
-            raise Refused(f"stream ended after {len(written)} of {len(files)} files")
+        if fast:
+            written = _unpack_with_tar(stream, root, files)
+        else:
+            for path, target in header["links"]:
+                apply_link(root_fd, path, target, owner)
+            written = _apply_members(stream, root_fd, files, owner)
+        if fast:
+            for path, target in header["links"]:
+                apply_link(root_fd, path, target, owner)
         for path, mode in header["modes"]:
             apply_mode(root_fd, path, mode)
     finally:
         os.close(root_fd)
     return written
+
+
+def _apply_members(
+    stream: object, root_fd: int, files: dict[str, dict[str, object]], owner: tuple[int, int] | None
+) -> dict[str, str]:
+    written: dict[str, str] = {}
+    parents: dict[str, int] = {}
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
+            for member in tar:
+                spec = files.get(member.name)
+                if not member.isreg() or spec is None or member.size != spec["size"]:
+                    raise Refused(f"unexpected stream member {member.name!r}")
+                written[member.name] = apply_file(
+                    root_fd, member, tar.extractfile(member), spec, owner, parents
+                )
+    finally:
+        for fd in parents.values():
+            os.close(fd)
+    if len(written) != len(files):
+        raise Refused(f"stream ended after {len(written)} of {len(files)} files")
+    return written
+
+
+def _unpack_with_tar(stream: object, root: str, files: dict[str, dict[str, object]]) -> dict[str, str]:
+    """The rest of the stream through GNU tar into the empty ROOT. The files' hashes are the
+    host's: it checks each file against its hash while it streams it and cuts the stream on a
+    mismatch, which tar then reports as a truncated archive."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryFile() as errors:  # a file: tar's complaints can never block it
+        tar = subprocess.Popen([*TAR_ARGV, root], stdin=subprocess.PIPE, stderr=errors)
+        assert tar.stdin is not None
+        try:
+            while chunk := stream.read1(CHUNK):  # type: ignore[attr-defined]
+                tar.stdin.write(chunk)
+            tar.stdin.close()
+        except BrokenPipeError:
+            pass
+        if tar.wait() != 0:
+            errors.seek(0)
+            said = errors.read(4096).decode(errors="replace").strip()[-400:]
+            raise Refused(f"unpacking the workspace failed: {said}")
+    return {path: str(spec["sha256"]) for path, spec in files.items()}
 
 
 # --- pack -------------------------------------------------------------------------------------

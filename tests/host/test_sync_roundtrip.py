@@ -218,3 +218,52 @@ def test_a_mode_change_never_reaches_an_inode_shared_with_a_file_outside(tmp_pat
     assert (outside / "f").stat().st_mode & 0o777 == 0o644
     assert (workspace / "f").stat().st_mode & 0o777 == 0o600
     assert (workspace / "f").stat().st_ino != (outside / "f").stat().st_ino
+
+
+def _many_files(root: Path, count: int) -> Path:
+    for index in range(count):
+        folder = root / f"dir{index % 7}" / ("deep" if index % 3 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"f{index}.txt").write_text(f"file {index}\n" * (index % 5 + 1))
+    (root / "dir0" / "tool.sh").write_text("#!/bin/sh\n")
+    (root / "dir0" / "tool.sh").chmod(0o750)
+    (root / "dir1").chmod(0o700)
+    (root / "to-tool").symlink_to("dir0/tool.sh")
+    return root
+
+
+def test_a_first_sync_of_many_files_unpacks_with_tar_into_the_empty_mirror(tmp_path: Path) -> None:
+    # 200 files into an empty workspace: GNU tar unpacks them (no per-file Python work), with
+    # the same result as the per-file path: contents, modes, links, fresh mtimes, root-owned.
+    project, workspace = _many_files(tmp_path / "project", 200), tmp_path / "ws"
+    workspace.mkdir()
+    before = time.time() - 5
+    synced = sync(project, workspace)
+    assert synced.plan.files and len(synced.plan.files) >= 64  # the tar path's own threshold
+    assert guest_manifest(workspace) == synced.scan.manifest
+    assert (workspace / "dir0" / "tool.sh").stat().st_mode & 0o777 == 0o750
+    assert (workspace / "dir1").stat().st_mode & 0o777 == 0o700
+    assert os.readlink(workspace / "to-tool") == "dir0/tool.sh"
+    assert all(p.lstat().st_mtime >= before for p in workspace.rglob("*.txt"))  # not tar's 1970
+    assert {p.lstat().st_uid for p in workspace.rglob("*")} == {0}
+    # A re-sync (the mirror is no longer empty) goes file by file and stays exact.
+    (project / "dir2" / "f2.txt").write_text("changed\n")
+    (project / "dir3" / "f3.txt").unlink()
+    again = sync(project, workspace)
+    assert len(again.plan.files) == 1
+    assert guest_manifest(workspace) == again.scan.manifest
+
+
+def test_a_tar_that_is_cut_short_fails_the_first_sync(tmp_path: Path) -> None:
+    # The host cuts its stream when a file no longer matches its hash; the guest's tar must
+    # then fail the sync, never leave a mirror that passes for the project.
+    project, workspace = _many_files(tmp_path / "project", 100), tmp_path / "ws"
+    workspace.mkdir()
+    host = scan(project, ExcludeRules())
+    plan = plan_sync(host.manifest, guest_manifest(workspace, purge=True))
+    buffer = io.BytesIO()
+    write_stream(host, plan, buffer)
+    cut = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+    done = wsync("apply", str(workspace), stdin=cut)
+    assert done.returncode != 0
+    assert b"unpacking the workspace failed" in done.stderr
