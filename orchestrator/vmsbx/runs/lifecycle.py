@@ -29,7 +29,7 @@ from vmsbx.runs import agentrun, gitbundle, review, workspace
 from vmsbx.runs import record as records
 from vmsbx.runs.guestctl import Ended, GuestControl, LaunchFailed
 from vmsbx.runs.outcome import SANDBOX_FAILED, GuestResult, jail_failure, outcome
-from vmsbx.runs.record import Resources, RunRecord
+from vmsbx.runs.record import ProfileCopy, Resources, RunRecord
 from vmsbx.runs.streamview import StreamView
 from vmsbx.sandbox.layout import BRIDGES, RunLayout, new_run_id
 from vmsbx.sandbox.nsjail import (
@@ -202,6 +202,7 @@ def start(
     relay: RelayAccess | None = None,
     home_files: Callable[[str, CredentialKind, list[str]], dict[str, str]] | None = None,
     adjust: Callable[[LaunchRequest], LaunchRequest] | None = None,
+    claude_profile: ProfileCopy | None = None,
 ) -> tuple[RunRecord, GuestControl]:
     """Launch a run; returns its record (state running) and the guest control it runs under.
 
@@ -242,6 +243,7 @@ def start(
             project=str(project),
             workspace_key=key,
             collect_max=settings.sync.collect_max,
+            claude_profile=claude_profile,
         )
         systemd_run, jail = _launch_sandbox(settings, layout, record, facts)
         run_env = dict(env)
