@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fake_anthropic import FakeAnthropic
-from test_agent import _agent_cli, _git_project, fake_api  # noqa: F401 - fake_api is a fixture
+from test_agent import _agent_cli, _git_project
 from vmcli import Cli
 
 pytestmark = pytest.mark.vm
@@ -24,6 +25,14 @@ MEMORY = "PROFILE-MEMORY-7f3a: the user prefers answers in haiku."
 COMMAND = "PROFILE-COMMAND-91bc: greet the person named"
 CREDENTIAL = "sk-ant-oat01-PROFILECRED-" + "c" * 30
 SETTINGS_SECRET = "PROFILESECRET-" + "s" * 24
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeAnthropic]:
+    api = FakeAnthropic([])
+    api.start()
+    yield api
+    api.stop()
 
 
 def _profile(folder: Path) -> Path:
@@ -39,15 +48,16 @@ def _profile(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.parametrize("mode", ["systemd", "nsjail"])
 def test_the_profile_reaches_the_run_and_its_credentials_do_not(
-    cli: Cli, default_vm: dict[str, object], fake_api: FakeAnthropic, tmp_path: Path
+    cli: Cli, default_vm: dict[str, object], fake_api: FakeAnthropic, tmp_path: Path, mode: str
 ) -> None:
     profile = _profile(tmp_path / "claude-config")
     project = _agent_cli(cli, _git_project(tmp_path / "proj"), fake_api)
     project = Cli(env=dict(project.env, CLAUDE_CONFIG_DIR=str(profile)), cwd=project.cwd)
     wait = {"command": "sleep 20; env > env.txt", "description": "wait"}
     fake_api.set_script([{"tool_use": {"name": "Bash", "input": wait}}, {"text": "Done."}])
-    started = project.ok("run", "--detach", "-p", "/greet Ann")
+    started = project.ok("run", "--sandbox", mode, "--detach", "-p", "/greet Ann")
     run_id = started.stdout.decode().strip()
     said = started.stderr.decode()
     assert "your Claude profile from" in said and "CLAUDE.md" in said and "commands/greet.md" in said
@@ -59,7 +69,8 @@ def test_the_profile_reaches_the_run_and_its_credentials_do_not(
     # While it runs: process environments, the journal, the guest's disk, and the run's own
     # tmpfs (its HOME) seen through the agent's /proc/PID/root; the memory must be found there.
     probe = (
-        'agents=$(grep -l -a -F vmsbx-run- /proc/[0-9]*/environ 2>/dev/null | sed "s,/environ\\$,/root/tmp,");'
+        "agents=$(grep -l -a -F vmsbx-run- /proc/[0-9]*/environ 2>/dev/null"
+        ' | sed "s,/environ\\$,/root/tmp,");'
         ' for needle in "$1" "$2"; do'
         '  cat /proc/[0-9]*/environ 2>/dev/null | grep -c -a -F "$needle";'
         '  journalctl -o export --no-pager 2>/dev/null | grep -c -a -F "$needle";'
@@ -96,7 +107,7 @@ def test_the_profile_reaches_the_run_and_its_credentials_do_not(
     # Switched off, the next run gets none of it.
     fake_api.set_script([{"text": "Done."}])
     before = len(fake_api.requests)
-    off = project.ok("run", "--no-claude-profile", "-p", "hello")
+    off = project.ok("run", "--sandbox", mode, "--no-claude-profile", "-p", "hello")
     assert "not copied" in off.stderr.decode()
     later = json.dumps([request.as_json() for request in fake_api.requests[before:]])
     assert MEMORY not in later

@@ -324,7 +324,7 @@ def describe(profile: ClaudeProfile, source: Path) -> list[str]:
     keeps the full lists)."""
     where = _shown(source)
     if not profile.copied and not profile.left_out:
-        return [f"no Claude profile to copy (nothing in {where})"]
+        return [f"no Claude profile to copy from {where}"]
     lines = [
         f"your Claude profile from {where}, copied for this run only: "
         f"{_listed(profile.copied) or 'nothing'} (--no-claude-profile leaves it out)"
