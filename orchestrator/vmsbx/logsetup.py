@@ -50,6 +50,12 @@ def register_secret(value: str) -> None:
             _secrets.add(value)
 
 
+def looks_secret(text: str) -> bool:
+    """Whether `text` holds something shaped like an API key, a token or a password (what the
+    log masks), or a value registered with `register_secret`."""
+    return mask(text) != text
+
+
 def mask(text: str) -> str:
     with _lock:
         known = sorted(_secrets, key=len, reverse=True)

@@ -826,3 +826,18 @@ def test_every_field_is_described() -> None:
         assert info.description, f"{key} has no description"
     for name, info in Settings.model_fields.items():
         assert info.description, f"{name} has no description"
+
+
+def test_claude_profile_is_on_by_default_and_the_project_may_only_turn_it_off(
+    box: Sandbox, user_dir: Path
+) -> None:
+    assert box.load().agent.claude_profile is True
+    assert box.load(project="[agent]\nclaude_profile = false\n").agent.claude_profile is False
+    box.project_file.unlink()
+    box.user_file.write_text("[agent]\nclaude_profile = false\n", encoding="utf-8")
+    assert box.load().agent.claude_profile is False
+    message = _refused(box, "[agent]\nclaude_profile = true\n", "agent.claude_profile")
+    assert "your own Claude settings" in message
+    box.project_file.unlink()
+    assert box.load(env={"VMSBX_AGENT_CLAUDE_PROFILE": "true"}).agent.claude_profile is True
+    assert box.load(flags={"agent.claude_profile": False}).agent.claude_profile is False

@@ -13,6 +13,9 @@ from vmsbx.cli.common import load, name_option
 
 if TYPE_CHECKING:
     from vmsbx.agent.credential import CredentialKind
+    from vmsbx.claude.profile import ClaudeProfile
+    from vmsbx.config.models import Settings
+    from vmsbx.runs.record import ProfileCopy
 
 
 @click.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -55,6 +58,12 @@ if TYPE_CHECKING:
     "--budget", default=None, metavar="CAP", help="API spend cap for the run: tokens (200k) or dollars ($5)."
 )
 @click.option("--apply", "apply_changes", is_flag=True, help="Apply the run's changes without asking.")
+@click.option(
+    "--no-claude-profile",
+    "no_profile",
+    is_flag=True,
+    help="Do not copy your Claude profile (~/.claude: CLAUDE.md, settings, commands …) into the run.",
+)
 @click.argument("argv", nargs=-1, required=False, type=click.UNPROCESSED)
 def command(
     name: str | None,
@@ -78,6 +87,7 @@ def command(
     prompt: str | None,
     budget: str | None,
     apply_changes: bool,
+    no_profile: bool,
     argv: tuple[str, ...],
 ) -> None:
     """Run Claude Code (or `-- CMD ARGS…`) in a fresh sandbox in the VM, on a mirror of this
@@ -98,7 +108,7 @@ def command(
         "sandbox.tmp_size": tmp_size, "sandbox.network": network, "sandbox.score_threshold": score_threshold,
         "sandbox.allow_hosts": allow or None, "sandbox.io_read_bps": io_read_bps,
         "sandbox.io_write_bps": io_write_bps, "sandbox.io_read_iops": io_read_iops,
-        "sandbox.io_write_iops": io_write_iops,
+        "sandbox.io_write_iops": io_write_iops, "agent.claude_profile": False if no_profile else None,
     })  # fmt: skip
     if any("\0" in arg for arg in argv):
         # The OS cannot pass it on either; cutting the argument there would run something else.
@@ -122,16 +132,17 @@ def command(
         command_argv = agentrun.claude_argv(settings.agent.claude_version, prompt)
         tty = prompt is None
         template = user_config_file().parent / "claude-home"
+        profile, profile_copy = _claude_profile(settings)
 
         def home(token: str, kind: CredentialKind, workspaces: list[str]) -> dict[str, str]:
-            return agentrun.home_files(token, kind, workspaces, template)
+            return agentrun.home_files(token, kind, workspaces, template, profile)
 
         home_files = home
     else:
-        command_argv, home_files = list(argv), None
+        command_argv, home_files, profile_copy = list(argv), None, None
     record, guest = lifecycle.start(
         settings, command_argv, project=Path.cwd(), tty=tty, env=environment, relay=relay,
-        home_files=home_files,
+        home_files=home_files, claude_profile=profile_copy,
     )  # fmt: skip
     if detach:
         click.echo(record.id)
@@ -145,6 +156,24 @@ def command(
     _report(record.id, code)
     _review(record.id, apply_changes=apply_changes, ask=tty and sys.stdin.isatty())
     sys.exit(code)
+
+
+def _claude_profile(settings: Settings) -> tuple[ClaudeProfile | None, ProfileCopy | None]:
+    """The user's Claude profile for this run (None when turned off), listed on stderr."""
+    from vmsbx.claude import profile as profiles
+    from vmsbx.runs.record import ProfileCopy
+    from vmsbx.sync.rules import exclude_rules
+
+    if not settings.agent.claude_profile:
+        click.echo("vmsbx: your Claude profile is not copied (agent.claude_profile is off)", err=True)
+        return None, None
+    source = profiles.config_dir(os.environ, Path.home())
+    rules = exclude_rules(settings.sync.secret_patterns, ())
+    profile = profiles.read_profile(source, profiles.claude_json_path(os.environ, Path.home()), rules)
+    for line in profiles.describe(profile, source):
+        click.echo(f"vmsbx: {line}", err=True)
+    copy = ProfileCopy(source=str(source), copied=list(profile.copied), left_out=list(profile.left_out))
+    return profile, copy
 
 
 def _review(run_id: str, *, apply_changes: bool, ask: bool) -> None:

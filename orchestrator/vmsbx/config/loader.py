@@ -589,6 +589,7 @@ _PROJECT_RULES: dict[str, _Rule] = {
     "agent.max_concurrent_requests": _AtMost(),
     "agent.install": _TrustedOnly("it decides how the agent program reaches the VM"),
     "agent.registry": _TrustedOnly("it decides where the agent program is downloaded from"),
+    "agent.claude_profile": _OnlyValue(False, "it would copy your own Claude settings into the run"),
     "extra_host_paths": _TrustedOnly("it shares host folders into the VM"),
     "sync.exclude": _Superset(),
     "sync.secret_patterns": _TrustedOnly("it decides which secrets are copied into the VM"),

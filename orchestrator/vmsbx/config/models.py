@@ -393,6 +393,12 @@ class AgentSettings(_Section):
         "integrity is always checked against vmsbx's pin).",
         json_schema_extra={"allowed": 'an http(s) URL such as "https://registry.npmjs.org"'},
     )
+    claude_profile: bool = Field(
+        default=True,
+        description="Offer each agent run a copy of your own Claude Code profile (~/.claude: "
+        "CLAUDE.md, settings.json, commands/, agents/, skills/, and your MCP servers), credentials "
+        "left out; false: every run starts from a bare HOME. The project file may only turn it off.",
+    )
 
 
 # A sync pattern: gitignore-like, one line, no NUL (see vmsbx.sync.rules).

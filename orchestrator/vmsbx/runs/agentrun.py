@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vmsbx.agent.claude_env import agent_environment, seeded_home_files
 from vmsbx.agent.credential import CredentialKind
+from vmsbx.claude.profile import ClaudeProfile
 from vmsbx.errors import UsageError
 from vmsbx.sandbox.layout import BRIDGES, GUEST_LIB
 
@@ -53,11 +54,16 @@ def agent_env(token: str, kind: CredentialKind) -> dict[str, str]:
 
 
 def home_files(
-    token: str, kind: CredentialKind, workspaces: list[str], template: Path | None
+    token: str,
+    kind: CredentialKind,
+    workspaces: list[str],
+    template: Path | None,
+    profile: ClaudeProfile | None = None,
 ) -> dict[str, str]:
     """The fresh HOME's seed (onboarding, folder trust, the run token and the permission
-    prompt answered, so an interactive run starts at the prompt), plus the user's own template
-    files (settings, CLAUDE.md …) from their config folder, which win.
+    prompt answered, so an interactive run starts at the prompt), the user's Claude profile
+    (CLAUDE.md, settings, commands …, credentials already left out) under it, and the user's own
+    template files from their vmsbx config folder, which win.
 
     `workspaces`: every path the agent may know its folder by (Claude Code resolves links, and
     systemd's StateDirectory= is a link into /var/lib/private)."""
@@ -65,6 +71,13 @@ def home_files(
     state = json.loads(files[".claude.json"])
     for path in workspaces[1:]:
         state["projects"][path] = dict(state["projects"][workspaces[0]])
+    if profile is not None:
+        files.update(profile.files)
+        if profile.mcp_servers:
+            state["mcpServers"] = profile.mcp_servers
+        # vmsbx's own answers (the bypass prompt) win over the profile's settings.
+        settings = {**profile.settings, **json.loads(files[".claude/settings.json"])}
+        files[".claude/settings.json"] = json.dumps(settings, indent=2) + "\n"
     files[".claude.json"] = json.dumps(state, indent=2) + "\n"
     if template is not None and template.is_dir():
         files.update(_template_files(template))

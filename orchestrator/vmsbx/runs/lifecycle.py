@@ -38,7 +38,7 @@ from vmsbx.runs import agentrun, gitbundle, review, workspace
 from vmsbx.runs import record as records
 from vmsbx.runs.guestctl import Ended, GuestControl, LaunchFailed
 from vmsbx.runs.outcome import SANDBOX_FAILED, GuestResult, jail_failure, outcome
-from vmsbx.runs.record import BudgetCap, Resources, RunRecord
+from vmsbx.runs.record import BudgetCap, ProfileCopy, Resources, RunRecord
 from vmsbx.runs.streamview import StreamView
 from vmsbx.sandbox.layout import BRIDGES, RunLayout, new_run_id
 from vmsbx.sandbox.nsjail import (
@@ -211,6 +211,7 @@ def start(
     relay: RelayAccess | None = None,
     home_files: Callable[[str, CredentialKind, list[str]], dict[str, str]] | None = None,
     adjust: Callable[[LaunchRequest], LaunchRequest] | None = None,
+    claude_profile: ProfileCopy | None = None,
 ) -> tuple[RunRecord, GuestControl]:
     """Launch a run; returns its record (state running) and the guest control it runs under.
 
@@ -252,6 +253,7 @@ def start(
             workspace_key=key,
             collect_max=settings.sync.collect_max,
             budget=None if relay is None or relay.budget is None else BudgetCap.model_validate(relay.budget),
+            claude_profile=claude_profile,
         )
         systemd_run, jail = _launch_sandbox(settings, layout, record, facts)
         run_env = dict(env)

@@ -40,6 +40,15 @@ class BudgetCap(BaseModel):
     usd: float | None = None
 
 
+class ProfileCopy(BaseModel):
+    """What of the host user's Claude profile (~/.claude) an agent run got a copy of."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(description="The config folder it was read from.")
+    copied: list[str] = Field(default_factory=list, description="Files (and mcpServers.<name>) copied.")
+    left_out: list[str] = Field(default_factory=list, description="What was left out, and why.")
+
+
 class RunRecord(BaseModel):
     """One run, as `vmsbx runs` lists it and `run.json` stores it."""
 
@@ -87,6 +96,9 @@ class RunRecord(BaseModel):
     )
     jail_problems: list[str] = Field(
         default_factory=list, description="nsjail mode: weaknesses found in the rendered jail config."
+    )
+    claude_profile: ProfileCopy | None = Field(
+        default=None, description="Agent runs: what of the user's Claude profile the run was given."
     )
 
 
