@@ -59,17 +59,17 @@ def _wait_for_line(cli: Cli, run_id: str, line: str, seconds: float = 120) -> No
     raise AssertionError(f"run {run_id} never printed {line}")
 
 
-# Kill (SIGKILL) the sshd session process that carries `guest.py follow RUN` (a headless attach:
-# the output, then the verdict): the SSH connection of the host agent dies mid-stream, as with a
-# network drop. This command's own session is the same connection, so it dies too: its exit
-# status is not checked.
-KILL_ATTACH_SESSION = """
-pid=$(pgrep -f "guest.py follow $1" | head -n 1)
+# Kill (SIGKILL) the sshd process of the host agent's SSH connection, as a network drop would:
+# the attach's `follow` is a channel of that connection (to the guest agent), and so is this
+# command's own session, so the session's sshd above this very shell is the one to kill (its
+# exit status is not checked: it dies with the link).
+KILL_AGENT_CONNECTION = """
+pid=$$
 while [ -n "$pid" ] && [ "$pid" != 1 ]; do
     case $(cat /proc/$pid/comm) in sshd) kill -KILL "$pid"; exit 0 ;; esac
     pid=$(awk '{print $4}' /proc/$pid/stat)
 done
-echo "no sshd session above the attach" >&2
+echo "no sshd session above this shell" >&2
 exit 1
 """
 
@@ -83,7 +83,7 @@ def test_a_dropped_ssh_link_loses_no_line_and_the_run_goes_on(
         env=cli.env, cwd=cli.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     _wait_for_line(cli, run_id, "line-5\n")
-    _root(cli, KILL_ATTACH_SESSION, run_id, check=False)
+    _root(cli, KILL_AGENT_CONNECTION, check=False)
     out, err = first.communicate(timeout=120)
     seen_before_drop = out.decode().splitlines()
     print(
