@@ -118,6 +118,7 @@ def peer_uid(conn: socket.socket) -> int:
 
 def serve(path: str) -> int:
     version = bundle_version()
+    server_pid = os.getpid()
     server = listen(path)
     # Handlers are reaped by the kernel; each handler puts SIGCHLD back for its own worker.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
@@ -136,7 +137,7 @@ def serve(path: str) -> int:
             try:
                 server.close()
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                code = handle(conn, version)
+                code = handle(conn, version, server_pid)
             except BaseException as exc:  # a handler never returns into the accept loop
                 with contextlib.suppress(Exception):
                     sys.stderr.write(f"vmsbx-guestd: request failed: {exc!r}\n")
@@ -186,7 +187,8 @@ def frame(kind: int, payload: bytes) -> bytes:
     return FRAME_HEADER.pack(kind, len(payload)) + payload
 
 
-def handle(conn: socket.socket, version: str) -> int:
+def handle(conn: socket.socket, version: str, server: int) -> int:
+    """One request, in a handler forked by the service `server` (its pid)."""
     try:
         wanted, argv = read_request(conn)
     except (BadRequest, OSError) as exc:
@@ -196,8 +198,10 @@ def handle(conn: socket.socket, version: str) -> int:
     if wanted != version:
         error = f"guestd runs bundle {version!r}, not {wanted!r}"
         send_reply(conn, {"accepted": False, "code": EXIT_STALE, "error": error})
-        if bundle_version() != version:
-            os.kill(os.getppid(), signal.SIGTERM)  # newer code on disk: systemd starts it anew
+        # Newer code on disk: end the service, systemd starts it anew. Only the service that
+        # forked this handler: after a restart, an orphaned handler's parent is someone else.
+        if bundle_version() != version and os.getppid() == server:
+            os.kill(server, signal.SIGTERM)
         return EXIT_STALE
     send_reply(conn, {"accepted": True})
     return Handler(conn, argv).run()
