@@ -19,10 +19,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fakes"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host"))
 
+from fake_anthropic import FakeAnthropic
 from vmcli import Cli
 
 WITH_CLAUDE = {"VMSBX_AGENT_INSTALL": "auto"}
 TEST_NAMES = ("allowed.test", "not-listed.test", "sub.wild.test", "wild.test", "evil-wild.test")
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeAnthropic]:
+    """The scripted fake of the Messages API on loopback, empty: each test scripts its turns."""
+    api = FakeAnthropic([])
+    api.start()
+    yield api
+    api.stop()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

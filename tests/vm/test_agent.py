@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +27,6 @@ from vmsbx.textsafe import strip_control
 pytestmark = pytest.mark.vm
 
 KEY = "sk-ant-api03-VMSBXCANARY-" + "k3y" * 12  # recognisable, never a real key
-
-
-@pytest.fixture
-def fake_api() -> Iterator[FakeAnthropic]:
-    api = FakeAnthropic([])
-    api.start()
-    yield api
-    api.stop()
 
 
 def _agent_cli(cli: Cli, project: Path, api: FakeAnthropic) -> Cli:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,14 +24,6 @@ MEMORY = "PROFILE-MEMORY-7f3a: the user prefers answers in haiku."
 COMMAND = "PROFILE-COMMAND-91bc: greet the person named"
 CREDENTIAL = "sk-ant-oat01-PROFILECRED-" + "c" * 30
 SETTINGS_SECRET = "PROFILESECRET-" + "s" * 24
-
-
-@pytest.fixture
-def fake_api() -> Iterator[FakeAnthropic]:
-    api = FakeAnthropic([])
-    api.start()
-    yield api
-    api.stop()
 
 
 def _profile(folder: Path) -> Path:
