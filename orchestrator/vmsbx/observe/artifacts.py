@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -255,13 +255,20 @@ def summarize_network(lines: Iterable[bytes], max_destinations: int = 500) -> Ne
     return summary
 
 
-def read_network(run_dir: Path) -> NetworkSummary | None:
-    """The run's egress summary, or None when it has no network.jsonl."""
-    path = run_dir / NETWORK_FILE
+_Summary = TypeVar("_Summary")
+
+
+def _summarize_file(path: Path, summarize: Callable[[Iterable[bytes]], _Summary]) -> _Summary | None:
+    """`summarize` of the JSON-lines file at `path`, or None when the run has no such file."""
     if not path.is_file():
         return None
     with path.open("rb") as stream:
-        return summarize_network(stream)
+        return summarize(stream)
+
+
+def read_network(run_dir: Path) -> NetworkSummary | None:
+    """The run's egress summary, or None when it has no network.jsonl."""
+    return _summarize_file(run_dir / NETWORK_FILE, summarize_network)
 
 
 class ApiAccount(BaseModel):
@@ -308,11 +315,7 @@ def summarize_api(lines: Iterable[bytes]) -> ApiAccount:
 
 def read_api(run_dir: Path) -> ApiAccount | None:
     """The run's API account, or None when the relay recorded nothing for it."""
-    path = run_dir / RELAY_FILE
-    if not path.is_file():
-        return None
-    with path.open("rb") as stream:
-        return summarize_api(stream)
+    return _summarize_file(run_dir / RELAY_FILE, summarize_api)
 
 
 class ChangedFile(BaseModel):
