@@ -416,13 +416,18 @@ def _ensure_project(proj: ProjectPaths, size: int) -> None:
                 os.rmdir(lost)
 
 
-def _active_owner(proj: ProjectPaths) -> str:
-    """The run that holds the project's workspace and is still running ('' if none)."""
+def _owner_of(proj: ProjectPaths) -> str:
+    """The run id in the project's owner file ('' if there is none)."""
     try:
         with open(proj.owner, encoding="ascii") as handle:
-            owner = handle.read().strip()
+            return handle.read().strip()
     except FileNotFoundError:
         return ""
+
+
+def _active_owner(proj: ProjectPaths) -> str:
+    """The run that holds the project's workspace and is still running ('' if none)."""
+    owner = _owner_of(proj)
     if not RUN_ID.fullmatch(owner):
         return ""
     other = paths(owner)
@@ -489,11 +494,7 @@ def _stamp_mirror(proj: ProjectPaths, listing: bytes, *, holder: str) -> None:
     the mirror any more before the next claim (`holder`: the ended run whose workspace it is,
     which must still be the owner; '': no run may hold it)."""
     with _ProjectLock(proj):
-        try:
-            with open(proj.owner, encoding="ascii") as handle:
-                owner = handle.read().strip()
-        except FileNotFoundError:
-            owner = ""
+        owner = _owner_of(proj)
         if (holder and owner != holder) or (not holder and _active_owner(proj)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(proj.stamp)
@@ -509,13 +510,8 @@ def _release_project(run_id: str) -> None:
         return
     proj = project_paths(project)
     with _ProjectLock(proj):
-        try:
-            with open(proj.owner, encoding="ascii") as handle:
-                if handle.read().strip() != run_id:
-                    return
-        except FileNotFoundError:
-            return
-        os.unlink(proj.owner)
+        if _owner_of(proj) == run_id:
+            os.unlink(proj.owner)
 
 
 def _run_project(run_id: str) -> str:
@@ -534,11 +530,7 @@ def workspace_root(run_id: str) -> str:
     if not project:
         raise RuntimeError(f"run {run_id} has no workspace")
     proj = project_paths(project)
-    try:
-        with open(proj.owner, encoding="ascii") as handle:
-            owner = handle.read().strip()
-    except FileNotFoundError:
-        owner = ""
+    owner = _owner_of(proj)
     if owner != run_id:
         raise RuntimeError(f"the workspace of run {run_id} has been taken over by run {owner or '(none)'}")
     if not os.path.ismount(proj.mnt):

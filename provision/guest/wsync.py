@@ -473,15 +473,14 @@ def apply_stream(root: str, owner: tuple[int, int] | None) -> dict[str, str]:
         fast = owner is None and len(files) >= TAR_FAST_MIN_FILES and not os.listdir(root_fd)
         for path, mode in header["dirs"]:
             apply_dir(root_fd, path, mode, owner)
-        if fast:
+        if fast:  # links after the unpacking: see TAR_FAST_MIN_FILES
             written = _unpack_with_tar(stream, root, files)
+            for path, target in header["links"]:
+                apply_link(root_fd, path, target, owner)
         else:
             for path, target in header["links"]:
                 apply_link(root_fd, path, target, owner)
             written = _apply_members(stream, root_fd, files, owner)
-        if fast:
-            for path, target in header["links"]:
-                apply_link(root_fd, path, target, owner)
         for path, mode in header["modes"]:
             apply_mode(root_fd, path, mode)
     finally:
