@@ -364,7 +364,6 @@ def test_outer_unit_limits_are_the_same_as_systemd_mode(policy: SandboxSettings)
     systemd_props = props_dict(render_unit_properties(policy, LAYOUT))
     for key in (
         "MemoryMax",
-        "MemoryHigh",
         "MemorySwapMax",
         "CPUQuota",
         "TasksMax",

@@ -42,7 +42,7 @@ def test_limits_follow_the_policy() -> None:
     )
     table = props(policy)
     assert table["MemoryMax"] == [str(2 * GiB)]
-    assert table["MemoryHigh"] == [str(2 * GiB * 9 // 10)]
+    assert "MemoryHigh" not in table  # a throttle without swap stalls a run; MemoryMax= kills it
     assert table["MemorySwapMax"] == ["0"]
     assert table["CPUQuota"] == ["150%"]
     assert table["TasksMax"] == ["64"]

@@ -154,10 +154,11 @@ def render_start_check(policy: SandboxSettings, layout: RunLayout) -> str:
 def render_run_lifetime_properties(policy: SandboxSettings, layout: RunLayout) -> list[str]:
     """Limits, logging and the end-of-run record: the same for both sandbox kinds' units."""
     cpu_percent = max(1, round(policy.cpus * 100))
-    memory_high = max(1, policy.memory_max * 9 // 10)
     return [
+        # No MemoryHigh=: with MemorySwapMax=0 it only throttles (the kernel sleeps up to 2 s per
+        # 256 KiB charged above it), so a run that outgrows its memory crawled for minutes in an
+        # emulated guest, holder included, instead of being OOM-killed at MemoryMax= (exit 137).
         f"MemoryMax={policy.memory_max}",
-        f"MemoryHigh={memory_high}",
         "MemorySwapMax=0",
         f"CPUQuota={cpu_percent}%",
         f"TasksMax={policy.tasks_max}",
