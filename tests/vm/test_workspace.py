@@ -7,14 +7,17 @@ review and apply); tests/vm/test_agent.py runs the real Claude Code through the 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from vmcli import Cli
 
 from vmsbx.contract import GUESTD_SOCKET
+from vmsbx.sandbox.workdir import run_workdir
 
 pytestmark = pytest.mark.vm
 
@@ -198,6 +201,60 @@ def test_a_run_cannot_reach_the_guest_agent(
     # Control: the path is right, root in the guest (vmsbx ssh) reaches it.
     control = project.ok("ssh", "--", "python3", "-c", _CONNECT, GUESTD_SOCKET)
     assert control.stdout.decode().strip() == "connected"
+
+
+@pytest.mark.parametrize("mode", ["systemd", "nsjail"])
+def test_a_run_sees_its_project_at_the_hosts_own_path(
+    cli: Cli, default_vm: dict[str, object], mode: str
+) -> None:
+    # A top folder of the host's root that the guest does not own (the test's tmp is under
+    # /tmp, the fallback's case): the guest makes the mount point, read-only root or not.
+    top = Path(tempfile.mkdtemp(prefix="vmsbx-workdir-", dir="/"))
+    try:
+        project = top / "app"
+        project.mkdir()
+        (project / "README.md").write_text("hello\n")
+        runner = Cli(env=cli.env, cwd=project)
+        assert run_workdir(str(project)) == str(project)
+        script = 'pwd && cat README.md && echo made > "$PWD/made.txt"'
+        done = runner.ok("run", "--sandbox", mode, "--", "sh", "-c", script)
+        lines = done.stdout.decode().splitlines()
+        assert lines == [str(project), "hello"], lines
+        assert "+ made.txt" in done.stderr.decode()
+        runner.ok("apply", "-y", str(_last_run(runner)["id"]))
+        assert (project / "made.txt").read_text() == "made\n"
+    finally:
+        shutil.rmtree(top)
+
+
+@pytest.mark.parametrize("mode", ["systemd", "nsjail"])
+def test_concurrent_runs_share_the_path_not_the_workspace(
+    cli: Cli, default_vm: dict[str, object], tmp_path: Path, mode: str
+) -> None:
+    project = _project(cli, tmp_path)
+    workdir = run_workdir(str(project.cwd.resolve()))
+    assert workdir == "/workspace/my-project", workdir  # a space, a ü: the documented fallback
+    first = (
+        project.ok(
+            "run",
+            "--detach",
+            "--sandbox",
+            mode,
+            "--",
+            "sh",
+            "-c",
+            "pwd; echo A > who; sleep 25; cat who",
+            input=b"",
+        )
+        .stdout.decode()
+        .strip()
+    )
+    second = project.ok(
+        "run", "--sandbox", mode, "--", "sh", "-c", "pwd; test ! -e who && echo B > who && cat who"
+    )
+    assert second.stdout.decode().splitlines() == [workdir, "B"]
+    followed = project.ok("attach", first.decode().strip())
+    assert followed.stdout.decode().splitlines() == [workdir, "A"]
 
 
 def test_each_run_gets_its_own_workspace_cap(cli: Cli, default_vm: dict[str, object], tmp_path: Path) -> None:

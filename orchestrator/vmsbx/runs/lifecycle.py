@@ -42,7 +42,6 @@ from vmsbx.runs.record import BudgetCap, ProfileCopy, Resources, RunRecord
 from vmsbx.runs.streamview import StreamView
 from vmsbx.sandbox.layout import BRIDGES, RunLayout, new_run_id
 from vmsbx.sandbox.nsjail import (
-    JAIL_WORKSPACE,
     check_jail_config,
     nsjail_config_path,
     outside_uid_for,
@@ -57,6 +56,7 @@ from vmsbx.sandbox.systemd import (
     render_unit_properties,
     unsupported_properties,
 )
+from vmsbx.sandbox.workdir import run_workdir
 from vmsbx.sync.blobs import DEFAULT_MAX_BYTES
 from vmsbx.sync.driver import ChangesTooLarge
 
@@ -235,6 +235,7 @@ def start(
     busy = _finish_earlier_runs(guest, vm, project)
     key = next(k for k in (workspace.project_key(project, slot) for slot in range(64)) if k not in busy)
     bases = gitbundle.base_commits(project)
+    workdir = run_workdir(str(project))
     size = _terminal_size() if tty else (80, 24)
     for attempt in range(3):
         sync = workspace.plan_sync_in(settings, project, guest, vm, key)
@@ -254,8 +255,9 @@ def start(
             collect_max=settings.sync.collect_max,
             budget=None if relay is None or relay.budget is None else BudgetCap.model_validate(relay.budget),
             claude_profile=claude_profile,
+            workdir=workdir,
         )
-        systemd_run, jail = _launch_sandbox(settings, layout, record, facts)
+        systemd_run, jail = _launch_sandbox(settings, layout, record, facts, workdir)
         run_env = dict(env)
         token = agentrun.new_token()
         register_secret(token)
@@ -264,10 +266,7 @@ def start(
         run_env.update(sandbox_environment(settings, ports, token, relay))
         home: dict[str, str] = {}
         if record.relay and relay is not None and home_files is not None:
-            workdirs = (
-                [JAIL_WORKSPACE] if record.sandbox == "nsjail" else [layout.workspace, layout.workspace_mount]
-            )
-            home = home_files(token, relay.kind, workdirs)
+            home = home_files(token, relay.kind, [workdir])
         request = LaunchRequest(
             run_id=layout.run_id,
             project=sync.key,
@@ -282,7 +281,7 @@ def start(
                 tty=tty,
                 cols=size[0],
                 rows=size[1],
-                cwd=JAIL_WORKSPACE if record.sandbox == "nsjail" else layout.workspace,
+                cwd=workdir,
                 home=layout.home,
                 bridges={name: BRIDGES[name] for name in ports},
                 home_files=home,
@@ -442,12 +441,12 @@ def draws_again(exc: LaunchFailed) -> bool:
 
 
 def _launch_sandbox(
-    settings: Settings, layout: RunLayout, record: RunRecord, facts: dict[str, str]
+    settings: Settings, layout: RunLayout, record: RunRecord, facts: dict[str, str], workdir: str
 ) -> tuple[list[str], Jail | None]:
     """The sandbox part of the launch request: the unit's systemd-run argv, and in nsjail mode
-    the jail's config and outside uid."""
+    the jail's config and outside uid. `workdir`: where the run sees its workspace."""
     if settings.sandbox.mode != "nsjail":
-        return render_systemd_run_argv(settings.sandbox, layout), None
+        return render_systemd_run_argv(settings.sandbox, layout, workdir), None
     outside_uid = outside_uid_for(layout.run_id)
     config = render_nsjail_config(
         settings.sandbox,
@@ -455,8 +454,9 @@ def _launch_sandbox(
         outside_uid=outside_uid,
         arch=facts.get("arch", ""),
         python=facts.get("python", ""),
+        workdir=workdir,
     )
-    problems = check_jail_config(config)
+    problems = check_jail_config(config, workdir=workdir)
     record.outside_uid, record.jail_problems = outside_uid, problems
     if problems:
         raise LaunchFailed(

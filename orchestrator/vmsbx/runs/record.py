@@ -100,6 +100,11 @@ class RunRecord(BaseModel):
     claude_profile: ProfileCopy | None = Field(
         default=None, description="Agent runs: what of the user's Claude profile the run was given."
     )
+    workdir: str | None = Field(
+        default=None,
+        description="Where the run saw its workspace (the project's own path, or /workspace/NAME); "
+        "None for runs recorded before vmsbx gave it a stable path.",
+    )
 
 
 def runs_root() -> Path:

@@ -132,8 +132,9 @@ _ETC_BINDS = (
 # whose name changes with every release, so it is bound by the guest's name, never a fixed one.
 GUEST_PYTHON = re.compile(r"python3\.[0-9]{1,3}")
 
-# Where a jailed process may write: its workspace, its tmp, its shared memory, its terminals.
-RW_DESTINATIONS = frozenset({JAIL_WORKSPACE, "/tmp", "/var/tmp", "/dev/shm", "/dev/pts"})
+# Where a jailed process may write: its workspace (at the run's workdir), its tmp, its shared
+# memory, its terminals.
+RW_DESTINATIONS = frozenset({"/tmp", "/var/tmp", "/dev/shm", "/dev/pts"})
 
 
 def outside_uid_for(run_id: str) -> int:
@@ -185,7 +186,7 @@ def _etc_binds(python: str) -> tuple[str, ...]:
     return (*_ETC_BINDS, f"/etc/{python}") if python else _ETC_BINDS
 
 
-def _mounts(policy: SandboxSettings, layout: RunLayout, arch: str, python: str) -> list[str]:
+def _mounts(policy: SandboxSettings, layout: RunLayout, arch: str, python: str, workdir: str) -> list[str]:
     home = layout.home
     passwd = (
         f"{JAIL_USER}:x:{JAIL_UID}:{JAIL_UID}:{JAIL_USER}:{home}:/bin/bash\n"
@@ -250,7 +251,7 @@ def _mounts(policy: SandboxSettings, layout: RunLayout, arch: str, python: str) 
             nodev=True,
             noexec=True,
         ),
-        _mount(src=STAGE_WORKSPACE, dst=JAIL_WORKSPACE, is_bind=True, rw=True, nosuid=True, nodev=True),
+        _mount(src=STAGE_WORKSPACE, dst=workdir, is_bind=True, rw=True, nosuid=True, nodev=True),
         # The run's size-capped tmpfs, as in systemd mode: the holder's socket and spec live here.
         _mount(src=STAGE_TMP, dst="/tmp", is_bind=True, rw=True, nosuid=True, nodev=True),
         _mount(src=STAGE_TMP, dst="/var/tmp", is_bind=True, rw=True, nosuid=True, nodev=True),
@@ -265,12 +266,14 @@ def render_nsjail_config(
     outside_uid: int,
     arch: str = "x86_64",
     python: str = "",
+    workdir: str = JAIL_WORKSPACE,
 ) -> str:
     """The run's nsjail config (protobuf text format). Raises ValueError for an unsafe uid, an
     architecture without a seccomp policy, or a guest Python name that is not `python3.N`.
 
     `python` is the guest's real Python (guest fact `python`); '' binds no /etc/python3.N (a
-    guest whose facts predate it: its Python then runs without Debian's sitecustomize)."""
+    guest whose facts predate it: its Python then runs without Debian's sitecustomize).
+    `workdir` is where the jail sees its workspace (vmsbx.sandbox.workdir), its cwd."""
     if not OUTSIDE_UID_FIRST <= outside_uid <= OUTSIDE_UID_LAST:
         raise ValueError(
             f"outside uid {outside_uid} is not in vmsbx's range {OUTSIDE_UID_FIRST}-{OUTSIDE_UID_LAST}"
@@ -279,6 +282,8 @@ def render_nsjail_config(
         raise ValueError(f"no nsjail seccomp policy for architecture {arch!r} (known: {', '.join(ARCHES)})")
     if python and not GUEST_PYTHON.fullmatch(python):
         raise ValueError(f"guest Python {python!r} is not a python3.N name")
+    if not workdir.startswith("/") or workdir.rstrip("/") in ("", *RW_DESTINATIONS) or '"' in workdir:
+        raise ValueError(f"workspace path {workdir!r} cannot be the jail's workspace")
     time_limit = max(1, math.ceil(policy.timeout)) + TIME_LIMIT_GRACE
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -294,7 +299,7 @@ def render_nsjail_config(
         f"name: {_quote(f'vmsbx-run-{layout.run_id}')}",
         "mode: ONCE",
         'hostname: "vmsbx"',
-        f"cwd: {_quote(JAIL_WORKSPACE)}",
+        f"cwd: {_quote(workdir)}",
         f"time_limit: {time_limit}",
         "max_cpus: 0",
         "nice_level: 0",
@@ -323,7 +328,7 @@ def render_nsjail_config(
         f'uidmap {{ inside_id: "{JAIL_UID}" outside_id: "{outside_uid}" count: 1 use_newidmap: false }}',
         f'gidmap {{ inside_id: "{JAIL_UID}" outside_id: "{outside_uid}" count: 1 use_newidmap: false }}',
         "mount_proc: false",
-        *_mounts(policy, layout, arch, python),
+        *_mounts(policy, layout, arch, python, workdir),
         "seccomp_log: false",
         *(f"seccomp_string: {_quote(rule)}" for rule in SECCOMP_POLICY[arch]),
         # No exec_bin: it would win over the command given after "--" (hardening.md §8.4 #2).
@@ -561,13 +566,14 @@ def _check_idmaps(config: _Message, name: str, caller_uid: int) -> list[str]:
 _FORBIDDEN_BIND_SOURCES = ("", "/proc", "/sys", "/dev", "/run", "/var", "/var/lib", "/etc", "/root", "/home")
 
 
-def _check_mounts(config: _Message) -> list[str]:
+def _check_mounts(config: _Message, workdir: str) -> list[str]:
     problems = []
+    writable = RW_DESTINATIONS | {workdir}
     for mount in config.messages.get("mount", []):
         dst = mount.get("dst") or ""
         src = mount.get("src") or ""
-        if mount.get("rw") == "true" and dst not in RW_DESTINATIONS:
-            problems.append(f"mount {dst!r} is writable; only {', '.join(sorted(RW_DESTINATIONS))} may be")
+        if mount.get("rw") == "true" and dst not in writable:
+            problems.append(f"mount {dst!r} is writable; only {', '.join(sorted(writable))} may be")
         if mount.get("is_bind") == "true" and src.rstrip("/") in _FORBIDDEN_BIND_SOURCES:
             problems.append(f"mount {dst!r} binds {src or '/'!r} from outside the jail")
         if mount.get("fstype") in ("sysfs", "cgroup", "cgroup2"):
@@ -575,12 +581,13 @@ def _check_mounts(config: _Message) -> list[str]:
     return problems
 
 
-def check_jail_config(text: str, *, caller_uid: int = 0) -> list[str]:
+def check_jail_config(text: str, *, caller_uid: int = 0, workdir: str = JAIL_WORKSPACE) -> list[str]:
     """The problems that make `text` weaker than the jail vmsbx renders; empty means it holds.
 
     `caller_uid` is the id nsjail runs as (root in the guest launcher): the jail must never be
-    mapped to it. Checked: every namespace on; exactly one uid and one gid mapping, inside 1000,
-    outside a single unprivileged id of vmsbx's range; the exact seccomp policy of one supported
+    mapped to it. `workdir`: where the run's workspace is (the one other writable mount).
+    Checked: every namespace on; exactly one uid and one gid mapping, inside 1000, outside a
+    single unprivileged id of vmsbx's range; the exact seccomp policy of one supported
     architecture; explicit rlimit_nofile and rlimit_fsize; a cleared environment; no kept
     capabilities, setsid, no_new_privs or exec_bin override; writable mounts only where a run
     may write; no network device handed in.
@@ -635,5 +642,5 @@ def check_jail_config(text: str, *, caller_uid: int = 0) -> list[str]:
         problems.append("user_net: the jail gets no network")
     if config.get("mount_proc") == "true":
         problems.append("mount_proc must be false (/proc is an explicit read-only mount)")
-    problems += _check_mounts(config)
+    problems += _check_mounts(config, workdir)
     return problems

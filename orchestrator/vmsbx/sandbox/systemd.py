@@ -38,8 +38,14 @@ def _seconds(value: float) -> str:
     return f"{max(1, math.ceil(value))}s"
 
 
-def render_unit_properties(policy: SandboxSettings, layout: RunLayout) -> list[str]:
-    """The unit's properties as `Key=Value` strings, in a stable order (golden-tested)."""
+def render_unit_properties(
+    policy: SandboxSettings, layout: RunLayout, workdir: str | None = None
+) -> list[str]:
+    """The unit's properties as `Key=Value` strings, in a stable order (golden-tested).
+
+    `workdir`: where the run sees its workspace (vmsbx.sandbox.workdir: the host's project
+    path, or /workspace/NAME), bound there in the unit's own mount namespace; None leaves it at
+    systemd's StateDirectory= link (the verify suite's probes)."""
     return [
         f"Description=vmsbx run {layout.run_id}",
         # Identity: a fresh user per run; implies ProtectSystem=strict, ProtectHome=read-only,
@@ -48,9 +54,12 @@ def render_unit_properties(policy: SandboxSettings, layout: RunLayout) -> list[s
         # The workspace: a size-capped image the launcher mounted where systemd keeps this
         # StateDirectory; systemd chowns it to the run's user at start (see docs/workspace).
         f"StateDirectory={layout.state_name}",
-        f"WorkingDirectory={layout.workspace}",
+        f"WorkingDirectory={workdir or layout.workspace}",
         # /tmp and /var/tmp: the run's own size-capped tmpfs (BindPaths wins over PrivateTmp).
-        f"BindPaths={layout.tmp_dir}:/tmp {layout.tmp_dir}:/var/tmp",
+        # The workspace at its stable path: a second view of the StateDirectory= folder, after
+        # systemd's chown; PID 1 makes the mount point (the path is plain, see workdir.py).
+        f"BindPaths={layout.tmp_dir}:/tmp {layout.tmp_dir}:/var/tmp"
+        + (f" {layout.workspace_mount}:{workdir}" if workdir else ""),
         "PrivateUsers=yes",
         "ProtectSystem=strict",
         "ProtectHome=yes",
@@ -197,10 +206,12 @@ def render_systemd_run_head(layout: RunLayout) -> list[str]:
     ]
 
 
-def render_systemd_run_argv(policy: SandboxSettings, layout: RunLayout) -> list[str]:
+def render_systemd_run_argv(
+    policy: SandboxSettings, layout: RunLayout, workdir: str | None = None
+) -> list[str]:
     """argv that starts the run's unit (returns once the holder has been exec'd)."""
     argv = render_systemd_run_head(layout)
-    for prop in render_unit_properties(policy, layout):
+    for prop in render_unit_properties(policy, layout, workdir):
         argv += ["-p", prop]
     return [*argv, "--", PYTHON, NO_SITE, HOLDER, layout.run_id]
 
