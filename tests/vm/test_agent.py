@@ -22,6 +22,7 @@ import pytest
 from fake_anthropic import FakeAnthropic
 from vmcli import Cli
 
+from vmsbx.sandbox.workdir import run_workdir
 from vmsbx.textsafe import strip_control
 
 pytestmark = pytest.mark.vm
@@ -93,6 +94,13 @@ def test_headless_task_writes_and_applies(
         block for event in stream if event.get("type") == "user"
         for block in event["message"]["content"] if block.get("type") == "tool_result"
     ]  # fmt: skip
+    # The agent worked at the run's stable workspace path (the project's own, or the fallback).
+    workdir = run_workdir(str(project.cwd.resolve()))
+    uses = [
+        block for event in stream if event.get("type") == "assistant"
+        for block in event["message"]["content"] if block.get("type") == "tool_use"
+    ]  # fmt: skip
+    assert uses[0]["input"]["file_path"] == f"{workdir}/hello.txt", uses[0]
     uid = re.search(r"hello from claude\\n(\d+)", json.dumps(tool_results))
     assert uid is not None and int(uid.group(1)) != 0  # the agent never runs as root
     assert (folder / "journal.jsonl").stat().st_size > 0
@@ -107,6 +115,7 @@ def test_headless_task_writes_and_applies(
     assert all(request.headers.get("x-api-key") == KEY for request in turns)
     record = json.loads((folder / "run.json").read_text())
     assert record["relay"] is True and record["api"]["requests"] >= 3
+    assert record["workdir"] == workdir
 
 
 def test_the_key_never_enters_the_guest(

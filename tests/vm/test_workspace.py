@@ -234,24 +234,9 @@ def test_concurrent_runs_share_the_path_not_the_workspace(
     project = _project(cli, tmp_path)
     workdir = run_workdir(str(project.cwd.resolve()))
     assert workdir == "/workspace/my-project", workdir  # a space, a ü: the documented fallback
-    first = (
-        project.ok(
-            "run",
-            "--detach",
-            "--sandbox",
-            mode,
-            "--",
-            "sh",
-            "-c",
-            "pwd; echo A > who; sleep 25; cat who",
-            input=b"",
-        )
-        .stdout.decode()
-        .strip()
-    )
-    second = project.ok(
-        "run", "--sandbox", mode, "--", "sh", "-c", "pwd; test ! -e who && echo B > who && cat who"
-    )
+    slow, quick = "pwd; echo A > who; sleep 25; cat who", "pwd; test ! -e who && echo B > who && cat who"
+    first = project.ok("run", "--detach", "--sandbox", mode, "--", "sh", "-c", slow, input=b"").stdout
+    second = project.ok("run", "--sandbox", mode, "--", "sh", "-c", quick)
     assert second.stdout.decode().splitlines() == [workdir, "B"]
     followed = project.ok("attach", first.decode().strip())
     assert followed.stdout.decode().splitlines() == [workdir, "A"]

@@ -150,6 +150,7 @@ def summary_fields(report: RunReport) -> list[tuple[str, str]]:
         ("command", clean(" ".join(r.command), 500)),
         ("state", r.state),
         ("sandbox", r.sandbox),
+        ("workspace", clean(r.workdir or fmt.DASH, 500)),
         (
             "policy",
             f"network={policy.network} memory={fmt.size(int(policy.memory_max))} cpus={policy.cpus:g} "
