@@ -92,7 +92,9 @@ HOME_INSIDE = "/tmp/.vmsbx-home"  # a fresh HOME per run
 # Claude Code's conversations, as root saves them at a run's end (`record`) from the run's HOME
 # (.claude/projects/<munged cwd>/<session>.jsonl) and the host fetches them (`sessions`): only
 # names like these, at most this many files and bytes in all (the newest first).
-SESSION_FILE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.jsonl$")
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+SESSION_ID = re.compile(rf"^{_UUID}$")
+SESSION_FILE = re.compile(rf"^{_UUID}\.jsonl$")
 SESSIONS_MAX_FILES = 16
 SESSIONS_MAX_BYTES = 8 * 1024 * 1024
 

@@ -1119,7 +1119,10 @@ def _print_score(done: subprocess.CompletedProcess[str]) -> int:
 
 def sessions(run_id: str) -> int:
     """The conversations `record` saved of an ended run, oldest first, one JSON line each:
-    {"name": …, "mtime_ns": …, "text": …} (text: the file as UTF-8, bad bytes replaced)."""
+    {"name": …, "mtime_ns": …, "data": base64 of the file} (base64: the reply's size is bounded
+    whatever the bytes, and the host checks their UTF-8 itself)."""
+    import base64
+
     p = paths(run_id)
     if not os.path.exists(p.result):
         return fail(f"run {run_id} has not ended", EXIT_NOT_ENDED)
@@ -1135,8 +1138,8 @@ def sessions(run_id: str) -> int:
                 data = handle.read(SESSIONS_MAX_BYTES + 1)
         found.append((mtime, name, data))
     for mtime, name, data in sorted(found):
-        text = data.decode("utf-8", errors="replace")
-        sys.stdout.write(json.dumps({"name": name, "mtime_ns": mtime, "text": text}) + "\n")
+        encoded = base64.b64encode(data).decode("ascii")
+        sys.stdout.write(json.dumps({"name": name, "mtime_ns": mtime, "data": encoded}) + "\n")
     return 0
 
 

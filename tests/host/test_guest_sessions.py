@@ -9,6 +9,7 @@ and still saves the real conversations; then that the `sessions` verb prints the
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -207,5 +208,9 @@ def test_the_sessions_verb_prints_them_oldest_first(run: Any) -> None:
         launcher.paths = original
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [line["name"] for line in lines] == [f"{SESSION_B}.jsonl", f"{SESSION_A}.jsonl"]
-    assert lines[0]["text"] == '{"b":"\ufffd"}\n'
-    assert lines[1] == {"name": f"{SESSION_A}.jsonl", "mtime_ns": 1_900_000_001 * 10**9, "text": '{"a":1}\n'}
+    assert base64.b64decode(lines[0]["data"]) == b'{"b":"\xff"}\n'
+    assert lines[1] == {
+        "name": f"{SESSION_A}.jsonl",
+        "mtime_ns": 1_900_000_001 * 10**9,
+        "data": base64.b64encode(b'{"a":1}\n').decode(),
+    }

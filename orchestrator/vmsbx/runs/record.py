@@ -49,6 +49,14 @@ class ProfileCopy(BaseModel):
     left_out: list[str] = Field(default_factory=list, description="What was left out, and why.")
 
 
+class ContinuedFrom(BaseModel):
+    """The earlier run's conversation an agent run continued (`vmsbx run --continue/--resume`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    run: str = Field(description="The earlier run's id.")
+    session: str = Field(description="Claude Code's session id of the conversation.")
+
+
 class RunRecord(BaseModel):
     """One run, as `vmsbx runs` lists it and `run.json` stores it."""
 
@@ -99,6 +107,14 @@ class RunRecord(BaseModel):
     )
     claude_profile: ProfileCopy | None = Field(
         default=None, description="Agent runs: what of the user's Claude profile the run was given."
+    )
+    conversation: list[str] = Field(
+        default_factory=list,
+        description="Agent runs: Claude Code's session ids of the conversations kept in "
+        "runs/<id>/sessions/, oldest first (the last one is what --continue resumes).",
+    )
+    continued_from: ContinuedFrom | None = Field(
+        default=None, description="Agent runs: the earlier run's conversation this run continued."
     )
 
 
