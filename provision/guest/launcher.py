@@ -257,6 +257,8 @@ def save_transcript(p: RunPaths) -> str | None:
 # A project folder under HOME/.claude/projects: Claude Code's munged cwd (every character not
 # [A-Za-z0-9] made '-'), one level, nothing else.
 PROJECT_FOLDER = re.compile(r"^[A-Za-z0-9-]{1,255}$")
+SESSIONS_SCAN_MAX = 4096  # names looked at per folder
+SESSIONS_NOTES_MAX = 20  # notes kept in the run's record; the rest are counted
 
 
 def save_sessions(p: RunPaths) -> list[str]:
@@ -298,6 +300,10 @@ def save_sessions(p: RunPaths) -> list[str]:
                 continue
             saved.add(name)
             room -= size
+    if len(notes) > SESSIONS_NOTES_MAX:
+        notes[SESSIONS_NOTES_MAX - 1 :] = [
+            f"sessions: {len(notes) - SESSIONS_NOTES_MAX + 1} more notes left out"
+        ]
     return notes
 
 
@@ -313,11 +319,26 @@ def _open_below(dir_fd: int, names: list[str], uid: int) -> int:
     """The folder `names` below `dir_fd`, each step one of the run's own folders."""
     fd = dir_fd
     for name in names:
-        child = open_untrusted(fd, name, uid=uid, kind="directory")
-        if fd != dir_fd:
-            os.close(fd)
+        try:
+            child = open_untrusted(fd, name, uid=uid, kind="directory")
+        finally:
+            if fd != dir_fd:
+                os.close(fd)
         fd = child
     return fd
+
+
+def _names_in(dir_fd: int, notes: list[str], where: str) -> list[str]:
+    """At most SESSIONS_SCAN_MAX names of a folder the run wrote (it may have made millions to
+    keep root busy), sorted."""
+    names: list[str] = []
+    with os.scandir(dir_fd) as entries:
+        for entry in entries:
+            if len(names) == SESSIONS_SCAN_MAX:
+                notes.append(f"sessions: only the first {SESSIONS_SCAN_MAX} names in {where} were looked at")
+                break
+            names.append(entry.name)
+    return sorted(names)
 
 
 def _session_candidates(projects_fd: int, uid: int) -> tuple[list[str], list[tuple[int, int, str, str]]]:
@@ -325,13 +346,13 @@ def _session_candidates(projects_fd: int, uid: int) -> tuple[list[str], list[tup
     lstat (the open checks again); and notes on what was refused."""
     notes: list[str] = []
     found: list[tuple[int, int, str, str]] = []
-    for folder in sorted(os.listdir(projects_fd)):
+    for folder in _names_in(projects_fd, notes, "projects"):
         if not PROJECT_FOLDER.fullmatch(folder):
             notes.append(f"sessions: project folder {folder[:80]!r} skipped: not a cwd's name")
             continue
         try:
             with _pinned(open_untrusted(projects_fd, folder, uid=uid, kind="directory")) as folder_fd:
-                for name in sorted(os.listdir(folder_fd)):
+                for name in _names_in(folder_fd, notes, folder):
                     if not SESSION_FILE.fullmatch(name):
                         continue  # Claude Code's other files (a session's own folder of subagents)
                     st = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)

@@ -214,3 +214,22 @@ def test_the_sessions_verb_prints_them_oldest_first(run: Any) -> None:
         "mtime_ns": 1_900_000_001 * 10**9,
         "data": base64.b64encode(b'{"a":1}\n').decode(),
     }
+
+
+def test_a_folder_of_many_names_is_looked_at_only_so_far(run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launcher, "SESSIONS_SCAN_MAX", 5)
+    for i in range(10):
+        _plant(run, PROJECT, f"junk-{i}", b"")
+    notes = launcher.save_sessions(run)
+    assert notes == [f"sessions: only the first 5 names in {PROJECT} were looked at"]
+
+
+def test_notes_are_capped_in_the_record(run: Any) -> None:
+    for i in range(30):
+        fifo = _projects(run) / PROJECT / f"0a1b2c3d-0000-4000-8000-0000000001{i:02d}.jsonl"
+        os.mkfifo(fifo)
+        os.chown(fifo, RUN_UID, RUN_UID)
+    notes = launcher.save_sessions(run)
+    assert len(notes) == launcher.SESSIONS_NOTES_MAX
+    assert notes[-1] == "sessions: 11 more notes left out"
+    assert set(_saved(run)) == {f"{SESSION_A}.jsonl"}
