@@ -311,6 +311,7 @@ def test_continue_and_resume_carry_only_the_conversation(
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     first = _newest_run(project)
     assert len(first["conversation"]) >= 1 and first["continued_from"] is None
+    assert first["guest_notes"] == [] and first["warnings"] == [], first
     sessions = cli.home / "runs" / first["id"] / "sessions"
     saved = "".join(path.read_text() for path in sessions.glob("*.jsonl"))
     assert "FIRST-TASK-1" in saved and "TOOL-MARK-1" in saved and "ANSWER-MARK-1" in saved
@@ -354,3 +355,24 @@ def test_continue_and_resume_carry_only_the_conversation(
     for run_dir in (cli.home / "runs").iterdir():
         for path in run_dir.glob("sessions/*.jsonl"):
             assert not _LIVE_TOKEN.search(path.read_text()), path
+
+
+def test_an_nsjail_run_keeps_and_continues_its_conversation(
+    cli: Cli, default_vm: dict[str, object], fake_api: FakeAnthropic, tmp_path: Path
+) -> None:
+    """The jail's HOME and cwd are its own (/workspace), its files the outside uid's: the same
+    kept conversation, restored under the jail's cwd."""
+    project = _agent_cli(cli, _git_project(tmp_path / "proj"), fake_api)
+    _script(fake_api, FIRST_TURNS)
+    done = project.run("run", "--sandbox", "nsjail", "-p", "FIRST-TASK-1", timeout=900)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    first = _newest_run(project)
+    assert first["conversation"] and first["guest_notes"] == [], first
+    since = len(fake_api.requests)
+    _script(fake_api, [{"text": "CONTINUED-2"}])
+    done = project.run("run", "--sandbox", "nsjail", "--continue", "-p", "SECOND-TASK-2", timeout=900)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    bodies = _turn_bodies(fake_api, since)
+    for mark in ("FIRST-TASK-1", "TOOL-MARK-1", "ANSWER-MARK-1", "SECOND-TASK-2"):
+        assert mark in bodies, mark
+    assert not _LIVE_TOKEN.search(bodies)
