@@ -7,7 +7,8 @@ module of the standard library only: no vmsbx import, no pydantic, not even `typ
 `dataclasses` at run time (each costs every guest call a few ms of a Python start, ~10x that
 under TCG).
 
-  /var/lib/vmsbx/runs/<id>/            root-only (0700): result, transcript copy, nsjail config
+  /var/lib/vmsbx/runs/<id>/            root-only (0700): result, transcript copy, nsjail config,
+                                       the conversations' copies (sessions/)
   /var/lib/vmsbx/runs/<id>/tmp         per-run tmpfs (size-capped), bound over /tmp and /var/tmp;
                                        holds the spec (root-owned, read-only to the run), the
                                        holder's socket and transcript, and the run's HOME
@@ -87,6 +88,15 @@ METADATA_MAX = 1024 * 1024
 SPEC_INSIDE = "/tmp/.vmsbx-spec.json"  # the RunSpec, root-owned, read-only to the run
 HOLDER_DIR_INSIDE = "/tmp/.vmsbx"  # the session holder's own folder: socket, transcript
 HOME_INSIDE = "/tmp/.vmsbx-home"  # a fresh HOME per run
+
+# Claude Code's conversations, as root saves them at a run's end (`record`) from the run's HOME
+# (.claude/projects/<munged cwd>/<session>.jsonl) and the host fetches them (`sessions`): only
+# names like these, at most this many files and bytes in all (the newest first).
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+SESSION_ID = re.compile(rf"^{_UUID}$")
+SESSION_FILE = re.compile(rf"^{_UUID}\.jsonl$")
+SESSIONS_MAX_FILES = 16
+SESSIONS_MAX_BYTES = 8 * 1024 * 1024
 
 # The session holder's frames (the launcher's `attach` speaks them to the holder's socket, and
 # the transcript is a sequence of them): a kind byte and a big-endian payload length.
@@ -189,6 +199,11 @@ class RunPaths:
         return f"{self.run_dir}/transcript"
 
     @property
+    def sessions_dir(self) -> str:
+        """Root's copies of the run's Claude Code conversations (SESSION_FILE names)."""
+        return f"{self.run_dir}/sessions"
+
+    @property
     def project_note(self) -> str:
         """The project key whose mirror the run holds."""
         return f"{self.run_dir}/project"
@@ -243,6 +258,11 @@ class RunPaths:
     def home(self) -> str:
         """A fresh HOME per run, on the run's tmpfs."""
         return HOME_INSIDE
+
+    @property
+    def home_name(self) -> str:
+        """The HOME's folder on the run's tmpfs (made by the holder: the run's own)."""
+        return HOME_INSIDE.removeprefix("/tmp/")
 
     def bridge_socket_inside(self, name: str) -> str:
         """A host service (the API relay, the egress proxy) as the run reaches it: a Unix

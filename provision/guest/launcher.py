@@ -16,6 +16,7 @@
   journal ID INV    the run's journal as JSON lines (trusted selectors only), after a cursor.
   score             stdin: a unit file; prints its offline exposure score.
   score-live ID     the exposure score of the running unit.
+  sessions ID       the Claude Code conversations `record` saved, as JSON lines.
   release ID        after the host recorded an ended run: frees its tmpfs and its hold on the
                     project's workspace.
   wsync run ID manifest|pack @ws … [--max-new-bytes=N]
@@ -63,6 +64,9 @@ from contract import (
     PROJECTS_ROOT,
     RUN_ID,
     RUNS_ROOT,
+    SESSION_FILE,
+    SESSIONS_MAX_BYTES,
+    SESSIONS_MAX_FILES,
     ContractError,
     Launched,
     LaunchRequest,
@@ -85,6 +89,7 @@ from contract import FRAME_STDOUT as STDOUT
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Iterator
 
 # The bridge forwarder: root, outside the sandbox, but with nothing to do except copy bytes
 # between the run's socket and one loopback port of the guest (the SSH reverse tunnel).
@@ -246,6 +251,140 @@ def save_transcript(p: RunPaths) -> str | None:
         os.close(source)
     if size > copied:
         return f"transcript cut at {copied} bytes (it was {size})"
+    return None
+
+
+# A project folder under HOME/.claude/projects: Claude Code's munged cwd (every character not
+# [A-Za-z0-9] made '-'), one level, nothing else.
+PROJECT_FOLDER = re.compile(r"^[A-Za-z0-9-]{1,255}$")
+SESSIONS_SCAN_MAX = 4096  # names looked at per folder
+SESSIONS_NOTES_MAX = 20  # notes kept in the run's record; the rest are counted
+
+
+def save_sessions(p: RunPaths) -> list[str]:
+    """Copy the run's Claude Code conversations (HOME/.claude/projects/*/<uuid>.jsonl, one
+    folder level) into its root-only folder, the newest first, at most SESSIONS_MAX_FILES files
+    and SESSIONS_MAX_BYTES in all; a conversation that does not fit is left out whole (half a
+    conversation would resume as another). Every folder and file on the way is the run's and
+    checked as open_untrusted does. Returns the notes for the run's record (none when all were
+    saved, or when the run kept no conversation: a plain command has none)."""
+    try:
+        uid = run_uid(p)
+        with _pinned(os.open(p.tmp_dir, DIR_FLAGS)) as tmp_fd:
+            if os.fstat(tmp_fd).st_uid != 0:
+                raise Untrusted(f"{p.tmp_dir} is not the run's tmpfs")
+            projects_fd = _open_below(tmp_fd, [p.home_name, ".claude", "projects"], uid)
+    except FileNotFoundError:
+        return []
+    except Untrusted as exc:
+        return [f"sessions not saved: {exc}"]
+    except OSError as exc:
+        return [f"sessions not saved: {exc.strerror}"]
+    with _pinned(projects_fd):
+        notes, found = _session_candidates(projects_fd, uid)
+        os.makedirs(p.sessions_dir, mode=0o700, exist_ok=True)
+        saved: set[str] = set()
+        room = SESSIONS_MAX_BYTES
+        # The newest first: a name in two project folders (the run knew its folder by two
+        # paths) is the conversation last written.
+        for _mtime, size, folder, name in sorted(found, reverse=True):
+            if name in saved:
+                continue
+            if len(saved) >= SESSIONS_MAX_FILES or size > room:
+                notes.append(f"session {name} not saved: over the cap of {SESSIONS_MAX_FILES} files, "
+                             f"{SESSIONS_MAX_BYTES} bytes")  # fmt: skip
+                continue
+            note = _save_session(projects_fd, folder, name, uid, p.sessions_dir, room)
+            if note:
+                notes.append(note)
+                continue
+            saved.add(name)
+            room -= size
+    if len(notes) > SESSIONS_NOTES_MAX:
+        notes[SESSIONS_NOTES_MAX - 1 :] = [
+            f"sessions: {len(notes) - SESSIONS_NOTES_MAX + 1} more notes left out"
+        ]
+    return notes
+
+
+@contextlib.contextmanager
+def _pinned(fd: int) -> Iterator[int]:
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _open_below(dir_fd: int, names: list[str], uid: int) -> int:
+    """The folder `names` below `dir_fd`, each step one of the run's own folders."""
+    fd = dir_fd
+    for name in names:
+        try:
+            child = open_untrusted(fd, name, uid=uid, kind="directory")
+        finally:
+            if fd != dir_fd:
+                os.close(fd)
+        fd = child
+    return fd
+
+
+def _names_in(dir_fd: int, notes: list[str], where: str) -> list[str]:
+    """At most SESSIONS_SCAN_MAX names of a folder the run wrote (it may have made millions to
+    keep root busy), sorted."""
+    names: list[str] = []
+    with os.scandir(dir_fd) as entries:
+        for entry in entries:
+            if len(names) == SESSIONS_SCAN_MAX:
+                notes.append(f"sessions: only the first {SESSIONS_SCAN_MAX} names in {where} were looked at")
+                break
+            names.append(entry.name)
+    return sorted(names)
+
+
+def _session_candidates(projects_fd: int, uid: int) -> tuple[list[str], list[tuple[int, int, str, str]]]:
+    """(mtime, size, project folder, name) of each conversation file the names admit, from its
+    lstat (the open checks again); and notes on what was refused."""
+    notes: list[str] = []
+    found: list[tuple[int, int, str, str]] = []
+    for folder in _names_in(projects_fd, notes, "projects"):
+        if not PROJECT_FOLDER.fullmatch(folder):
+            notes.append(f"sessions: project folder {folder[:80]!r} skipped: not a cwd's name")
+            continue
+        try:
+            with _pinned(open_untrusted(projects_fd, folder, uid=uid, kind="directory")) as folder_fd:
+                for name in _names_in(folder_fd, notes, folder):
+                    if not SESSION_FILE.fullmatch(name):
+                        continue  # Claude Code's other files (a session's own folder of subagents)
+                    st = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+                    found.append((st.st_mtime_ns, st.st_size, folder, name))
+        except Untrusted as exc:
+            notes.append(f"sessions: {folder} skipped: {exc}")
+        except OSError as exc:
+            notes.append(f"sessions: {folder} skipped: {exc.strerror}")
+    return notes, found
+
+
+def _save_session(
+    projects_fd: int, folder: str, name: str, uid: int, target_dir: str, room: int
+) -> str | None:
+    """Copy one conversation whole, keeping its mtime (the host orders them by it); the note
+    when it is not saved."""
+    target = f"{target_dir}/{name}"
+    try:
+        with _pinned(open_untrusted(projects_fd, folder, uid=uid, kind="directory")) as folder_fd:
+            source = open_untrusted(folder_fd, name, uid=uid, kind="file")
+        with _pinned(source):
+            copied, size = copy_capped(source, target, room + 1)
+            mtime = os.fstat(source).st_mtime_ns
+    except Untrusted as exc:
+        return f"session {name} not saved: {exc}"
+    except OSError as exc:
+        return f"session {name} not saved: {exc.strerror}"
+    if copied != size or copied > room:  # it grew or shrank since its lstat
+        with contextlib.suppress(OSError):
+            os.unlink(target)
+        return f"session {name} not saved: it changed while root copied it"
+    os.utime(target, ns=(mtime, mtime))
     return None
 
 
@@ -863,7 +1002,12 @@ def record(run_id: str) -> int:
         "holder_started": _holder_started(p),
     }
     note = save_transcript(p)
-    result["notes"] = [note] if note else []
+    notes = [note] if note else []
+    try:
+        notes += save_sessions(p)
+    except Exception as exc:  # a bug or a full disk: the verdict must still be recorded
+        notes.append(f"sessions not saved: {exc}")
+    result["notes"] = notes
     tmp = p.result + ".tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(result, handle)
@@ -994,6 +1138,32 @@ def _print_score(done: subprocess.CompletedProcess[str]) -> int:
     return 0
 
 
+def sessions(run_id: str) -> int:
+    """The conversations `record` saved of an ended run, oldest first, one JSON line each:
+    {"name": …, "mtime_ns": …, "data": base64 of the file} (base64: the reply's size is bounded
+    whatever the bytes, and the host checks their UTF-8 itself)."""
+    import base64
+
+    p = paths(run_id)
+    if not os.path.exists(p.result):
+        return fail(f"run {run_id} has not ended", EXIT_NOT_ENDED)
+    try:
+        names = [name for name in os.listdir(p.sessions_dir) if SESSION_FILE.fullmatch(name)]
+    except FileNotFoundError:
+        return 0
+    found = []
+    for name in names:  # root's own copies, in the root-only run folder
+        with _pinned(os.open(f"{p.sessions_dir}/{name}", FILE_FLAGS)) as fd:
+            mtime = os.fstat(fd).st_mtime_ns
+            with os.fdopen(os.dup(fd), "rb") as handle:
+                data = handle.read(SESSIONS_MAX_BYTES + 1)
+        found.append((mtime, name, data))
+    for mtime, name, data in sorted(found):
+        encoded = base64.b64encode(data).decode("ascii")
+        sys.stdout.write(json.dumps({"name": name, "mtime_ns": mtime, "data": encoded}) + "\n")
+    return 0
+
+
 def release(run_id: str) -> int:
     """After the host has recorded an ended run (and collected its changes): free its tmpfs and
     its hold on the project's workspace; keep its record and transcript (small) so that
@@ -1010,6 +1180,8 @@ def release(run_id: str) -> int:
     if os.path.islink(p.workspace):
         os.unlink(p.workspace)
     _release_project(run_id)
+    # The host has fetched the conversations (`sessions`) before it releases the run.
+    shutil.rmtree(p.sessions_dir, ignore_errors=True)
     return 0
 
 
@@ -1176,6 +1348,8 @@ def main(argv: list[str]) -> int:
         return score_live(rest[0])
     if verb == "release" and len(rest) == 1:
         return release(rest[0])
+    if verb == "sessions" and len(rest) == 1:
+        return sessions(rest[0])
     if verb == "wsync" and len(rest) >= 2:
         return wsync_for(rest[0], rest[1], rest[2:])
     if verb == "bundle" and rest:

@@ -283,3 +283,105 @@ def test_report_page_shows_task_answer_diff_tool_result_and_tokens_with_guest_te
     assert "<img" not in dom and dom.count("<script") == 0
     text = project.ok("show", run_id).stdout.decode()
     assert f"task            {task}" in text and "FINAL-ANSWER-7" in text and "RESULT-MARK-42" in text
+
+
+# -- continuing a conversation (issue 20) ----------------------------------------------------
+
+FIRST_TURNS = [
+    {
+        "tool_use": {
+            "name": "Bash",
+            # The run's token in a tool's output, so in the conversation: the host must not keep it.
+            "input": {"command": 'echo TOOL-MARK-1 "$ANTHROPIC_API_KEY"', "description": "mark"},
+        }
+    },
+    {"text": "ANSWER-MARK-1: done."},
+]
+_LIVE_TOKEN = re.compile(r"vmsbx-run-(?!\[redacted\])[A-Za-z0-9_-]+")
+
+
+def _turn_bodies(api: FakeAnthropic, since: int) -> str:
+    """Every main-conversation request the fake got after the first `since`, as one text."""
+    turns = [r for r in api.requests[since:] if r.path == "/v1/messages" and r.kind == "turn"]
+    assert turns, "the agent sent no turn"
+    return "\n".join(json.dumps(r.body) for r in turns)
+
+
+def test_continue_and_resume_carry_only_the_conversation(
+    cli: Cli, default_vm: dict[str, object], fake_api: FakeAnthropic, tmp_path: Path
+) -> None:
+    project = _agent_cli(cli, _git_project(tmp_path / "proj"), fake_api)
+    refused = project.run("run", "--continue", "--", "true")
+    assert refused.returncode == 2 and b"--continue and --resume" in refused.stderr
+
+    # Run 1: a tool call, then an answer; root keeps the conversation, the host fetches it.
+    _script(fake_api, FIRST_TURNS)
+    done = project.run("run", "-p", "FIRST-TASK-1", timeout=900)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    first = _newest_run(project)
+    assert len(first["conversation"]) >= 1 and first["continued_from"] is None
+    assert first["guest_notes"] == [] and first["warnings"] == [], first
+    sessions = cli.home / "runs" / first["id"] / "sessions"
+    saved = "".join(path.read_text() for path in sessions.glob("*.jsonl"))
+    assert "FIRST-TASK-1" in saved and "TOOL-MARK-1" in saved and "ANSWER-MARK-1" in saved
+    assert "TOOL-MARK-1 vmsbx-run-[redacted]" in saved and not _LIVE_TOKEN.search(saved)
+    listing = project.ok("runs").stdout.decode()
+    assert "CONV" in listing and re.search(rf"^{first['id']}\s.*\byes\b", listing, re.M), listing
+
+    # Run 2 goes on with run 1 (the newest run that kept one): its earlier turns reach the API.
+    since = len(fake_api.requests)
+    _script(fake_api, [{"text": "CONTINUED-2"}])
+    done = project.run("run", "--continue", "-p", "SECOND-TASK-2", timeout=900)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    bodies = _turn_bodies(fake_api, since)
+    for mark in ("FIRST-TASK-1", "TOOL-MARK-1", "ANSWER-MARK-1", "SECOND-TASK-2"):
+        assert mark in bodies, mark
+    assert not _LIVE_TOKEN.search(bodies)
+    second = _newest_run(project)
+    assert second["continued_from"] == {"run": first["id"], "session": first["conversation"][-1]}
+
+    # A plain run starts afresh: none of it.
+    since = len(fake_api.requests)
+    _script(fake_api, [{"text": "PLAIN-3"}])
+    done = project.run("run", "-p", "THIRD-TASK-3", timeout=900)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    bodies = _turn_bodies(fake_api, since)
+    assert "THIRD-TASK-3" in bodies
+    for mark in ("FIRST-TASK-1", "TOOL-MARK-1", "ANSWER-MARK-1", "SECOND-TASK-2"):
+        assert mark not in bodies, mark
+    assert _newest_run(project)["continued_from"] is None
+
+    # --resume RUN picks the named run, not the newest (run 3) nor run 2 (which went on with it).
+    since = len(fake_api.requests)
+    _script(fake_api, [{"text": "RESUMED-4"}])
+    done = project.run("run", "--resume", first["id"], "-p", "FOURTH-TASK-4", timeout=900)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    bodies = _turn_bodies(fake_api, since)
+    for mark in ("FIRST-TASK-1", "TOOL-MARK-1", "ANSWER-MARK-1", "FOURTH-TASK-4"):
+        assert mark in bodies, mark
+    for mark in ("SECOND-TASK-2", "THIRD-TASK-3"):
+        assert mark not in bodies, mark
+    for run_dir in (cli.home / "runs").iterdir():
+        for path in run_dir.glob("sessions/*.jsonl"):
+            assert not _LIVE_TOKEN.search(path.read_text()), path
+
+
+def test_an_nsjail_run_keeps_and_continues_its_conversation(
+    cli: Cli, default_vm: dict[str, object], fake_api: FakeAnthropic, tmp_path: Path
+) -> None:
+    """The jail's HOME and cwd are its own (the run's workdir), its files the outside uid's: the same
+    kept conversation, restored under the jail's cwd."""
+    project = _agent_cli(cli, _git_project(tmp_path / "proj"), fake_api)
+    _script(fake_api, FIRST_TURNS)
+    done = project.run("run", "--sandbox", "nsjail", "-p", "FIRST-TASK-1", timeout=900)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    first = _newest_run(project)
+    assert first["conversation"] and first["guest_notes"] == [], first
+    since = len(fake_api.requests)
+    _script(fake_api, [{"text": "CONTINUED-2"}])
+    done = project.run("run", "--sandbox", "nsjail", "--continue", "-p", "SECOND-TASK-2", timeout=900)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    bodies = _turn_bodies(fake_api, since)
+    for mark in ("FIRST-TASK-1", "TOOL-MARK-1", "ANSWER-MARK-1", "SECOND-TASK-2"):
+        assert mark in bodies, mark
+    assert not _LIVE_TOKEN.search(bodies)

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from vmsbx.agent.credential import CredentialKind
     from vmsbx.claude.profile import ClaudeProfile
     from vmsbx.config.models import Settings
-    from vmsbx.runs.record import ProfileCopy
+    from vmsbx.runs.record import ContinuedFrom, ProfileCopy
 
 
 @click.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -64,6 +64,19 @@ if TYPE_CHECKING:
     is_flag=True,
     help="Do not copy your Claude profile (~/.claude: CLAUDE.md, settings, commands …) into the run.",
 )
+@click.option(
+    "--continue",
+    "continue_last",
+    is_flag=True,
+    help="Go on with the conversation of this folder's most recent agent run (only it carries over).",
+)
+@click.option(
+    "--resume",
+    "resume_run",
+    default=None,
+    metavar="RUN",
+    help="Go on with the conversation of agent run RUN (of this folder; see `vmsbx runs`).",
+)
 @click.argument("argv", nargs=-1, required=False, type=click.UNPROCESSED)
 def command(
     name: str | None,
@@ -88,6 +101,8 @@ def command(
     budget: str | None,
     apply_changes: bool,
     no_profile: bool,
+    continue_last: bool,
+    resume_run: str | None,
     argv: tuple[str, ...],
 ) -> None:
     """Run Claude Code (or `-- CMD ARGS…`) in a fresh sandbox in the VM, on a mirror of this
@@ -97,7 +112,8 @@ def command(
     `-p TASK`: headless, one line per tool call. It reaches the model API only through the host
     relay; your key never enters the VM. The exit code is the agent's (or the command's).
     Ctrl-C stops a headless run. A dropped connection does not stop the run: `vmsbx attach RUN`
-    follows it again.
+    follows it again. `--continue` / `--resume RUN` go on with an earlier agent run's
+    conversation; the sandbox, HOME and user are fresh as ever.
     """
     from vmsbx.errors import UsageError
     from vmsbx.runs import lifecycle
@@ -124,26 +140,43 @@ def command(
     if argv and prompt is not None:
         raise UsageError("give either -p TASK or -- CMD, not both", hint="`vmsbx run -p 'fix the tests'`")
     is_agent = not argv
+    if continue_last and resume_run:
+        raise UsageError(
+            "give either --continue or --resume RUN, not both", hint="`vmsbx run --continue -p TASK`"
+        )
+    if (continue_last or resume_run) and not is_agent:
+        raise UsageError(
+            "--continue and --resume go on with an agent run's conversation: they take no -- CMD",
+            hint="`vmsbx run --continue -p TASK`, or `vmsbx run --continue` for an interactive session",
+        )
+    earlier = _conversation_to_continue(continue_last, resume_run)
     relay = lifecycle.plan_relay(settings, budget, required=is_agent, environ=os.environ)
     if is_agent:
         from vmsbx.paths import user_config_file
-        from vmsbx.runs import agentrun
+        from vmsbx.runs import agentrun, conversation
 
-        command_argv = agentrun.claude_argv(settings.agent.claude_version, prompt)
+        resume = earlier.session if earlier else None
+        command_argv = agentrun.claude_argv(settings.agent.claude_version, prompt, resume=resume)
         tty = prompt is None
         template = user_config_file().parent / "claude-home"
         profile, profile_copy = _claude_profile(settings)
+        text = _conversation_text(earlier)
 
         def home(token: str, kind: CredentialKind, workspaces: list[str]) -> dict[str, str]:
-            return agentrun.home_files(token, kind, workspaces, template, profile)
+            files = agentrun.home_files(token, kind, workspaces, template, profile)
+            if earlier is not None:
+                files.update(conversation.restore_files(earlier.run, earlier.session, text, workspaces))
+            return files
 
         home_files = home
     else:
         command_argv, home_files, profile_copy = list(argv), None, None
     record, guest = lifecycle.start(
         settings, command_argv, project=Path.cwd(), tty=tty, env=environment, relay=relay,
-        home_files=home_files, claude_profile=profile_copy,
+        home_files=home_files, claude_profile=profile_copy, continued_from=earlier,
     )  # fmt: skip
+    if earlier is not None:
+        click.echo(f"vmsbx: continuing the conversation of run {earlier.run}", err=True)
     if detach:
         click.echo(record.id)
         return
@@ -156,6 +189,30 @@ def command(
     _report(record.id, code)
     _review(record.id, apply_changes=apply_changes, ask=tty and sys.stdin.isatty())
     sys.exit(code)
+
+
+def _conversation_to_continue(continue_last: bool, resume_run: str | None) -> ContinuedFrom | None:
+    """The run and session that --continue or --resume RUN names (checked: this folder's, an
+    agent run's, kept)."""
+    if not continue_last and not resume_run:
+        return None
+    from vmsbx.runs import conversation
+    from vmsbx.runs import record as records
+    from vmsbx.runs.record import ContinuedFrom
+
+    if resume_run:
+        records.run_dir(resume_run)  # a malformed id is refused with the format's hint
+    chosen = conversation.pick_run(records.all_runs(), str(Path.cwd().resolve()), resume_run)
+    return ContinuedFrom(run=chosen.id, session=chosen.conversation[-1])
+
+
+def _conversation_text(earlier: ContinuedFrom | None) -> str:
+    if earlier is None:
+        return ""
+    from vmsbx.runs import conversation
+    from vmsbx.runs import record as records
+
+    return conversation.stored(records.run_dir(earlier.run), earlier.session)
 
 
 def _claude_profile(settings: Settings) -> tuple[ClaudeProfile | None, ProfileCopy | None]:

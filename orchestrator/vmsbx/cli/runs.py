@@ -11,14 +11,15 @@ from vmsbx.cli.common import json_option, print_json
 if TYPE_CHECKING:
     from vmsbx.runs.record import RunRecord
 
-_HEADERS = ("RUN", "VM", "STATE", "DURATION", "EXIT", "SCORE", "TASK / COMMAND")
+_HEADERS = ("RUN", "VM", "STATE", "DURATION", "EXIT", "SCORE", "CONV", "TASK / COMMAND")
 
 
 @click.command("runs")
 @json_option
 def command(as_json: bool) -> None:
-    """List runs: id, VM, state, duration, exit code, exposure score, and the task (an agent
-    run's prompt) or the command, cut to one line."""
+    """List runs: id, VM, state, duration, exit code, exposure score, whether the run kept a
+    conversation (CONV: yes; `vmsbx run --continue` / `--resume RUN` go on with it), and the
+    task (an agent run's prompt) or the command, cut to one line."""
     from vmsbx.runs import record as records
 
     rows = records.all_runs()
@@ -53,7 +54,8 @@ def render_rows(rows: list[RunRecord], width: int) -> list[str]:
     for r in rows:
         duration = f"{r.duration:.1f}s" if r.duration is not None else "-"
         exit_code = "-" if r.exit_code is None else str(r.exit_code)
-        table.append([r.id, r.vm, r.state, duration, exit_code, str(r.exposure), what_ran(r)])
+        kept = "yes" if r.conversation else "-"
+        table.append([r.id, r.vm, r.state, duration, exit_code, str(r.exposure), kept, what_ran(r)])
     widths = [max(cell_len(row[i]) for row in table) for i in range(len(_HEADERS) - 1)]
     room = max(width - sum(widths) - 2 * len(widths) - 1, 12)
     lines = []

@@ -31,17 +31,28 @@ def new_token() -> str:
     return "vmsbx-run-" + secrets.token_urlsafe(32)
 
 
-def claude_argv(version: str, prompt: str | None) -> list[str]:
+def claude_argv(version: str, prompt: str | None, *, resume: str | None = None) -> list[str]:
+    """Claude Code's argv: interactive, or headless on `prompt`; `resume`: the session id of a
+    conversation restored into the run's HOME (conversation.restore_files) to go on with. It is
+    named, not left to `--continue`'s own choice, so the run goes on with exactly the recorded
+    conversation."""
     argv = [claude_path(version), "--dangerously-skip-permissions"]
+    if resume is not None:
+        argv += ["--resume", resume]
     if prompt is not None:
         argv += ["-p", prompt, "--output-format", "stream-json", "--verbose"]
     return argv
 
 
+def is_agent(command: tuple[str, ...] | list[str]) -> bool:
+    """Whether a run's command is vmsbx's Claude Code (an agent run, which keeps a conversation)."""
+    return bool(command) and command[0].startswith(f"{GUEST_LIB}/claude/")
+
+
 def agent_prompt(command: tuple[str, ...] | list[str]) -> str | None:
     """The task of a headless agent run (the `-p` prompt of `claude_argv`), None for any other
     command: what `runs` and `show` name a run by, rather than the binary's path."""
-    if not command or not command[0].startswith(f"{GUEST_LIB}/claude/") or "-p" not in command[1:]:
+    if not is_agent(command) or "-p" not in command[1:]:
         return None
     position = command.index("-p", 1) + 1
     return command[position] if position < len(command) else None
@@ -65,8 +76,8 @@ def home_files(
     (CLAUDE.md, settings, commands …, credentials already left out) under it, and the user's own
     template files from their vmsbx config folder, which win.
 
-    `workspaces`: every path the agent may know its folder by (Claude Code resolves links, and
-    systemd's StateDirectory= is a link into /var/lib/private)."""
+    `workspaces`: every path the agent may know its folder by; today one, the run's stable
+    workdir (vmsbx.sandbox.workdir: a mount point, no link for Claude Code to resolve)."""
     files = seeded_home_files(workspaces[0], token, kind)
     state = json.loads(files[".claude.json"])
     for path in workspaces[1:]:

@@ -6,7 +6,7 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from vmsbx.agent.client import AgentClient, ByteSink
 from vmsbx.agent.protocol import HEADER, MAX_FRAME, Frame, FrameWriter
@@ -16,6 +16,9 @@ from vmsbx.errors import TransportError, VmsbxError
 from vmsbx.runs.outcome import GuestResult
 from vmsbx.sync.manifest import MAX_MANIFEST_BYTES
 from vmsbx.textsafe import strip_control
+
+if TYPE_CHECKING:
+    from vmsbx.runs.conversation import SessionFile
 
 GUEST = list(GUEST_ARGV)  # -S: see sandbox.systemd.NO_SITE
 _REPLY_MAX = 1 * MiB  # a verb's JSON reply or error text
@@ -161,6 +164,21 @@ class GuestControl:
                 hint="`vmsbx runs` shows what vmsbx recorded",
             )
         return self._ended_reply(code, end, err.tail)
+
+    def sessions(self, run_id: str) -> tuple[list[SessionFile], list[str]]:
+        """The Claude Code conversations the guest saved of an ended run, oldest first, checked
+        (conversation.parse_sessions), and notes on what was left out. Call before `release`,
+        which drops them in the guest."""
+        from vmsbx.runs.conversation import FETCH_MAX, parse_sessions
+
+        code, out, err = self.client.run([*GUEST, "sessions", run_id], max_output=FETCH_MAX)
+        if code != 0:
+            raise TransportError(
+                "could not fetch the run's conversation: "
+                + strip_control(err.decode(errors="replace")).strip()[-400:],
+                hint="`vmsbx runs` shows what vmsbx recorded",
+            )
+        return parse_sessions(out)
 
     def release(self, run_id: str, *, later: bool = False) -> None:
         """Free an ended run's workspace and tmpfs in the guest (its record stays). `later`: the

@@ -38,7 +38,7 @@ from vmsbx.runs import agentrun, gitbundle, review, workspace
 from vmsbx.runs import record as records
 from vmsbx.runs.guestctl import Ended, GuestControl, LaunchFailed
 from vmsbx.runs.outcome import SANDBOX_FAILED, GuestResult, jail_failure, outcome
-from vmsbx.runs.record import BudgetCap, ProfileCopy, Resources, RunRecord
+from vmsbx.runs.record import BudgetCap, ContinuedFrom, ProfileCopy, Resources, RunRecord
 from vmsbx.runs.streamview import StreamView
 from vmsbx.sandbox.layout import BRIDGES, RunLayout, new_run_id
 from vmsbx.sandbox.nsjail import (
@@ -212,6 +212,7 @@ def start(
     home_files: Callable[[str, CredentialKind, list[str]], dict[str, str]] | None = None,
     adjust: Callable[[LaunchRequest], LaunchRequest] | None = None,
     claude_profile: ProfileCopy | None = None,
+    continued_from: ContinuedFrom | None = None,
 ) -> tuple[RunRecord, GuestControl]:
     """Launch a run; returns its record (state running) and the guest control it runs under.
 
@@ -256,6 +257,7 @@ def start(
             budget=None if relay is None or relay.budget is None else BudgetCap.model_validate(relay.budget),
             claude_profile=claude_profile,
             workdir=workdir,
+            continued_from=continued_from,
         )
         systemd_run, jail = _launch_sandbox(settings, layout, record, facts, workdir)
         run_env = dict(env)
@@ -266,7 +268,11 @@ def start(
         run_env.update(sandbox_environment(settings, ports, token, relay))
         home: dict[str, str] = {}
         if record.relay and relay is not None and home_files is not None:
-            home = home_files(token, relay.kind, [workdir])
+            try:
+                home = home_files(token, relay.kind, [workdir])
+            except BaseException:  # e.g. a conversation over the cap: the token must not stay admitted
+                _leave_relay(guest, record)
+                raise
         request = LaunchRequest(
             run_id=layout.run_id,
             project=sync.key,
@@ -581,8 +587,25 @@ def finish(
         spool_path.unlink(missing_ok=True)
     if result is None:
         return _record_lost(record, guest, wait)
+    if agentrun.is_agent(record.command) and not record.conversation:  # once: release drops it
+        _keep_conversation(record, guest)
     _collect_changes(record, guest, quiet=quiet, listed=listed)
     return code
+
+
+def _keep_conversation(record: RunRecord, guest: GuestControl) -> None:
+    """The agent's conversation into runs/<id>/sessions (what `run --continue` resumes); one
+    guest call, before `release` drops the guest's copy. A failure is a warning: the run's
+    verdict and changes do not depend on it."""
+    from vmsbx.runs import conversation
+
+    try:
+        files, notes = guest.sessions(record.id)
+    except VmsbxError as exc:
+        files, notes = [], [f"the conversation was not kept: {exc.message}"]
+    record.conversation = conversation.store(records.run_dir(record.id), files)
+    record.warnings.extend(notes)
+    records.save(record)
 
 
 def _follow(

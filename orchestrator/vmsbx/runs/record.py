@@ -49,6 +49,14 @@ class ProfileCopy(BaseModel):
     left_out: list[str] = Field(default_factory=list, description="What was left out, and why.")
 
 
+class ContinuedFrom(BaseModel):
+    """The earlier run's conversation an agent run continued (`vmsbx run --continue/--resume`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    run: str = Field(description="The earlier run's id.")
+    session: str = Field(description="Claude Code's session id of the conversation.")
+
+
 class RunRecord(BaseModel):
     """One run, as `vmsbx runs` lists it and `run.json` stores it."""
 
@@ -104,6 +112,14 @@ class RunRecord(BaseModel):
         default=None,
         description="Where the run saw its workspace (the project's own path, or /workspace/NAME); "
         "None for runs recorded before vmsbx gave it a stable path.",
+    )
+    conversation: list[str] = Field(
+        default_factory=list,
+        description="Agent runs: Claude Code's session ids of the conversations kept in "
+        "runs/<id>/sessions/, oldest first (the last one is what --continue resumes).",
+    )
+    continued_from: ContinuedFrom | None = Field(
+        default=None, description="Agent runs: the earlier run's conversation this run continued."
     )
 
 
