@@ -75,6 +75,10 @@ BRIDGES = {"relay": 8787, "proxy": 8788, "socks": 8789}
 OUTSIDE_UID_FIRST = 60000
 OUTSIDE_UID_LAST = 60999
 NSJAIL_CONFIG_MAX = 256 * 1024
+# The launch request line: the spec (argv and env, which exec caps at ARG_MAX, 2 MiB by default,
+# and the HOME files: the user's Claude profile, a continued conversation), the unit's argv, an
+# nsjail config. The guest reads no more; the host refuses a bigger one before sending it.
+LAUNCH_REQUEST_MAX = 4 << 20
 
 # Claude Code's npm package (2.1.332: a 186 MB tarball holding a 402 MB binary): the host's
 # download and the guest's installer refuse more. Room for growth, not for abuse.

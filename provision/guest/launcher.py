@@ -60,6 +60,7 @@ from contract import (
     EXIT_UID_IN_USE,
     EXIT_USAGE,
     INVOCATION_ID,
+    LAUNCH_REQUEST_MAX,
     PROJECT_ID,
     PROJECTS_ROOT,
     RUN_ID,
@@ -409,9 +410,7 @@ def connect_holder(p: RunPaths) -> socket.socket:
 # -- launch ----------------------------------------------------------------------------------
 
 
-# The request line: the spec (argv and env, which exec caps at ARG_MAX, 2 MiB by default), the
-# unit's argv, an nsjail config (<= 256 KiB). Root reads no more.
-REQUEST_MAX = 4 << 20
+REQUEST_MAX = LAUNCH_REQUEST_MAX  # root reads no more of the request line (the host checks it too)
 
 
 def parse_request(line: bytes) -> LaunchRequest:

@@ -7,7 +7,6 @@ from vmsbx.config.models import SandboxSettings
 from vmsbx.contract import BRIDGES, Jail, LaunchRequest, RunSpec, Sizes
 from vmsbx.sandbox.layout import RunLayout
 from vmsbx.sandbox.nsjail import (
-    JAIL_WORKSPACE,
     nsjail_config_path,
     render_nsjail_config,
     render_nsjail_systemd_run_argv,
@@ -17,6 +16,7 @@ from vmsbx.sandbox.systemd import render_systemd_run_argv
 LAYOUT = RunLayout(run_id="0123456789ab")
 PROJECT = "0123456789abcdef"
 OUTSIDE_UID = 60123
+WORKDIR = "/Users/alice/app"  # the run's stable workspace path (vmsbx.sandbox.workdir)
 
 
 def sample_request(mode: str, *, bridges: bool = True) -> LaunchRequest:
@@ -24,10 +24,10 @@ def sample_request(mode: str, *, bridges: bool = True) -> LaunchRequest:
     jail = None
     if mode == "nsjail":
         argv = render_nsjail_systemd_run_argv(policy, LAYOUT, config_path=nsjail_config_path(LAYOUT))
-        config = render_nsjail_config(policy, LAYOUT, outside_uid=OUTSIDE_UID, arch="x86_64")
+        config = render_nsjail_config(policy, LAYOUT, outside_uid=OUTSIDE_UID, arch="x86_64", workdir=WORKDIR)
         jail = Jail(config=config, outside_uid=OUTSIDE_UID)
     else:
-        argv = render_systemd_run_argv(policy, LAYOUT)
+        argv = render_systemd_run_argv(policy, LAYOUT, WORKDIR)
     ports = {"relay": 40001, "proxy": 40002} if bridges else {}
     return LaunchRequest(
         run_id=LAYOUT.run_id,
@@ -42,7 +42,7 @@ def sample_request(mode: str, *, bridges: bool = True) -> LaunchRequest:
             tty=False,
             cols=80,
             rows=24,
-            cwd=JAIL_WORKSPACE if mode == "nsjail" else LAYOUT.workspace,
+            cwd=WORKDIR,
             home=LAYOUT.home,
             bridges={name: BRIDGES[name] for name in ports},
             home_files={},

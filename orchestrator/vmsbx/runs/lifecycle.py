@@ -23,6 +23,7 @@ from vmsbx.config.models import Settings
 from vmsbx.contract import (
     EXIT_STALE_MIRROR,
     EXIT_UID_IN_USE,
+    LAUNCH_REQUEST_MAX,
     PROJECT_ID,
     Jail,
     LaunchRequest,
@@ -295,6 +296,7 @@ def start(
         )
         if adjust is not None:
             request = adjust(request)
+        _check_request_size(guest, record, request)
         records.save(record)
         workspace.save_base(records.run_dir(record.id), sync, bases)
         try:
@@ -323,6 +325,28 @@ def start(
         _say_excluded(sync)
         return record, guest
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _check_request_size(guest: GuestControl, record: RunRecord, request: LaunchRequest) -> None:
+    too_big = request_too_big(request)
+    if too_big is not None:
+        _leave_relay(guest, record)
+        raise too_big
+
+
+def request_too_big(request: LaunchRequest) -> UsageError | None:
+    """The guest reads at most LAUNCH_REQUEST_MAX of the request line: the error that says what
+    to shrink, instead of sending a request it would refuse as a contract mismatch."""
+    size = len(request.to_json().encode()) + 1
+    if size <= LAUNCH_REQUEST_MAX:
+        return None
+    home = sum(len(text.encode()) for text in request.spec.home_files.values())
+    return UsageError(
+        f"this run's launch request is {size // 1024} KiB, {home // 1024} KiB of it the run's HOME "
+        f"files; the guest takes at most {LAUNCH_REQUEST_MAX // (1 << 20)} MiB",
+        hint="leave your Claude profile out (--no-claude-profile), shrink the claude-home template "
+        "in your vmsbx config folder, or start afresh instead of --continue",
+    )
 
 
 def _say_excluded(sync: workspace.SyncIn) -> None:
