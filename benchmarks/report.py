@@ -55,6 +55,13 @@ FIGURES: tuple[Figure, ...] = (
         1.5,
     ),
     Figure(
+        "concurrent_runs",
+        "8 concurrent runs, per run",
+        "8 of vmsbx run -- true at once: wall time / 8",
+        "one vmsbx run -- true alone",
+        1.5,
+    ),
+    Figure(
         "changes_back",
         "changes back (1,000 changed files)",
         "vmsbx diff + apply",

@@ -19,7 +19,7 @@ def test_every_figure_of_the_issue_has_a_target() -> None:
     keys = [f.key for f in report.FIGURES]
     assert keys == [
         "cli_start", "warm_up", "run_overhead", "run_floor", "nsjail_run", "first_sync",
-        "resync_one", "changes_back", "log_pull", "cold_up", "peak_rss",
+        "resync_one", "concurrent_runs", "changes_back", "log_pull", "cold_up", "peak_rss",
     ]  # fmt: skip
     assert all(f.target is not None or f.limit_mb is not None for f in report.FIGURES)
 

@@ -36,7 +36,7 @@ def test_bench_smoke_writes_complete_sane_results(
     figures = data["figures"]
     assert set(figures) == {
         "cli_start", "warm_up", "run_overhead", "run_floor", "nsjail_run", "first_sync",
-        "resync_one", "changes_back", "log_pull", "cold_up", "peak_rss",
+        "resync_one", "concurrent_runs", "changes_back", "log_pull", "cold_up", "peak_rss",
     }  # fmt: skip
     for key, figure in figures.items():
         assert not figure["error"], f"{key}: {figure['error']}"
