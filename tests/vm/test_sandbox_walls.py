@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 from vmcli import Cli
 
+from vmsbx.sandbox.workdir import run_workdir
+
 pytestmark = pytest.mark.vm
 
 PROBES = Path(__file__).parent / "probes"
@@ -404,7 +406,7 @@ def test_two_detached_runs_at_once_are_apart_and_attach_follows_each(
         assert seen["go"] == "yes"
         assert seen["tag"] == tag
         assert seen["unit"] == f"vmsbx-run-{ids[tag]}.service"
-        assert seen["workspace"] == f"/var/lib/private/vmsbx-ws-{ids[tag]}"
+        assert seen["workspace"] == run_workdir(str(projects[tag].resolve()))  # its stable path
         assert seen["workspace_files"] == "code,go,neighbour.sh,who"
         assert seen["tmp_marks"] == f"mark-{tag}"
         assert seen["tags_seen"] == tag
