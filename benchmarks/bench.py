@@ -262,8 +262,8 @@ class Bench:
         from vmsbx.config import load_settings
         from vmsbx.contract import NSJAIL
         from vmsbx.sandbox.layout import RunLayout
-        from vmsbx.sandbox.nsjail import nsjail_config_path, render_nsjail_unit_properties
-        from vmsbx.sandbox.systemd import render_unit_properties
+        from vmsbx.sandbox.nsjail import nsjail_config_path
+        from vmsbx.sandbox.renderer import renderer_for
 
         # No disk I/O caps: they are set on the run's workspace loop device, which only vmsbx's
         # launcher makes (the unit then refuses to start); a cap costs nothing at unit start.
@@ -272,11 +272,7 @@ class Bench:
         flags = {"sandbox.mode": "nsjail" if nsjail else None, **uncapped}
         settings = load_settings(project_dir=self.work, flags=flags)
         layout = RunLayout(run_id=self._layout_id(nsjail))
-        props = (
-            render_nsjail_unit_properties(settings.sandbox, layout)
-            if nsjail
-            else render_unit_properties(settings.sandbox, layout)
-        )
+        props = renderer_for("nsjail" if nsjail else "systemd").unit_properties(settings.sandbox, layout)
         # ExecStopPost= records the verdict for vmsbx's own launcher, which this baseline bypasses.
         props = [p for p in props if not p.startswith("ExecStopPost=")]
         argv = ["systemd-run", "--wait", "--pipe", "--quiet"]

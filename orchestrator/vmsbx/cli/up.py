@@ -51,6 +51,7 @@ def command(
     from vmsbx.providers import existing_provider_name, get_provider, resolve_name
     from vmsbx.providers.base import VMState
     from vmsbx.runs.reconcile import close_lost_runs
+    from vmsbx.sandbox.renderer import renderer_for
     from vmsbx.testhooks import stage
 
     settings = load(**{
@@ -99,7 +100,7 @@ def command(
         if provision(client, facts):
             report("installed the guest launcher")
         stage("up:provisioned")
-        if settings.sandbox.mode == "nsjail":
+        if renderer_for(settings.sandbox.mode).needs_nsjail:
             report("checking nsjail in the guest")
             nsjail = provision_nsjail(client, facts.arch, facts.nsjail_version)
             facts = facts.model_copy(update={"nsjail_version": nsjail})

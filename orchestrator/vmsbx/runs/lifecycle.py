@@ -42,21 +42,8 @@ from vmsbx.runs.outcome import SANDBOX_FAILED, GuestResult, jail_failure, outcom
 from vmsbx.runs.record import BudgetCap, ContinuedFrom, ProfileCopy, Resources, RunRecord
 from vmsbx.runs.streamview import StreamView
 from vmsbx.sandbox.layout import BRIDGES, RunLayout, new_run_id
-from vmsbx.sandbox.nsjail import (
-    check_jail_config,
-    nsjail_config_path,
-    outside_uid_for,
-    render_nsjail_config,
-    render_nsjail_systemd_run_argv,
-    render_nsjail_unit_file,
-    render_nsjail_unit_properties,
-)
-from vmsbx.sandbox.systemd import (
-    render_systemd_run_argv,
-    render_unit_file,
-    render_unit_properties,
-    unsupported_properties,
-)
+from vmsbx.sandbox.renderer import renderer_for
+from vmsbx.sandbox.systemd import unsupported_properties
 from vmsbx.sandbox.workdir import run_workdir
 from vmsbx.sync.blobs import DEFAULT_MAX_BYTES
 from vmsbx.sync.driver import ChangesTooLarge
@@ -88,20 +75,15 @@ def policy_exposure(settings: Settings, guest: GuestControl, vm: str) -> float:
 
 
 def _unit_file(settings: Settings, layout: RunLayout) -> str:
-    if settings.sandbox.mode == "nsjail":
-        return render_nsjail_unit_file(settings.sandbox, layout, config_path=nsjail_config_path(layout))
-    return render_unit_file(settings.sandbox, layout)
+    return renderer_for(settings.sandbox.mode).unit_file(settings.sandbox, layout)
 
 
 def _properties(settings: Settings, layout: RunLayout) -> list[str]:
-    if settings.sandbox.mode == "nsjail":
-        return render_nsjail_unit_properties(settings.sandbox, layout)
-    return render_unit_properties(settings.sandbox, layout)
+    return renderer_for(settings.sandbox.mode).unit_properties(settings.sandbox, layout)
 
 
 def _threshold(settings: Settings) -> float:
-    policy = settings.sandbox
-    return policy.nsjail_score_threshold if policy.mode == "nsjail" else policy.score_threshold
+    return renderer_for(settings.sandbox.mode).score_threshold(settings.sandbox)
 
 
 def _guest_facts(vm: str) -> dict[str, str]:
@@ -224,7 +206,7 @@ def start(
     guest = connect(vm)
     facts = _guest_facts(vm)
     _check_guest_supports(settings, facts)
-    if settings.sandbox.mode == "nsjail":
+    if renderer_for(settings.sandbox.mode).needs_nsjail:
         _ensure_nsjail(guest, vm, facts)
     exposure = policy_exposure(settings, guest, vm)
     if exposure > _threshold(settings):
@@ -475,27 +457,14 @@ def _launch_sandbox(
 ) -> tuple[list[str], Jail | None]:
     """The sandbox part of the launch request: the unit's systemd-run argv, and in nsjail mode
     the jail's config and outside uid. `workdir`: where the run sees its workspace."""
-    if settings.sandbox.mode != "nsjail":
-        return render_systemd_run_argv(settings.sandbox, layout, workdir), None
-    outside_uid = outside_uid_for(layout.run_id)
-    config = render_nsjail_config(
-        settings.sandbox,
-        layout,
-        outside_uid=outside_uid,
-        arch=facts.get("arch", ""),
-        python=facts.get("python", ""),
-        workdir=workdir,
-    )
-    problems = check_jail_config(config, workdir=workdir)
-    record.outside_uid, record.jail_problems = outside_uid, problems
-    if problems:
+    launch = renderer_for(settings.sandbox.mode).launch(settings.sandbox, layout, facts, workdir)
+    record.outside_uid, record.jail_problems = launch.outside_uid, launch.jail_problems
+    if launch.jail_problems:
         raise LaunchFailed(
-            "the rendered nsjail config is weaker than vmsbx allows: " + "; ".join(problems),
+            "the rendered nsjail config is weaker than vmsbx allows: " + "; ".join(launch.jail_problems),
             hint="this is a bug in vmsbx; use --sandbox systemd meanwhile",
         )
-    path = nsjail_config_path(layout)
-    argv = render_nsjail_systemd_run_argv(settings.sandbox, layout, config_path=path)
-    return argv, Jail(config=config, outside_uid=outside_uid)
+    return launch.systemd_run, launch.jail
 
 
 def _mark_failed(record: RunRecord, exc: BaseException) -> None:
