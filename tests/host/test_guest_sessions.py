@@ -13,8 +13,6 @@ import base64
 import io
 import json
 import os
-import signal
-from collections.abc import Iterator
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,10 @@ from typing import Any
 import pytest
 from guest_code import load_guest
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the launcher runs as root in the guest")
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the launcher runs as root in the guest"),
+    pytest.mark.usefixtures("never_blocks"),
+]
 
 RUN_UID = 61234
 OTHER_UID = 61235
@@ -31,18 +32,6 @@ SESSION_B = "0a1b2c3d-0000-4000-8000-00000000000b"
 PROJECT = "-var-lib-private-vmsbx-ws-abcdefabcdef"
 
 launcher = load_guest("launcher")
-
-
-@pytest.fixture(autouse=True)
-def _never_blocks() -> Iterator[None]:
-    def _blocked(*_: object) -> None:
-        raise AssertionError("root blocked on a path the run planted")
-
-    previous = signal.signal(signal.SIGALRM, _blocked)
-    signal.alarm(10)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture

@@ -11,37 +11,24 @@ blocks, never reads past its cap, and still saves and connects to the real thing
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from guest_code import GUEST, load_guest
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the launcher runs as root in the guest")
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the launcher runs as root in the guest"),
+    pytest.mark.usefixtures("never_blocks"),
+]
 
 RUN_UID = 61234  # a DynamicUser= id: what the run's files belong to
 OTHER_UID = 61235
 
 
 launcher = load_guest("launcher")
-
-
-@pytest.fixture(autouse=True)
-def _never_blocks() -> Iterator[None]:
-    """A step that blocks (a FIFO opened without O_NONBLOCK) fails the test instead of hanging."""
-
-    def _blocked(*_: object) -> None:
-        raise AssertionError("root blocked on a path the run planted")
-
-    previous = signal.signal(signal.SIGALRM, _blocked)
-    signal.alarm(10)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture

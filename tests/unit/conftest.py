@@ -11,7 +11,9 @@ Tests that check the guard itself take the `spawn_guard` fixture and clear its `
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from unit_guard import SpawnGuard, install
@@ -27,3 +29,16 @@ def spawn_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[SpawnGuard]:
             "swallowed): " + "; ".join(guard.attempts),
             pytrace=False,
         )
+
+
+@pytest.fixture
+def vmsbx_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """vmsbx's state, cache and user config under tmp_path, no VMSBX_* of the caller's: for
+    tests that drive the command line. Returns tmp_path."""
+    for name in list(os.environ):
+        if name.startswith("VMSBX_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("VMSBX_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("VMSBX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("VMSBX_CONFIG", str(tmp_path / "config.toml"))
+    return tmp_path

@@ -8,7 +8,6 @@ literal arguments and odd project paths in a real run — are in tests/vm/test_b
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -23,15 +22,9 @@ def _tree(root: Path) -> set[str]:
 
 
 @pytest.fixture
-def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def box(vmsbx_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project folder with an odd name, and vmsbx's state, config and cache under tmp_path."""
-    for name in list(os.environ):
-        if name.startswith("VMSBX_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("VMSBX_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("VMSBX_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("VMSBX_CONFIG", str(tmp_path / "user.toml"))
-    project = tmp_path / "my project ü ☃\nline two"
+    project = vmsbx_env / "my project ü ☃\nline two"
     project.mkdir()
     monkeypatch.chdir(project)
     return project

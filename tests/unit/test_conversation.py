@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -222,14 +221,8 @@ def test_runs_marks_the_runs_that_kept_a_conversation() -> None:
 
 
 @pytest.fixture
-def cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for name in list(os.environ):
-        if name.startswith("VMSBX_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("VMSBX_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("VMSBX_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("VMSBX_CONFIG", str(tmp_path / "config.toml"))
-    project = tmp_path / "project"
+def cli_home(vmsbx_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    project = vmsbx_env / "project"
     project.mkdir()
     monkeypatch.chdir(project)
     return project
