@@ -214,12 +214,6 @@ class GuestControl:
             )
         return float(json.loads(out)["exposure"])
 
-    def score_live(self, run_id: str) -> float:
-        code, out, err = self.client.run([*GUEST, "score-live", run_id])
-        if code != 0:
-            raise TransportError("could not score the running unit: " + err.decode(errors="replace"))
-        return float(json.loads(out)["exposure"])
-
 
 @dataclass(frozen=True)
 class Ended:
