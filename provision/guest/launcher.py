@@ -28,7 +28,6 @@
                     empty one.
   bundle ID BASE…   a git bundle of the run's workspace HEAD minus the host's commits (stdout),
                     made by an unprivileged throw-away user (the repository is the agent's).
-  cleanup ID        unmounts and removes everything the run left in the guest.
 
 Standard library only; every path comes from the run id, never from free text.
 """
@@ -1300,20 +1299,9 @@ def bundle(run_id: str, bases: list[str]) -> int:
     return 0
 
 
-def cleanup(run_id: str) -> int:
-    p = paths(run_id)
-    run(["systemctl", "stop", p.unit])
-    _discard(p)
-    if os.path.islink(p.workspace):
-        os.unlink(p.workspace)
-    return 0
-
-
 def main(argv: list[str]) -> int:
     if not argv:
-        return fail(
-            "usage: guest.py launch|attach|result|record|stop|journal|score|score-live|cleanup", EXIT_USAGE
-        )
+        return fail("usage: guest.py launch|attach|result|record|stop|journal|score|score-live", EXIT_USAGE)
     verb, rest = argv[0], argv[1:]
     if verb == "launch":
         return launch()
@@ -1353,8 +1341,6 @@ def main(argv: list[str]) -> int:
         return wsync_for(rest[0], rest[1], rest[2:])
     if verb == "bundle" and rest:
         return bundle(rest[0], rest[1:])
-    if verb == "cleanup" and len(rest) == 1:
-        return cleanup(rest[0])
     return fail(f"bad arguments: {argv!r}", EXIT_USAGE)
 
 
