@@ -23,10 +23,11 @@ from tls_ca import ThrowawayCA, make_ca
 
 from vmsbx.agent.budget import Budget
 from vmsbx.agent.credential import OAUTH_BETA, Credential
-from vmsbx.agent.relay import Relay, new_run_token
+from vmsbx.agent.relay import Relay
 from vmsbx.agent.services import admit_to_relay
 from vmsbx.config.models import NetworkMode, SandboxSettings, Settings
 from vmsbx.errors import ConfigError
+from vmsbx.runs.agentrun import new_token
 from vmsbx.runs.lifecycle import admission_request, plan_relay, sandbox_environment
 
 FAKE_KEY = "sk-ant-api03-RECOGNISABLE-fake-key-0123456789"
@@ -108,7 +109,7 @@ def _token(
     budget: Budget | None = None,
     **options: Any,
 ) -> str:
-    token = new_run_token()
+    token = new_token()
     relay.register_run(
         run_id, token, credential or Credential("api_key", FAKE_KEY, source="test"), budget, **options
     )
@@ -533,7 +534,7 @@ def test_every_policy_plans_its_run_through_the_relay_and_its_budget(
         sandbox=SandboxSettings(network=network, allow_hosts=("github",) if network == "allowlist" else ())
     )
     access = plan_relay(settings, "300", required=True, environ={"ANTHROPIC_API_KEY": FAKE_KEY})
-    token = new_run_token()
+    token = new_token()
     request = admission_request(settings, "run-1", token, access)
     assert request is not None and isinstance(request.get("relay"), dict)
     script = [

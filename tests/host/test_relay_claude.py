@@ -26,7 +26,8 @@ from tls_ca import ThrowawayCA, make_ca
 from vmsbx.agent.budget import Budget
 from vmsbx.agent.claude_env import agent_environment, seeded_home_files
 from vmsbx.agent.credential import Credential
-from vmsbx.agent.relay import Relay, new_run_token
+from vmsbx.agent.relay import Relay
+from vmsbx.runs.agentrun import new_token
 
 FAKE_KEY = "sk-ant-api03-RECOGNISABLE-e2e-key-0123456789abcdef"
 
@@ -105,7 +106,7 @@ def _start(
     events = Events()
     relay = Relay(fake.url, ca_file=ca.ca_file, on_event=events, timeout=60)
     relay.start()
-    token = new_run_token()
+    token = new_token()
     relay.register_run("run-e2e", token, Credential("api_key", FAKE_KEY, source="test"), budget)
     return fake, relay, events, token
 

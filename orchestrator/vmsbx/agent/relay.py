@@ -71,12 +71,6 @@ _TIMEOUT_SECONDS = 600.0
 # How long a request waits for one of its run's slots before it is answered 429. Claude Code
 # retries a 429 after `retry-after`; waiting first spares it the retries in a short burst.
 _SLOT_WAIT_SECONDS = 120.0
-_TOKEN_PREFIX = "vmsbx-run-"  # noqa: S105 (a label, not a secret)
-
-
-def new_run_token() -> str:
-    """A fresh per-run token: what the sandbox gets instead of the key (256 random bits)."""
-    return _TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 @dataclass
@@ -165,7 +159,7 @@ class Relay:
         """Accept `token` for `run_id` from now on (replacing an earlier registration of the run,
         whose usage and requests in flight carry over)."""
         if len(token) < _MIN_TOKEN_LENGTH:
-            raise ValueError("a run token must be at least 32 characters (use new_run_token())")
+            raise ValueError("a run token must be at least 32 characters (use agentrun.new_token())")
         if isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or max_concurrent < 1:
             raise ValueError(f"max_concurrent must be a whole number of at least 1, not {max_concurrent!r}")
         with self._lock:
