@@ -60,16 +60,6 @@ class ProbeResult(_Record):
     notes: tuple[str, ...] = ()
 
 
-class VMStatus(_Record):
-    """One VM as `vmsbx status` shows it."""
-
-    name: str
-    provider: str
-    state: VMState
-    ssh: SSHInfo | None = None
-    detail: str | None = Field(default=None, description="Provider-specific remark, e.g. why it is broken.")
-
-
 class Provider(Protocol):
     """Lifecycle of one VM. Every method is safe to call again after an interruption."""
 

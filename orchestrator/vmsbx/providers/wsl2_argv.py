@@ -20,10 +20,6 @@ def render_version_argv() -> list[str]:
     return [WSL, "--version"]
 
 
-def render_list_quiet_argv() -> list[str]:
-    return [WSL, "--list", "--quiet"]
-
-
 def render_list_verbose_argv() -> list[str]:
     return [WSL, "--list", "--verbose"]
 
