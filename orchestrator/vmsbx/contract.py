@@ -83,6 +83,7 @@ LAUNCH_REQUEST_MAX = 4 << 20
 # Claude Code's npm package (2.1.332: a 186 MB tarball holding a 402 MB binary): the host's
 # download and the guest's installer refuse more. Room for growth, not for abuse.
 CLAUDE_ROOT = f"{GUEST_LIB}/claude"  # one folder per installed version
+CLAUDE_MARKER = f"{CLAUDE_ROOT}/INSTALLED"  # claude_marker() of the build installed last
 CLAUDE_MEMBER = "package/claude"  # the binary in the package's tarball
 TARBALL_MAX = 512 * 1024 * 1024
 BINARY_MAX = 1024 * 1024 * 1024
@@ -106,6 +107,17 @@ SESSIONS_MAX_BYTES = 8 * 1024 * 1024
 # the transcript is a sequence of them): a kind byte and a big-endian payload length.
 FRAME_HEADER = struct.Struct(">BI")
 FRAME_STDIN, FRAME_STDOUT, FRAME_STDERR, FRAME_STDIN_EOF, FRAME_RESIZE, FRAME_EXIT = 0, 1, 2, 3, 4, 5
+
+
+def claude_binary(version: str) -> str:
+    """Where Claude Code `version` lives in the guest (what an agent run starts)."""
+    return f"{CLAUDE_ROOT}/{version}/claude"
+
+
+def claude_marker(version: str, platform: str, integrity: str) -> str:
+    """The line CLAUDE_MARKER holds once this exact build is installed (`vmsbx up` compares it
+    with what guest-facts.sh reports, so an install is a no-op the second time)."""
+    return f"{version} {platform} {integrity}"
 
 
 def mirror_digest(manifest_line: bytes) -> str:

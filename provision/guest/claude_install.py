@@ -39,11 +39,19 @@ import tempfile
 import urllib.parse
 import urllib.request
 
-from contract import BINARY_MAX, METADATA_MAX, TARBALL_MAX, ContractError, sha512_digest
+from contract import (
+    BINARY_MAX,
+    CLAUDE_MARKER,
+    METADATA_MAX,
+    TARBALL_MAX,
+    ContractError,
+    claude_binary,
+    claude_marker,
+    sha512_digest,
+)
 from contract import CLAUDE_MEMBER as MEMBER
 from contract import CLAUDE_ROOT as ROOT
 
-MARKER = f"{ROOT}/INSTALLED"
 CHUNK = 1 << 20
 VERSION = re.compile(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]{1,64})?$")
 PLATFORMS = ("linux-x64", "linux-arm64")
@@ -65,7 +73,7 @@ def _check(version: str, platform: str) -> str:
         raise InstallError(f"invalid version {version!r}")
     if platform not in PLATFORMS:
         raise InstallError(f"invalid platform {platform!r}")
-    return f"{ROOT}/{version}"
+    return claude_binary(version)
 
 
 def _stage(folder: str) -> tuple[int, str]:
@@ -101,14 +109,12 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _commit(fd: int, partial: str, folder: str) -> str:
+def _commit(fd: int, partial: str, binary: str) -> None:
     os.fchown(fd, 0, 0)
     os.fchmod(fd, 0o755)
     os.fsync(fd)
     os.close(fd)
-    binary = f"{folder}/claude"
     os.replace(partial, binary)
-    return binary
 
 
 def _version_check(binary: str) -> str:
@@ -136,9 +142,9 @@ def _finish(binary: str, version: str, platform: str, integrity: str) -> dict[st
         raise InstallError(f"`claude --version` says {reported!r}, expected {version}")
     fd, partial = tempfile.mkstemp(prefix=".marker-", dir=ROOT)
     with os.fdopen(fd, "w") as handle:
-        handle.write(f"{version} {platform} {integrity}\n")
+        handle.write(claude_marker(version, platform, integrity) + "\n")
     os.chmod(partial, 0o644)
-    os.replace(partial, MARKER)
+    os.replace(partial, CLAUDE_MARKER)
     for entry in os.listdir(ROOT):
         path = f"{ROOT}/{entry}"
         if entry != version and os.path.isdir(path) and not os.path.islink(path):
@@ -172,9 +178,10 @@ def _spool(source, integrity: str, label: str, size: int | None):  # type: ignor
     return spool
 
 
-def _unpack(tarball, folder: str) -> str:  # type: ignore[no-untyped-def]
-    """Install `package/claude` from a verified tarball: only that member, only a regular file."""
-    fd, partial = _stage(folder)
+def _unpack(tarball, binary: str) -> None:  # type: ignore[no-untyped-def]
+    """Install `package/claude` from a verified tarball as `binary`: only that member, only a
+    regular file."""
+    fd, partial = _stage(os.path.dirname(binary))
     try:
         with tarfile.open(fileobj=tarball, mode="r|gz") as archive:
             for member in archive:
@@ -189,7 +196,7 @@ def _unpack(tarball, folder: str) -> str:  # type: ignore[no-untyped-def]
                 break
             else:
                 raise InstallError(f"the tarball has no {MEMBER}")
-        return _commit(fd, partial, folder)
+        _commit(fd, partial, binary)
     except BaseException:
         if os.path.exists(partial):
             os.unlink(partial)
@@ -197,12 +204,12 @@ def _unpack(tarball, folder: str) -> str:  # type: ignore[no-untyped-def]
 
 
 def receive(version: str, platform: str, integrity: str, size: str) -> dict[str, object]:
-    folder = _check(version, platform)
+    binary = _check(version, platform)
     expected = int(size)
     if not 0 < expected <= TARBALL_MAX:
         raise InstallError(f"invalid size {size!r}")
     with _spool(sys.stdin.buffer, integrity, "the host", expected) as tarball:
-        binary = _unpack(tarball, folder)
+        _unpack(tarball, binary)
     return _finish(binary, version, platform, integrity)
 
 
@@ -215,7 +222,7 @@ def _get(url: str, timeout: float = 60):  # type: ignore[no-untyped-def]
 
 
 def fetch(version: str, platform: str, integrity: str, registry: str) -> dict[str, object]:
-    folder = _check(version, platform)
+    binary = _check(version, platform)
     _sha512(integrity)
     name = urllib.parse.quote(f"@anthropic-ai/claude-code-{platform}", safe="@")
     meta_url = f"{registry.rstrip('/')}/{name}/{version}"
@@ -228,7 +235,7 @@ def fetch(version: str, platform: str, integrity: str, registry: str) -> dict[st
     except (ValueError, KeyError, TypeError):
         raise InstallError(f"{meta_url} has no dist.tarball") from None
     with _get(tarball_url) as response, _spool(response, integrity, tarball_url, None) as tarball:
-        binary = _unpack(tarball, folder)
+        _unpack(tarball, binary)
     return _finish(binary, version, platform, integrity)
 
 

@@ -18,7 +18,7 @@ from typing import IO
 import pytest
 
 from vmsbx.claude import package
-from vmsbx.claude.install import choose_method, guest_binary, marker
+from vmsbx.claude.install import choose_method
 from vmsbx.claude.package import (
     ClaudePackageError,
     ensure_tarball,
@@ -32,6 +32,7 @@ from vmsbx.claude.package import (
     tarball_path,
 )
 from vmsbx.config.loader import load_settings
+from vmsbx.contract import claude_binary, claude_marker
 from vmsbx.errors import ConfigError
 
 VERSION = "9.9.9"
@@ -231,8 +232,8 @@ def test_install_method(install: str, network: str, method: str | None) -> None:
 
 
 def test_guest_layout_and_marker() -> None:
-    assert guest_binary("2.1.332") == "/usr/local/lib/vmsbx/claude/2.1.332/claude"
-    assert marker("2.1.332", "linux-x64", "sha512-x") == "2.1.332 linux-x64 sha512-x"
+    assert claude_binary("2.1.332") == "/usr/local/lib/vmsbx/claude/2.1.332/claude"
+    assert claude_marker("2.1.332", "linux-x64", "sha512-x") == "2.1.332 linux-x64 sha512-x"
 
 
 @pytest.mark.parametrize("key", ["install", "registry"])

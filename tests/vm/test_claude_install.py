@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from vmcli import Cli
 
-from vmsbx.claude.install import GUEST_MARKER, guest_binary
 from vmsbx.claude.package import lock, metadata_url, tarball_path
 from vmsbx.config.models import AgentSettings
+from vmsbx.contract import CLAUDE_MARKER, claude_binary
 from vmsbx.paths import cache_root
 from vmsbx.providers.base import SSHInfo
 from vmsbx.transport import Connection
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.vm
 WITH_CLAUDE = {"VMSBX_AGENT_INSTALL": "auto"}
 
 VERSION = AgentSettings().claude_version
-BINARY = guest_binary(VERSION)
+BINARY = claude_binary(VERSION)
 INTEGRITY = lock()[VERSION]["linux-x64"]
 
 
@@ -43,7 +43,7 @@ def _probe(cli: Cli) -> dict[str, str]:
         "cd /tmp && HOME=/tmp setpriv --reuid=nobody --regid=nogroup --clear-groups -- "
         '"$1" --version; echo "exit=$?"; id -u nobody; cat "$2"'
     )
-    out = cli.ok("ssh", "--", "sh", "-c", script, "probe", BINARY, GUEST_MARKER).stdout.decode()
+    out = cli.ok("ssh", "--", "sh", "-c", script, "probe", BINARY, CLAUDE_MARKER).stdout.decode()
     lines = out.strip().splitlines()
     return {"stat": lines[0], "version": lines[1], "exit": lines[2], "uid": lines[3], "marker": lines[4]}
 
@@ -183,7 +183,7 @@ def test_guest_fetch_refuses_a_mirror_serving_a_wrong_tarball(
     assert "does not match the pinned integrity" in refused.stderr.decode()
     assert handler.requests == [metadata_url("", "linux-x64", VERSION), "/tarballs/claude.tgz"]
     script = 'ls -A "$1"/*/ 2>/dev/null; cat "$2" 2>/dev/null'
-    left = cli.run("ssh", "--", "sh", "-c", script, "x", "/usr/local/lib/vmsbx/claude", GUEST_MARKER)
+    left = cli.run("ssh", "--", "sh", "-c", script, "x", "/usr/local/lib/vmsbx/claude", CLAUDE_MARKER)
     assert left.stdout == b""  # no program, no marker, no partial file
 
 

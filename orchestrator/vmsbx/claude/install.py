@@ -31,24 +31,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from vmsbx.agent.client import AgentClient
 from vmsbx.claude.package import ClaudeTarball, ensure_tarball, platform_for_arch, resolve
 from vmsbx.config.models import Settings
-from vmsbx.contract import CLAUDE_ROOT
+from vmsbx.contract import claude_binary, claude_marker
 from vmsbx.errors import GuestCheckFailed
 from vmsbx.guest import GuestFacts
 from vmsbx.sandbox.layout import GUEST_LIB
 
 log = logging.getLogger(__name__)
 
-GUEST_ROOT = CLAUDE_ROOT
-GUEST_MARKER = f"{GUEST_ROOT}/INSTALLED"
 GUEST_INSTALLER = f"{GUEST_LIB}/claude_install.py"
 
 Method = Literal["push", "guest-fetch"]
 _MiB = 1024 * 1024
-
-
-def guest_binary(version: str) -> str:
-    """Where the program of `version` lives in the guest (what a run starts)."""
-    return f"{GUEST_ROOT}/{version}/claude"
 
 
 class ClaudeInstall(BaseModel):
@@ -68,7 +61,7 @@ class ClaudeInstall(BaseModel):
     @property
     def marker(self) -> str:
         """The guest marker of this exact build."""
-        return marker(self.version, self.platform, self.integrity)
+        return claude_marker(self.version, self.platform, self.integrity)
 
 
 def choose_method(install: str, guest_network: str) -> Method | None:
@@ -81,11 +74,6 @@ def choose_method(install: str, guest_network: str) -> Method | None:
     if install in ("push", "guest-fetch"):
         return install  # type: ignore[return-value]
     raise ValueError(f"unknown install method {install!r}")
-
-
-def marker(version: str, platform: str, integrity: str) -> str:
-    """The guest marker of one exact build (claude_install.py writes the same line)."""
-    return f"{version} {platform} {integrity}"
 
 
 def provision_claude(
@@ -113,12 +101,12 @@ def provision_claude(
         version=version,
         platform=platform,
         method=None,
-        path=guest_binary(version),
+        path=claude_binary(version),
         integrity=integrity,
         pinned=pinned,
         seconds=0.0,
     )
-    if installed.strip() == marker(version, platform, integrity):
+    if installed.strip() == claude_marker(version, platform, integrity):
         return done
     started = time.monotonic()
     if method == "push":

@@ -70,11 +70,6 @@ class ClaudeTarball(BaseModel):
     path: Path = Field(description="The verified tarball in the host's cache.")
     size: int = Field(ge=0, description="Size of the tarball in bytes.")
 
-    @property
-    def marker(self) -> str:
-        """What the guest records once this exact build is installed (for idempotence)."""
-        return f"{self.version} {self.platform} {self.integrity}"
-
 
 def platform_for_arch(arch: str) -> str:
     """The npm platform suffix for a guest architecture (`uname -m` or Debian's name)."""

@@ -15,15 +15,11 @@ from pathlib import Path
 from vmsbx.agent.claude_env import agent_environment, seeded_home_files
 from vmsbx.agent.credential import CredentialKind
 from vmsbx.claude.profile import ClaudeProfile
+from vmsbx.contract import CLAUDE_ROOT, claude_binary
 from vmsbx.errors import UsageError
-from vmsbx.sandbox.layout import BRIDGES, GUEST_LIB
+from vmsbx.sandbox.layout import BRIDGES
 
 _TEMPLATE_MAX_BYTES = 1024 * 1024
-
-
-def claude_path(version: str) -> str:
-    """Where `vmsbx up` installs the pinned Claude Code binary in the guest."""
-    return f"{GUEST_LIB}/claude/{version}/claude"
 
 
 def new_token() -> str:
@@ -36,7 +32,7 @@ def claude_argv(version: str, prompt: str | None, *, resume: str | None = None) 
     conversation restored into the run's HOME (conversation.restore_files) to go on with. It is
     named, not left to `--continue`'s own choice, so the run goes on with exactly the recorded
     conversation."""
-    argv = [claude_path(version), "--dangerously-skip-permissions"]
+    argv = [claude_binary(version), "--dangerously-skip-permissions"]
     if resume is not None:
         argv += ["--resume", resume]
     if prompt is not None:
@@ -46,7 +42,7 @@ def claude_argv(version: str, prompt: str | None, *, resume: str | None = None) 
 
 def is_agent(command: tuple[str, ...] | list[str]) -> bool:
     """Whether a run's command is vmsbx's Claude Code (an agent run, which keeps a conversation)."""
-    return bool(command) and command[0].startswith(f"{GUEST_LIB}/claude/")
+    return bool(command) and command[0].startswith(f"{CLAUDE_ROOT}/")
 
 
 def agent_prompt(command: tuple[str, ...] | list[str]) -> str | None:
