@@ -254,17 +254,8 @@ class RunPaths:
         return HOLDER_DIR_INSIDE.removeprefix("/tmp/")
 
     @property
-    def holder_dir(self) -> str:
-        """The holder's private directory, as seen inside the run."""
-        return HOLDER_DIR_INSIDE
-
-    @property
     def holder_dir_outside(self) -> str:
         return f"{self.tmp_dir}/{self.holder_name}"
-
-    @property
-    def spec_inside(self) -> str:
-        return SPEC_INSIDE
 
     @property
     def spec_outside(self) -> str:

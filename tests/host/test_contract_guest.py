@@ -170,10 +170,8 @@ def test_every_guest_path_the_host_renders_is_the_one_the_guest_computes(mode: s
 
 def test_the_run_inside_sees_the_paths_the_launcher_prepares() -> None:
     layout, p = RunLayout(run_id=LAYOUT.run_id), launcher.paths(LAYOUT.run_id)
-    assert layout.spec_inside == session_holder.SPEC
-    assert p.spec_outside.removeprefix(p.tmp_dir) == layout.spec_inside.removeprefix("/tmp")
-    assert layout.holder_dir == session_holder.HOLDER_DIR
-    assert p.holder_dir_outside.removeprefix(p.tmp_dir) == layout.holder_dir.removeprefix("/tmp")
+    assert p.spec_outside.removeprefix(p.tmp_dir) == session_holder.SPEC.removeprefix("/tmp")
+    assert p.holder_dir_outside.removeprefix(p.tmp_dir) == session_holder.HOLDER_DIR.removeprefix("/tmp")
     for name in host_contract.BRIDGES:
         outside = p.bridge_socket_outside(name).removeprefix(p.tmp_dir)
         assert outside == layout.bridge_socket_inside(name).removeprefix("/tmp")

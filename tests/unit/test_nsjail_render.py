@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from vmsbx.config.models import SandboxSettings
-from vmsbx.contract import NSJAIL, OUTSIDE_UID_FIRST, OUTSIDE_UID_LAST
+from vmsbx.contract import HOLDER_DIR_INSIDE, NSJAIL, OUTSIDE_UID_FIRST, OUTSIDE_UID_LAST, SPEC_INSIDE
 from vmsbx.sandbox import nsjail
 from vmsbx.sandbox.layout import RunLayout
 from vmsbx.sandbox.nsjail import (
@@ -290,8 +290,8 @@ def test_renderer_refuses_a_guest_python_that_is_no_python3_name(python: str) ->
 
 def test_holder_paths_match_the_layout() -> None:
     # The holder reads its spec and binds its socket under /tmp, exactly as in systemd mode.
-    assert LAYOUT.spec_inside.startswith("/tmp/")
-    assert LAYOUT.holder_dir.startswith("/tmp/")
+    assert SPEC_INSIDE.startswith("/tmp/")
+    assert HOLDER_DIR_INSIDE.startswith("/tmp/")
     assert LAYOUT.home.startswith("/tmp/")
 
 
