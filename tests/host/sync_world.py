@@ -9,11 +9,17 @@ import os
 import stat
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
+from vmsbx.bounded import BoundedBuffer, MiB, TailBuffer
+from vmsbx.errors import SyncError
 from vmsbx.sync import blobs as blobs_module
+from vmsbx.sync import driver
 from vmsbx.sync.changeset import Changeset, compute
 from vmsbx.sync.delta import SyncPlan, plan_sync
 from vmsbx.sync.manifest import Manifest, Scan, scan
@@ -119,3 +125,61 @@ class StreamingExec:
             stdout.write(chunk)
         stderr.write(process.stderr.read())
         return process.wait(timeout=600)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    """One sync-in: what the host held (the run's base), what travelled, how long it took."""
+
+    scan: Scan
+    plan: SyncPlan
+    seconds: float
+
+
+def sync_in(
+    channel: driver.ExecChannel,
+    project: Path,
+    workspace: str,
+    rules: ExcludeRules,
+    *,
+    host_cache: Path | None = None,
+    guest_cache: str | None = None,
+    owner: tuple[int, int] | None = None,
+    wsync: Sequence[str] = driver.WSYNC_ARGV,
+) -> SyncResult:
+    """Make `workspace` an exact mirror of `project` minus what `rules` leave out, over an exec
+    channel: the host half of a sync-in on its own (a run's launch streams the same plan into
+    the launcher instead, runs/workspace.launch_stream).
+
+    Idempotent: a second call with nothing changed sends no file. The returned scan's manifest
+    is the base the run's changes are computed against.
+    """
+    started = time.monotonic()
+    host = scan(project, rules, cache_file=host_cache)
+    plan = plan_sync(
+        host.manifest,
+        driver.guest_manifest(channel, workspace, cache=guest_cache, purge_bad_names=True, wsync=wsync),
+    )
+    read_fd, write_fd = os.pipe()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with os.fdopen(write_fd, "wb") as sink:
+                write_stream(host, plan, sink)
+        except BaseException as error:  # surfaced below, after the guest side has ended
+            failure.append(error)
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    out, err = BoundedBuffer(1 * MiB, "sync reply"), TailBuffer(4 * MiB)
+    argv = [*wsync, "apply", workspace, *(["--owner", f"{owner[0]}:{owner[1]}"] if owner else [])]
+    with os.fdopen(read_fd, "rb") as source:
+        code = channel.exec(argv, stdin=source, stdout=cast(BinaryIO, out), stderr=cast(BinaryIO, err))
+    producer.join()
+    if failure and isinstance(failure[0], SyncError):
+        raise failure[0]
+    if failure and not isinstance(failure[0], BrokenPipeError):
+        raise SyncError(f"could not send the project: {failure[0]}", hint="run again") from failure[0]
+    driver._check(code, err.getvalue(), "fill the guest workspace")
+    return SyncResult(scan=host, plan=plan, seconds=time.monotonic() - started)

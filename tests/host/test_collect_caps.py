@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
-from sync_world import WSYNC, StreamingExec
+from sync_world import WSYNC, StreamingExec, sync_in
 
 from vmsbx.sync.apply import apply
 from vmsbx.sync.blobs import DEFAULT_MAX_BYTES
-from vmsbx.sync.driver import ChangesTooLarge, collect, guest_manifest, sync_in
+from vmsbx.sync.driver import ChangesTooLarge, collect, guest_manifest
 from vmsbx.sync.manifest import Manifest, ManifestEntry
 from vmsbx.sync.rules import exclude_rules
 

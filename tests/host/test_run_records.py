@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
-from sync_world import WSYNC, StreamingExec
+from sync_world import WSYNC, StreamingExec, sync_in
 
 from vmsbx.agent import services
 from vmsbx.config.models import SandboxSettings
@@ -28,7 +28,6 @@ from vmsbx.runs.guestctl import GUEST, Ended
 from vmsbx.runs.outcome import GuestResult
 from vmsbx.runs.record import RunRecord
 from vmsbx.sync.delta import plan_sync
-from vmsbx.sync.driver import sync_in
 from vmsbx.sync.manifest import Manifest, scan
 from vmsbx.sync.rules import exclude_rules
 

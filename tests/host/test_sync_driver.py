@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
-from sync_world import WSYNC, snapshot
+from sync_world import WSYNC, snapshot, sync_in
 
 from vmsbx.sync import changeset as changeset_module
 from vmsbx.sync.apply import apply
 from vmsbx.sync.diff import render_diff
-from vmsbx.sync.driver import collect, guest_manifest, load_manifest, save_manifest, sync_in
+from vmsbx.sync.driver import collect, guest_manifest, load_manifest, save_manifest
 from vmsbx.sync.rules import exclude_rules
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="wsync.py runs as root in the guest")

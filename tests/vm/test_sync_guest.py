@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+from sync_world import sync_in
 from vmcli import Cli
 
 from vmsbx.agent.client import AgentClient
 from vmsbx.sync.apply import apply
-from vmsbx.sync.driver import collect, guest_manifest, sync_in
+from vmsbx.sync.driver import collect, guest_manifest
 from vmsbx.sync.rules import ExcludeRules
 
 pytestmark = pytest.mark.vm

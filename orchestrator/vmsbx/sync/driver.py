@@ -1,8 +1,9 @@
-"""Drive the guest's wsync.py over an exec channel: sync-in before a run, collect after it.
+"""Drive the guest's wsync.py over an exec channel: its manifest before a run (sync-in's plan;
+runs/workspace.launch_stream carries the stream into the launcher), collect after it.
 
 The channel is anything with `AgentClient.exec`'s shape (argv, stdin bytes or a readable file
-with a descriptor, stdout/stderr sinks, exit code). Nothing is held whole in memory: the sync
-stream is produced by a thread into a pipe, and the guest's tar lands in a size-capped file.
+with a descriptor, stdout/stderr sinks, exit code). Nothing is held whole in memory: the guest's
+tar lands in a size-capped file.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,17 +24,14 @@ from vmsbx.sandbox.layout import GUEST_LIB
 from vmsbx.sync import blobs as blobs_module
 from vmsbx.sync import changeset as changeset_module
 from vmsbx.sync.changeset import Changeset, compute
-from vmsbx.sync.delta import SyncPlan, plan_sync
-from vmsbx.sync.manifest import MAX_MANIFEST_BYTES, Manifest, Scan, scan
+from vmsbx.sync.manifest import MAX_MANIFEST_BYTES, Manifest
 from vmsbx.sync.rules import ExcludeRules
 from vmsbx.sync.sparse import SparseWriter
-from vmsbx.sync.stream import write_stream
 from vmsbx.textsafe import strip_control
 
 WSYNC_ARGV: tuple[str, ...] = (f"{GUEST_LIB}/wsync.py",)
 _STDERR_SHOWN = 600
 _STDERR_KEPT = 4 * MiB  # wsync's last stderr line is its report (pack: the problems)
-_STDOUT_MAX = 1 * MiB  # `apply` answers one short line
 
 
 class ExecChannel(Protocol):
@@ -44,15 +40,6 @@ class ExecChannel(Protocol):
     def exec(
         self, argv: list[str], *, stdin: BinaryIO | bytes | None, stdout: BinaryIO, stderr: BinaryIO
     ) -> int: ...
-
-
-@dataclass(frozen=True, slots=True)
-class SyncResult:
-    """One sync-in: what the host held (the run's base), what travelled, how long it took."""
-
-    scan: Scan
-    plan: SyncPlan
-    seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,53 +81,6 @@ def guest_manifest(
         raise _too_large_from_guest(err.getvalue(), max_new_bytes)
     _check(code, err.getvalue(), "list the guest workspace")
     return Manifest.from_json(out.getvalue())
-
-
-def sync_in(
-    channel: ExecChannel,
-    project: Path,
-    workspace: str,
-    rules: ExcludeRules,
-    *,
-    host_cache: Path | None = None,
-    guest_cache: str | None = None,
-    owner: tuple[int, int] | None = None,
-    wsync: Sequence[str] = WSYNC_ARGV,
-) -> SyncResult:
-    """Make `workspace` in the guest an exact mirror of `project` minus what `rules` leave out.
-
-    Idempotent: a second call with nothing changed sends no file. The returned scan's manifest
-    is the base the run's changes are computed against: keep it (`save_manifest`).
-    """
-    started = time.monotonic()
-    host = scan(project, rules, cache_file=host_cache)
-    plan = plan_sync(
-        host.manifest,
-        guest_manifest(channel, workspace, cache=guest_cache, purge_bad_names=True, wsync=wsync),
-    )
-    read_fd, write_fd = os.pipe()
-    failure: list[BaseException] = []
-
-    def produce() -> None:
-        try:
-            with os.fdopen(write_fd, "wb") as sink:
-                write_stream(host, plan, sink)
-        except BaseException as error:  # surfaced below, after the guest side has ended
-            failure.append(error)
-
-    producer = threading.Thread(target=produce, daemon=True)
-    producer.start()
-    out, err = BoundedBuffer(_STDOUT_MAX, "sync reply"), TailBuffer(_STDERR_KEPT)
-    argv = [*wsync, "apply", workspace, *(["--owner", f"{owner[0]}:{owner[1]}"] if owner else [])]
-    with os.fdopen(read_fd, "rb") as source:
-        code = channel.exec(argv, stdin=source, stdout=cast(BinaryIO, out), stderr=cast(BinaryIO, err))
-    producer.join()
-    if failure and isinstance(failure[0], SyncError):
-        raise failure[0]
-    if failure and not isinstance(failure[0], BrokenPipeError):
-        raise SyncError(f"could not send the project: {failure[0]}", hint="run again") from failure[0]
-    _check(code, err.getvalue(), "fill the guest workspace")
-    return SyncResult(scan=host, plan=plan, seconds=time.monotonic() - started)
 
 
 def collect(
