@@ -23,7 +23,6 @@ PACKAGE_ROOT = Path(vmsbx.__file__).parent
 KNOWN_BACK_EDGES: frozenset[tuple[str, str]] = frozenset(
     {
         ("config", "providers"),  # config is data: the loader asks providers.walls for a VM's wall
-        ("transport", "providers"),  # SSHInfo lives in providers/base.py
         ("agent", "observe"),  # the sampler, an agent service, lives in observe/
         ("agent", "runs"),  # the host agent imports runs.record
     }
@@ -163,3 +162,8 @@ def test_each_known_back_edge_still_exists() -> None:
 def test_config_imports_no_host_agent() -> None:
     edges = import_graph()
     assert ("config", "agent") not in edges, edges.get(("config", "agent"))
+
+
+def test_the_transport_imports_no_provider() -> None:
+    edges = import_graph()
+    assert ("transport", "providers") not in edges, edges.get(("transport", "providers"))

@@ -23,7 +23,7 @@ from vmsbx.claude.install import GUEST_MARKER, guest_binary
 from vmsbx.claude.package import lock, metadata_url, tarball_path
 from vmsbx.config.models import AgentSettings
 from vmsbx.paths import cache_root
-from vmsbx.providers.base import SSHInfo
+from vmsbx.sshinfo import SSHInfo
 from vmsbx.transport import Connection
 
 pytestmark = pytest.mark.vm
