@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from vmsbx.agent.egress.rules import IPAddress
+from vmsbx.config.allow_hosts import IPAddress
 
 
 @dataclass

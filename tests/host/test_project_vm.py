@@ -29,7 +29,7 @@ from vmsbx.providers.lima import LimaVMRecord
 from vmsbx.providers.qemu import QemuVMRecord
 from vmsbx.providers.ssh import SSHHostProvider
 from vmsbx.providers.walls import VMWall, recorded_wall
-from vmsbx.transport.keys import generate_keypair
+from vmsbx.sshkeys import generate_keypair
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_ERROR = 2

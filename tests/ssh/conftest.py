@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sshd_server import HOST_KEY_ALIAS, SSHD, Sshd, free_port, wait_for_banner
 
-from vmsbx.providers.base import SSHInfo
+from vmsbx.sshinfo import SSHInfo
 from vmsbx.transport import generate_keypair, write_known_hosts
 
 

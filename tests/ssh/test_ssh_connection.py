@@ -17,7 +17,7 @@ import pytest
 from sshd_server import HOST_KEY_ALIAS, Sshd, free_port
 
 from vmsbx.errors import ConfigError, HostKeyMismatch, TransportError
-from vmsbx.providers.base import SSHInfo
+from vmsbx.sshinfo import SSHInfo
 from vmsbx.transport import (
     CommandResult,
     Connection,

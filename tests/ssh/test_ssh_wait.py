@@ -12,7 +12,7 @@ import pytest
 from sshd_server import HOST_KEY_ALIAS, Sshd, free_port
 
 from vmsbx.errors import BootTimeout, HostKeyMismatch
-from vmsbx.providers.base import SSHInfo
+from vmsbx.sshinfo import SSHInfo
 from vmsbx.transport import (
     SERIAL_TAIL_LINES,
     SSHAuthFailed,

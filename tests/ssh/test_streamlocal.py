@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from vmsbx.errors import TransportError
-from vmsbx.providers.base import SSHInfo
+from vmsbx.sshinfo import SSHInfo
 from vmsbx.transport import Connection
 
 pytestmark = [pytest.mark.ssh, pytest.mark.timeout(60)]

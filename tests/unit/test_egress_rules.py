@@ -7,14 +7,9 @@ import ipaddress
 import pytest
 from pydantic import ValidationError
 
-from vmsbx.agent.egress.rules import (
-    EgressRules,
-    normalise_entry,
-    normalise_host,
-    parse_entry,
-    parse_ip,
-)
+from vmsbx.agent.egress.rules import EgressRules
 from vmsbx.config import SandboxSettings
+from vmsbx.config.allow_hosts import normalise_entry, normalise_host, parse_entry, parse_ip
 
 
 def _rules(*hosts: str, policy: str = "allowlist") -> EgressRules:

@@ -23,7 +23,7 @@ from vmsbx.claude.package import lock, metadata_url, tarball_path
 from vmsbx.config.models import AgentSettings
 from vmsbx.contract import CLAUDE_MARKER, claude_binary
 from vmsbx.paths import cache_root
-from vmsbx.providers.base import SSHInfo
+from vmsbx.sshinfo import SSHInfo
 from vmsbx.transport import Connection
 
 pytestmark = pytest.mark.vm

@@ -21,7 +21,7 @@ from vmcli import Cli
 from vmsbx.agent.egress.proxy import EgressProxy
 from vmsbx.agent.egress.rules import EgressRules
 from vmsbx.agent.egress.sandbox_env import env_for_sandbox
-from vmsbx.providers.base import SSHInfo
+from vmsbx.sshinfo import SSHInfo
 from vmsbx.transport import Connection
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host"))

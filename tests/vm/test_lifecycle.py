@@ -21,9 +21,9 @@ import pytest
 from vmcli import Cli, read_pty_until
 
 from vmsbx.errors import HostKeyMismatch
-from vmsbx.providers.base import SSHInfo
+from vmsbx.sshinfo import SSHInfo
+from vmsbx.sshkeys import generate_keypair, write_known_hosts
 from vmsbx.transport import Connection
-from vmsbx.transport.keys import generate_keypair, write_known_hosts
 
 pytestmark = pytest.mark.vm
 

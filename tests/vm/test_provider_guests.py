@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from vmcli import Cli
 
-from vmsbx.transport.keys import generate_keypair
+from vmsbx.sshkeys import generate_keypair
 
 pytestmark = pytest.mark.vm
 

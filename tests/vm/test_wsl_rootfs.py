@@ -20,10 +20,10 @@ import pytest
 from vmcli import Cli
 
 from vmsbx.errors import HostKeyMismatch
-from vmsbx.providers.base import SSHInfo
 from vmsbx.providers.guest_setup import render_wsl_setup
 from vmsbx.providers.guestkeys import CLIENT_KEY, create_vm_keys, host_key_alias
 from vmsbx.providers.rootfs import WSL_EXCLUDES
+from vmsbx.sshinfo import SSHInfo
 from vmsbx.transport import Connection
 
 pytestmark = pytest.mark.vm

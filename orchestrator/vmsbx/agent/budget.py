@@ -25,8 +25,6 @@ _TOKEN_UNITS = {"": 1, "k": 1_000, "m": 1_000_000}
 
 BUDGET_FORMS = "a number of tokens (200000, 200k, 1.5M) or dollars ('$5', '$0.50')"
 
-# How many API requests of one run the relay lets go upstream at once (agent.max_concurrent_requests).
-DEFAULT_MAX_CONCURRENT = 4
 # The most output any model can be asked for (the 128k-output beta): what a cut-off response is
 # charged when its request named no single usable max_tokens.
 OUTPUT_CEILING = 128_000

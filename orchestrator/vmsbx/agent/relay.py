@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from vmsbx.agent.budget import DEFAULT_MAX_CONCURRENT, Budget, RequestFacts, Usage, read_request
+from vmsbx.agent.budget import Budget, RequestFacts, Usage, read_request
 from vmsbx.agent.credential import Credential
 from vmsbx.agent.relay_rules import (
     METERED_PATHS,
@@ -56,6 +56,7 @@ from vmsbx.agent.relay_rules import (
     upstream_headers,
 )
 from vmsbx.agent.usage_meter import UsageMeter
+from vmsbx.config.models import DEFAULT_MAX_CONCURRENT
 from vmsbx.errors import ConfigError
 
 log = logging.getLogger("vmsbx.agent.relay")

@@ -142,8 +142,9 @@ class HostServices:
 def admit_to_relay(relay: Relay, run_id: str, request: dict[str, Any]) -> None:
     """Register a run with `relay` from the CLI's wire form (`run_register`'s "relay" part):
     its token, credential, budget and concurrency cap."""
-    from vmsbx.agent.budget import DEFAULT_MAX_CONCURRENT, Budget
+    from vmsbx.agent.budget import Budget
     from vmsbx.agent.credential import Credential
+    from vmsbx.config.models import DEFAULT_MAX_CONCURRENT
     from vmsbx.logsetup import register_secret
 
     wire, cap = request["credential"], request.get("budget")

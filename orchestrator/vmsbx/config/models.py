@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.fields import FieldInfo
 
-from vmsbx.agent.budget import DEFAULT_MAX_CONCURRENT
+from vmsbx.config.allow_hosts import normalise_entry
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -35,6 +35,8 @@ _DURATION_RE = re.compile(
 # How sizes and durations may be written, for error messages and help text.
 SIZE_FORMS = "512M, 4G or 4GiB (K/M/G/T are powers of 1024) or a number of bytes"
 DURATION_FORMS = "90s, 30m, 2h or 1h30m, or a number of seconds"
+# How many API requests of one run the relay lets go upstream at once (agent.max_concurrent_requests).
+DEFAULT_MAX_CONCURRENT = 4
 
 
 class ValueKind(enum.Enum):
@@ -174,14 +176,7 @@ _BANDWIDTH_FORMS = (
 _RATE_FORMS = 'operations per second, a whole number of at least 16, or "max" (no cap)'
 
 
-def _allow_entry(entry: str) -> str:
-    # Imported here: the egress rules import NetworkMode from this module.
-    from vmsbx.agent.egress.rules import normalise_entry
-
-    return normalise_entry(entry)
-
-
-HostName = Annotated[str, AfterValidator(_allow_entry)]
+HostName = Annotated[str, AfterValidator(normalise_entry)]
 HostPath = Annotated[str, Field(min_length=1), AfterValidator(_absolute_host_path)]
 
 ProviderName = Literal["auto", "qemu", "lima", "multipass", "wsl2", "ssh"]

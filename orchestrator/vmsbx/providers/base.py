@@ -8,10 +8,11 @@ this layer knows which one is in use.
 from __future__ import annotations
 
 import enum
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from vmsbx.sshinfo import SSHInfo
 
 
 class _Record(BaseModel):
@@ -27,17 +28,6 @@ class VMState(enum.StrEnum):
     RUNNING = "running"
     STOPPING = "stopping"
     BROKEN = "broken"
-
-
-class SSHInfo(_Record):
-    """How to reach a guest: everything a pinned SSH connection needs."""
-
-    host: str = Field(description="Address to connect to; loopback for forwarded guests.")
-    port: int = Field(ge=1, le=65535, description="TCP port of the guest's sshd as seen from the host.")
-    user: str = Field(description="Login user in the guest.")
-    key_file: Path = Field(description="Private client key vmsbx generated for this VM.")
-    known_hosts: Path = Field(description="known_hosts file holding only this VM's pinned host key.")
-    host_key_alias: str = Field(description="Name the host key is pinned under (port-independent).")
 
 
 class ProviderFeatures(_Record):

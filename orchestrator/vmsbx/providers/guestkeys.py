@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vmsbx.transport.keys import generate_keypair, write_known_hosts
+from vmsbx.sshkeys import generate_keypair, write_known_hosts
 
 HOST_KEY = "ssh_host_ed25519_key"
 CLIENT_KEY = "client_ed25519"

@@ -28,13 +28,14 @@ from vmsbx.config.models import VMSettings
 from vmsbx.errors import ProviderError, ToolMissing, VMNotRunning
 from vmsbx.paths import data_dir, ensure_private_dir, vm_dir, write_private
 from vmsbx.providers import lima_argv as argv
-from vmsbx.providers.base import ProbeResult, ProviderFeatures, SSHInfo, VMState
+from vmsbx.providers.base import ProbeResult, ProviderFeatures, VMState
 from vmsbx.providers.guest_setup import render_stock_sshd_setup
 from vmsbx.providers.guestkeys import client_key_file, create_vm_keys, host_key_alias, now_iso
 from vmsbx.providers.hosttool import ToolResult, format_version, parse_version, run_tool
 from vmsbx.providers.lima_image import image_note, resolve_lima_image
 from vmsbx.providers.lima_ssh_config import parse_lima_ssh_config
 from vmsbx.providers.lima_template import render_lima_yaml
+from vmsbx.sshinfo import SSHInfo
 from vmsbx.textsafe import strip_control
 
 MIN_VERSION = (1, 2, 0)  # --mount-none / plain-mode fixes; older Lima mounts /tmp/lima writable

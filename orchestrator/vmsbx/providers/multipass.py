@@ -23,11 +23,12 @@ from vmsbx.config.models import VMSettings
 from vmsbx.errors import BootTimeout, ProviderError, ToolMissing, VMNotRunning
 from vmsbx.paths import data_dir, ensure_private_dir, vm_dir, write_private
 from vmsbx.providers import multipass_argv as argv
-from vmsbx.providers.base import ProbeResult, ProviderFeatures, SSHInfo, VMState
+from vmsbx.providers.base import ProbeResult, ProviderFeatures, VMState
 from vmsbx.providers.guest_setup import sshd_drop_in
 from vmsbx.providers.guestkeys import client_key_file, create_vm_keys, host_key_alias, now_iso
 from vmsbx.providers.hosttool import ToolResult, format_version, parse_version, run_tool
 from vmsbx.providers.multipass_template import render_user_data
+from vmsbx.sshinfo import SSHInfo
 
 MIN_VERSION = (1, 7, 0)  # client-side --timeout with its own exit code 5
 IMAGE = "24.04"  # Ubuntu LTS: systemd 255

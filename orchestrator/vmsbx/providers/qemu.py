@@ -31,7 +31,7 @@ from vmsbx.errors import ProviderError, ToolMissing, VMNotFound, VMNotRunning
 from vmsbx.paths import cache_root, ensure_private_dir, state_root, vm_dir, write_private
 from vmsbx.providers import image as images
 from vmsbx.providers.accel import choose_accel
-from vmsbx.providers.base import ProbeResult, ProviderFeatures, SSHInfo, VMState
+from vmsbx.providers.base import ProbeResult, ProviderFeatures, VMState
 from vmsbx.providers.qemu_argv import (
     Accel,
     FwCfgItem,
@@ -42,8 +42,9 @@ from vmsbx.providers.qemu_argv import (
     render_qemu_argv,
 )
 from vmsbx.providers.qmp import QMPError, qmp_command
+from vmsbx.sshinfo import SSHInfo
+from vmsbx.sshkeys import generate_keypair, write_known_hosts
 from vmsbx.textsafe import strip_control
-from vmsbx.transport.keys import generate_keypair, write_known_hosts
 
 _log = logging.getLogger("vmsbx.provider.qemu")
 QEMU_BINARY = "qemu-system-x86_64"

@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from vmsbx.config.models import VMSettings
 from vmsbx.errors import ConfigError, VMNotFound
 from vmsbx.paths import ensure_private_dir, vm_dir, write_private
-from vmsbx.providers.base import ProbeResult, ProviderFeatures, SSHInfo, VMState
+from vmsbx.providers.base import ProbeResult, ProviderFeatures, VMState
 from vmsbx.providers.guestkeys import host_key_alias, now_iso
-from vmsbx.transport.keys import write_known_hosts
+from vmsbx.sshinfo import SSHInfo
+from vmsbx.sshkeys import write_known_hosts
 
 
 class SSHHostRecord(BaseModel):

@@ -29,10 +29,11 @@ from vmsbx.config.models import VMSettings
 from vmsbx.errors import ConfigError, ProviderError, ToolMissing, VMNotRunning
 from vmsbx.paths import data_dir, ensure_private_dir, vm_dir, write_private
 from vmsbx.providers import wsl2_argv as argv
-from vmsbx.providers.base import ProbeResult, ProviderFeatures, SSHInfo, VMState
+from vmsbx.providers.base import ProbeResult, ProviderFeatures, VMState
 from vmsbx.providers.guest_setup import render_wsl_setup
 from vmsbx.providers.guestkeys import client_key_file, create_vm_keys, host_key_alias, now_iso
 from vmsbx.providers.hosttool import ToolResult, decode_tool_text, format_version, parse_version, run_tool
+from vmsbx.sshinfo import SSHInfo
 
 MIN_VERSION = (0, 67, 6)  # systemd in WSL; WSL_UTF8 came with 0.64
 _INSTALL_HINT = "wsl.exe --install --no-distribution (in an administrator PowerShell, then restart Windows)"

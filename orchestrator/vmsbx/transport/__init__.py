@@ -5,7 +5,7 @@ Importing this package loads paramiko; the CLI imports it only in verbs that tal
 
 from __future__ import annotations
 
-from vmsbx.transport.keys import (
+from vmsbx.sshkeys import (
     fingerprint,
     generate_keypair,
     public_key_line,

@@ -29,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vmsbx.bounded import BoundedBuffer, MiB, TailBuffer
 from vmsbx.errors import ConfigError, HostKeyMismatch, TransportError
-from vmsbx.providers.base import SSHInfo
-from vmsbx.transport.keys import fingerprint, read_pinned_keys
+from vmsbx.sshinfo import SSHInfo
+from vmsbx.sshkeys import fingerprint, read_pinned_keys
 from vmsbx.transport.streamlocal import open_streamlocal
 
 __all__ = [

@@ -19,7 +19,7 @@ from tenacity import (
 )
 
 from vmsbx.errors import BootTimeout, VmsbxError
-from vmsbx.providers.base import SSHInfo
+from vmsbx.sshinfo import SSHInfo
 from vmsbx.transport.ssh import Connection, SSHAuthFailed, SSHUnreachable
 
 _log = logging.getLogger("vmsbx.transport.wait")

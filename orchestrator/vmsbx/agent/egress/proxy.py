@@ -27,14 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vmsbx.agent.egress.rules import (
-    EgressRules,
-    IPAddress,
-    Verdict,
-    normalise_host,
-    parse_ip,
-    split_host_port,
-)
+from vmsbx.agent.egress.rules import EgressRules, Verdict
+from vmsbx.config.allow_hosts import IPAddress, normalise_host, parse_ip, split_host_port
 
 log = logging.getLogger("vmsbx.agent.egress")
 

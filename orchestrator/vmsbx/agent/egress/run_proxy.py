@@ -9,7 +9,8 @@ from pathlib import Path
 
 from vmsbx.agent.egress.netlog import NETWORK_LOG_NAME, append_decision
 from vmsbx.agent.egress.proxy import EgressProxy, ProxyLimits, Resolver, system_resolver
-from vmsbx.agent.egress.rules import EgressRules, IPAddress
+from vmsbx.agent.egress.rules import EgressRules
+from vmsbx.config.allow_hosts import IPAddress
 from vmsbx.config.models import SandboxSettings
 from vmsbx.paths import ensure_private_dir
 
