@@ -160,3 +160,25 @@ def test_the_comparison_finder_sees_a_mode_branch() -> None:
 def test_the_run_lifecycle_does_not_branch_on_the_sandbox_mode() -> None:
     source = Path(lifecycle.__file__).read_text(encoding="utf-8")
     assert _mode_comparisons(source) == [], "ask vmsbx.sandbox.renderer.renderer_for(mode) instead"
+
+
+@pytest.mark.parametrize(
+    ("version", "stable_path"),
+    [("252", True), ("255.4-1ubuntu8", True), ("256", False), ("257.13-1~deb13u1", False), ("", False)],
+)
+def test_systemd_mode_takes_the_stable_path_only_where_state_folders_are_not_idmapped(
+    version: str, stable_path: bool
+) -> None:
+    # systemd 256+ mounts a DynamicUser='s StateDirectory= idmapped: a second bind would show
+    # it as nobody's (read-only to the run); there, and for an unknown version, the run keeps
+    # systemd's own per-run path and the unit gets no extra bind.
+    layout = LAYOUT
+    systemd = renderer_for("systemd")
+    workdir = systemd.workdir(layout, {"systemd_version": version}, "/Users/alice/app")
+    assert workdir == ("/Users/alice/app" if stable_path else layout.workspace)
+    argv = systemd.launch(SandboxSettings(), layout, {"systemd_version": version}, workdir).systemd_run
+    binds = [arg for arg in argv if arg.startswith("BindPaths=")]
+    assert binds and (binds[0].endswith(":/Users/alice/app") is stable_path)
+    assert renderer_for("nsjail").workdir(layout, {"systemd_version": version}, "/Users/alice/app") == (
+        "/Users/alice/app"
+    )

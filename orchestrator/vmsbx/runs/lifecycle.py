@@ -219,11 +219,12 @@ def start(
     busy = _finish_earlier_runs(guest, vm, project)
     key = next(k for k in (workspace.project_key(project, slot) for slot in range(64)) if k not in busy)
     bases = gitbundle.base_commits(project)
-    workdir = run_workdir(str(project))
+    stable = run_workdir(str(project))
     size = _terminal_size() if tty else (80, 24)
     for attempt in range(3):
         sync = workspace.plan_sync_in(settings, project, guest, vm, key)
         layout = RunLayout(run_id=new_run_id())
+        workdir = renderer_for(settings.sandbox.mode).workdir(layout, facts, stable)
         record = RunRecord(
             id=layout.run_id,
             vm=vm,
@@ -251,8 +252,11 @@ def start(
         run_env.update(sandbox_environment(settings, ports, token, relay))
         home: dict[str, str] = {}
         if record.relay and relay is not None and home_files is not None:
+            # systemd's per-run path is a link into /var/lib/private, which Claude Code resolves:
+            # it may know its folder by either name there.
+            names = [workdir, layout.workspace_mount] if workdir == layout.workspace else [workdir]
             try:
-                home = home_files(token, relay.kind, [workdir])
+                home = home_files(token, relay.kind, names)
             except BaseException:  # e.g. a conversation over the cap: the token must not stay admitted
                 _leave_relay(guest, record)
                 raise

@@ -69,6 +69,11 @@ class SandboxRenderer(Protocol):
         """The highest exposure score the policy lets this mode's unit have."""
         ...
 
+    def workdir(self, layout: RunLayout, facts: Mapping[str, str], stable: str) -> str:
+        """Where the run sees its workspace on this guest: `stable` (vmsbx.sandbox.workdir)
+        where the mode can put it there, else the mode's own per-run path."""
+        ...
+
     def launch(
         self, policy: SandboxSettings, layout: RunLayout, facts: Mapping[str, str], workdir: str
     ) -> SandboxLaunch:
@@ -76,6 +81,9 @@ class SandboxRenderer(Protocol):
         "python"); `workdir`: where the run sees its workspace (vmsbx.sandbox.workdir).
         Reports a weak jail config in `jail_problems`, never by raising."""
         ...
+
+
+IDMAPPED_STATE_SINCE = 256
 
 
 @dataclass(frozen=True)
@@ -94,10 +102,21 @@ class SystemdRenderer:
     def score_threshold(self, policy: SandboxSettings) -> float:
         return policy.score_threshold
 
+    def workdir(self, layout: RunLayout, facts: Mapping[str, str], stable: str) -> str:
+        # systemd 256 and later hand a DynamicUser= its StateDirectory= as an idmapped mount
+        # (on disk the folder is nobody's): a second bind of that folder shows it as nobody's,
+        # so the run could not write its own workspace (seen on trixie's 257). There the run
+        # keeps systemd's per-run path; an unknown version is taken to be new.
+        head = str(facts.get("systemd_version", "")).split(".", maxsplit=1)[0]
+        if head.isdigit() and int(head) < IDMAPPED_STATE_SINCE:
+            return stable
+        return layout.workspace
+
     def launch(
         self, policy: SandboxSettings, layout: RunLayout, facts: Mapping[str, str], workdir: str
     ) -> SandboxLaunch:
-        argv = render_systemd_run_argv(policy, layout, workdir)
+        bound = None if workdir == layout.workspace else workdir
+        argv = render_systemd_run_argv(policy, layout, bound)
         return SandboxLaunch(systemd_run=argv, jail=None, outside_uid=None, jail_problems=[])
 
 
@@ -117,6 +136,9 @@ class NsjailRenderer:
     def score_threshold(self, policy: SandboxSettings) -> float:
         # The outer unit must allow namespaces and mounts; the jail is checked on its own.
         return policy.nsjail_score_threshold
+
+    def workdir(self, layout: RunLayout, facts: Mapping[str, str], stable: str) -> str:
+        return stable  # the jail builds its own mount tree: the workspace goes where it is told
 
     def launch(
         self, policy: SandboxSettings, layout: RunLayout, facts: Mapping[str, str], workdir: str
