@@ -180,10 +180,22 @@ def host_listener() -> str:
 # -- guest files --------------------------------------------------------------------------------
 
 
+def _is_here(name: str, here: os.stat_result) -> bool:
+    try:
+        st = os.stat(f"/var/lib/private/{name}")
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
+
+
 def other_workspaces() -> str:
     """Another run's workspace (vmsbx plants a decoy one beside the real ones while it verifies)."""
-    own = os.path.basename(os.getcwd())
-    others = [n for n in os.listdir("/var/lib/private") if n.startswith("vmsbx-ws-") and n != own]
+    # The run's own folder is the one its cwd is (the cwd may be a stable path bound to it, not
+    # systemd's /var/lib/vmsbx-ws-<id>): compared by device and inode, not by name.
+    here = os.stat(".")
+    others = [
+        n for n in os.listdir("/var/lib/private") if n.startswith("vmsbx-ws-") and not _is_here(n, here)
+    ]
     if not others:
         raise Blocked("only this run's own workspace is visible")
     return "visible: " + " ".join(others[:2])
