@@ -562,7 +562,13 @@ def test_journal_keeps_every_line_and_long_lines_whole(cli: Cli, default_vm: dic
 @pytest.mark.parametrize("mode", MODES)
 def test_tasks_limit_contains_a_fork_bomb(cli: Cli, default_vm: dict[str, object], mode: str) -> None:
     # Control: outside the sandbox, 100 processes at once are no problem.
-    spawned = _root(cli, "for i in $(seq 100); do sleep 5 & done; pgrep -c -x -P $$ sleep; wait")
+    spawned = _root(
+        cli,
+        "for i in $(seq 100); do sleep 5 & done; "
+        # A forked child is named sleep only once it has exec'd: under load some have not yet.
+        'for _ in $(seq 20); do [ "$(pgrep -c -x -P $$ sleep)" = 100 ] && break; sleep 0.1; done; '
+        "pgrep -c -x -P $$ sleep; wait",
+    )
     assert spawned.strip() == "100"
     limits = ("--tasks", "64", "--timeout", "20s")
     run = _run(cli, "--sandbox", mode, *SMALL_WORKSPACE, *limits, "--", "bash", "-c", ":(){ :|:& };:")
